@@ -1,0 +1,42 @@
+"""sparseflow: sparse neural networks in PyTorch.
+
+Create sparse networks (pruning, sparse-from-scratch, dynamic sparse training), keep their signal alive,
+store them at their information content and run them fast. The public API is flat::
+
+    import sparseflow as sf
+    method = sf.GMP(sparsity=0.9, end=1000)
+"""
+
+from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
+from sparseflow.errors import DataError, MaskError, SparseflowError
+from sparseflow.mask import Mask
+from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
+from sparseflow.patterns import NM, Block, Unstructured
+from sparseflow.targets import Targets, prunable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GLOBAL",
+    "GMP",
+    "MASK_SAFE_OPTIMIZERS",
+    "Block",
+    "DataError",
+    "Global",
+    "MagnitudePruning",
+    "Mask",
+    "MaskError",
+    "Method",
+    "NM",
+    "RandomSparse",
+    "SparseflowError",
+    "Targets",
+    "Unstructured",
+    "__version__",
+    "allocate",
+    "er",
+    "erk",
+    "kept_total",
+    "prunable",
+    "uniform",
+]

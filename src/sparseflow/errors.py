@@ -1,0 +1,20 @@
+"""The one exception family for user mistakes.
+
+Every error a user can cause by passing a bad value (sparsity out of range, unknown name, missing file,
+mismatched mask) is a :class:`SparseflowError` whose message says what was wrong, the offending value and
+what to do. The CLI prints the message and exits with status 2; library users catch it like ``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class SparseflowError(ValueError):
+    """A user-facing error: bad input, with the offending value and a remedy in the message."""
+
+
+class DataError(SparseflowError):
+    """A dataset is missing, corrupt (checksum mismatch) or cannot be downloaded."""
+
+
+class MaskError(SparseflowError):
+    """A mask does not fit its model: unknown parameter, wrong shape or dtype, impossible density."""

@@ -1,0 +1,283 @@
+"""Pickle-free, atomic persistence: nested Python state as one safetensors file.
+
+Checkpoints, run directories and the compressed storage format all need to write a nested structure
+(model and optimizer ``state_dict``s, RNG states, counters) without ``pickle`` — loading a pickle runs
+arbitrary code — and without ever leaving a half-written file behind after a crash.
+
+The file layout is a plain safetensors file:
+
+* tensors under generated names ``t0``, ``t1``, ... (in depth-first order of the structure);
+* the header metadata ``{"format": "sparseflow-state", "version": "1", "skeleton": <json>,
+  "meta": <json>}``, where the skeleton is the structure with each tensor replaced by
+  ``{"__tensor__": "t0"}``.
+
+The skeleton survives JSON exactly: dicts with a non-str key (optimizer states use int keys) become
+``{"__dict__": [[key, value], ...]}``, tuples ``{"__tuple__": [...]}`` and non-finite floats
+``{"__float__": "nan" | "inf" | "-inf"}``. Subclasses come back as their base type (an ``OrderedDict``
+as ``dict``, a named tuple as ``tuple``, an ``nn.Parameter`` as ``Tensor``), and a tensor that appears
+twice comes back as two equal tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+
+from sparseflow.errors import SparseflowError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "flatten_state",
+    "unflatten_state",
+    "save_state",
+    "load_state",
+]
+
+FORMAT = "sparseflow-state"
+VERSION = "1"
+# Single-key JSON objects with these keys are encodings, so a user dict shaped like one is itself
+# written in the "__dict__" form to stay unambiguous.
+_MARKERS = frozenset({"__tensor__", "__tuple__", "__dict__", "__float__"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a reader sees the old file or the new one, never a mix.
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise SparseflowError(
+            f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist; create it first"
+        )
+    # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; keep an existing file's mode, else use the usual 0644.
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a stray temp file next to the target.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically; see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk. Some platforms (Windows)
+    # cannot open a directory; the rename is still atomic there, just not yet durable.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested structure <-> (flat tensor dict, JSON-able skeleton).
+
+
+def flatten_state(obj: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Split ``obj`` into ``({name: tensor}, skeleton)``; the skeleton is JSON-serialisable.
+
+    Supported: dict (str or int keys), list, tuple, Tensor, int, float, bool, str, None.
+    Anything else raises ``TypeError`` naming its path, e.g. ``obj['state'][0]['buf']``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _encode(obj, "obj", tensors, active=set())
+    return tensors, skeleton
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor] | None, active: set[int]) -> Any:
+    # Order matters: bool is a subclass of int, so it is tested before int.
+    if isinstance(obj, torch.Tensor):
+        if tensors is None:
+            raise TypeError(f"{path} is a tensor, but tensors are not allowed here (metadata is JSON only)")
+        name = f"t{len(tensors)}"
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return float(obj)  # json writes repr(float), which reads back bit-for-bit
+        return {"__float__": "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")}
+    if isinstance(obj, (dict, list, tuple)):
+        # A structure that contains itself would recurse forever; name where the cycle closes.
+        if id(obj) in active:
+            raise TypeError(f"{path} contains itself (a reference cycle); state must be a tree")
+        active.add(id(obj))
+        try:
+            return _encode_container(obj, path, tensors, active)
+        finally:
+            active.discard(id(obj))
+    raise TypeError(
+        f"{path} has unsupported type {type(obj).__name__}; state may hold only dict, list, tuple, "
+        "Tensor, int, float, bool, str and None"
+    )
+
+
+def _encode_container(
+    obj: dict[Any, Any] | list[Any] | tuple[Any, ...],
+    path: str,
+    tensors: dict[str, torch.Tensor] | None,
+    active: set[int],
+) -> Any:
+    if isinstance(obj, dict):
+        for key in obj:
+            if not isinstance(key, (str, int)):
+                raise TypeError(
+                    f"{path} has a key {key!r} of type {type(key).__name__}; dict keys must be str or int"
+                )
+        plain = all(type(k) is str for k in obj) and not (len(obj) == 1 and next(iter(obj)) in _MARKERS)
+        if plain:
+            return {k: _encode(v, f"{path}[{k!r}]", tensors, active) for k, v in obj.items()}
+        # Keys are written as JSON scalars (str, int, true/false), which read back as the same type.
+        return {"__dict__": [[k, _encode(v, f"{path}[{k!r}]", tensors, active)] for k, v in obj.items()]}
+    items = [_encode(v, f"{path}[{i}]", tensors, active) for i, v in enumerate(obj)]
+    return {"__tuple__": items} if isinstance(obj, tuple) else items
+
+
+def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
+    """Invert :func:`flatten_state`: rebuild the structure, putting each tensor back in its place."""
+    return _decode(skeleton, tensors)
+
+
+def _decode(node: Any, tensors: dict[str, torch.Tensor] | None) -> Any:
+    if isinstance(node, list):
+        return [_decode(v, tensors) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1:
+        (key, value), = node.items()
+        if key == "__tensor__":
+            if tensors is None or value not in tensors:
+                raise KeyError(f"skeleton refers to tensor {value!r}, which is not in the file")
+            return tensors[value]
+        if key == "__tuple__":
+            return tuple(_decode(v, tensors) for v in value)
+        if key == "__dict__":
+            return {k: _decode(v, tensors) for k, v in value}
+        if key == "__float__":
+            return float(value)  # float("nan"), float("inf"), float("-inf")
+    return {k: _decode(v, tensors) for k, v in node.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+
+def save_state(path: str | os.PathLike[str], obj: Any, *, meta: dict[str, Any] | None = None) -> None:
+    """Save a nested structure of tensors and plain values to ``path`` (safetensors, atomically).
+
+    ``meta`` is a small JSON-able dict (no tensors) stored in the header, readable without the tensors.
+    """
+    tensors, skeleton = flatten_state(obj)
+    meta_skeleton = _encode(meta if meta is not None else {}, "meta", None, active=set())
+    stored: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for name, tensor in tensors.items():
+        t = tensor.detach().to("cpu").contiguous()
+        # safetensors refuses tensors that share memory (two views of one buffer, or the same
+        # tensor twice); copy those so every stored tensor owns its bytes.
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen_storage and t.numel() > 0:
+            t = t.clone()
+        seen_storage.add(t.untyped_storage().data_ptr())
+        stored[name] = t
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "skeleton": json.dumps(skeleton, allow_nan=False),
+        "meta": json.dumps(meta_skeleton, allow_nan=False),
+    }
+    atomic_write_bytes(path, _safetensors_save(stored, metadata=metadata))
+
+
+def load_state(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """Load ``(obj, meta)`` written by :func:`save_state`; never unpickles anything.
+
+    Raises :class:`SparseflowError` if the file is missing or is not an intact sparseflow state file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SparseflowError(f"state file {str(path)!r} does not exist; check the path")
+    data = path.read_bytes()
+    metadata = _read_metadata(path, data)
+    try:
+        tensors = _safetensors_load(data)
+    except Exception as e:  # safetensors raises its own error type for bad offsets or sizes
+        raise SparseflowError(
+            f"{str(path)!r} is not a readable sparseflow state file: the tensor data is damaged or "
+            f"truncated ({e}); restore it from a copy or re-create it"
+        ) from e
+    try:
+        obj = unflatten_state(tensors, json.loads(metadata["skeleton"]))
+        meta = _decode(json.loads(metadata["meta"]), None)
+    except (KeyError, ValueError, TypeError) as e:
+        raise SparseflowError(
+            f"{str(path)!r} is not a readable sparseflow state file: its skeleton is damaged ({e}); "
+            "restore it from a copy or re-create it"
+        ) from e
+    return obj, meta
+
+
+def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
+    # The safetensors header is an 8-byte little-endian length followed by that much JSON. Reading
+    # it here gives precise messages for the common failures (empty, truncated, some other file).
+    def bad(what: str) -> SparseflowError:
+        return SparseflowError(
+            f"{str(path)!r} is not a readable sparseflow state file: {what}; "
+            "pass a file written by sparseflow.io.save_state"
+        )
+
+    if len(data) < 8:
+        raise bad(f"it is only {len(data)} bytes long (truncated or empty)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise bad(f"its header claims {header_len} bytes but only {len(data) - 8} follow (truncated?)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, ValueError):
+        raise bad("its header is not valid JSON") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise bad(f"its format field is {found!r}, expected {FORMAT!r}")
+    if metadata.get("version") != VERSION:
+        raise bad(f"its version is {metadata.get('version')!r}; this sparseflow reads version {VERSION!r}")
+    if "skeleton" not in metadata or "meta" not in metadata:
+        raise bad("its header lacks the 'skeleton' or 'meta' entry")
+    return metadata

@@ -1,0 +1,144 @@
+"""The Mask: the currency of sparseflow.
+
+A :class:`Mask` maps parameter names to boolean tensors of the same shape (``True`` = kept). Pruning
+produces masks; training, storage, analysis and reports consume them. It validates loudly on every write,
+naming the tensor and both shapes, so a wrong mask fails where it is made rather than where it is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+
+import torch
+from torch import Tensor, nn
+
+from sparseflow.errors import MaskError
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise MaskError(f"mask for {name!r} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != torch.bool:
+        raise MaskError(
+            f"mask for {name!r} must have dtype torch.bool, got {value.dtype}; "
+            "convert with `tensor != 0` or `tensor.bool()`"
+        )
+    return value
+
+
+class Mask(MutableMapping[str, Tensor]):
+    """Parameter name -> boolean tensor (``True`` where the weight is kept).
+
+    Replacing an entry keeps its shape: a mask for an existing name with a different shape raises
+    :class:`~sparseflow.errors.MaskError` naming the parameter and both shapes.
+    """
+
+    def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
+        self._masks: dict[str, Tensor] = {}
+        for name, value in (masks or {}).items():
+            self[name] = value
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def ones(cls, params: Mapping[str, Tensor]) -> Mask:
+        """An all-kept mask for the given parameters (name -> tensor)."""
+        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+
+    @classmethod
+    def from_nonzeros(cls, params: Mapping[str, Tensor]) -> Mask:
+        """The mask of the nonzero entries of the given tensors (e.g. a pruned state dict)."""
+        return cls({n: p.detach() != 0 for n, p in params.items()})
+
+    # --- mapping protocol -----------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Tensor:
+        try:
+            return self._masks[name]
+        except KeyError:
+            raise MaskError(f"no mask for parameter {name!r}; masked parameters: {list(self._masks)}") from None
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        value = _check_tensor(name, value)
+        old = self._masks.get(name)
+        if old is not None and old.shape != value.shape:
+            raise MaskError(
+                f"mask for {name!r} has shape {tuple(value.shape)}, expected {tuple(old.shape)} "
+                "(the shape of the parameter it masks)"
+            )
+        self._masks[name] = value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._masks
+
+    def __delitem__(self, name: str) -> None:
+        del self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, density={self.density():.4f})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return list(self.keys()) == list(other.keys()) and all(
+            torch.equal(self[k], other[k]) for k in self
+        )
+
+    # --- measurements -----------------------------------------------------------------------
+    def count(self) -> int:
+        """Number of kept entries over all tensors."""
+        return sum(int(m.sum()) for m in self._masks.values())
+
+    def numel(self) -> int:
+        """Number of entries over all tensors."""
+        return sum(m.numel() for m in self._masks.values())
+
+    def density(self) -> float:
+        """Fraction of kept entries (1.0 for an empty mask)."""
+        n = self.numel()
+        return self.count() / n if n else 1.0
+
+    def sparsity(self) -> float:
+        return 1.0 - self.density()
+
+    def counts(self) -> dict[str, int]:
+        """Kept entries per tensor."""
+        return {n: int(m.sum()) for n, m in self._masks.items()}
+
+    def densities(self) -> dict[str, float]:
+        return {n: float(m.float().mean()) if m.numel() else 1.0 for n, m in self._masks.items()}
+
+    def clone(self) -> Mask:
+        return Mask({n: m.clone() for n, m in self._masks.items()})
+
+    def to_dict(self) -> dict[str, Tensor]:
+        return dict(self._masks)
+
+    # --- model interaction ----------------------------------------------------------------------
+    def check(self, model: nn.Module) -> None:
+        """Raise MaskError unless every entry names a parameter of ``model`` with the same shape."""
+        params = dict(model.named_parameters())
+        for name, m in self._masks.items():
+            if name not in params:
+                raise MaskError(
+                    f"mask names parameter {name!r}, which the model does not have; "
+                    f"model parameters: {list(params)[:10]}{' ...' if len(params) > 10 else ''}"
+                )
+            if params[name].shape != m.shape:
+                raise MaskError(
+                    f"mask for {name!r} has shape {tuple(m.shape)} but the parameter has shape "
+                    f"{tuple(params[name].shape)}"
+                )
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> None:
+        """Zero every weight of ``model`` outside the mask, in place."""
+        self.check(model)
+        params = dict(model.named_parameters())
+        for name, m in self._masks.items():
+            p = params[name]
+            p.mul_(m.to(device=p.device, dtype=p.dtype))

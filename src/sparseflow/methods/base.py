@@ -1,0 +1,317 @@
+"""The method API shared by every way of making a network sparse.
+
+A method is a small dataclass. Its constructor validates values and touches no model; everything that
+needs the model happens in :meth:`Method.prepare`. The user keeps their own training loop::
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = sf.GMP(sparsity=0.9, end=steps)
+    method.prepare(model, opt)                 # once
+    for x, y in loader:
+        F.cross_entropy(model(x), y).backward()
+        opt.step(); method.step(); opt.zero_grad()
+
+Invariant, after ``prepare`` and after every ``step()``: every target weight outside the mask is exactly
+zero, and every optimizer state tensor shaped like a target (momentum, Adam moments) is zero there.
+
+How it is kept cheaply. A gradient hook multiplies each target's gradient by its mask as soon as backward
+has accumulated it. With a zero gradient, zero weight and zero state at a pruned position, SGD (momentum,
+Nesterov, weight decay), Adam, AdamW and the other optimizers listed in :data:`MASK_SAFE_OPTIMIZERS`
+compute a zero update there, so neither weights nor state need touching on ordinary steps: one
+multiply per weight per step (measured in ``sparseflow bench overhead``). For any other optimizer, or none,
+``step()`` also re-applies the mask to the weights and to the state. When the mask changes, weights and
+state at the newly pruned (and, for dynamic methods, newly grown) positions are zeroed.
+
+Subclasses say *when* to change the mask (:meth:`Method.target_sparsity`) and may override *what* to keep
+through the one score override point, :meth:`Method.scores` (higher = keep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparseflow.distributions import (
+    GLOBAL,
+    Distribution,
+    Global,
+    allocate,
+    check_sparsity,
+    kept_total,
+    uniform,
+)
+from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.mask import Mask
+from sparseflow.patterns import NM, Block, Pattern, Unstructured
+from sparseflow.targets import Targets
+
+# Optimizers whose update at a position is exactly zero when its gradient, weight and state are zero.
+MASK_SAFE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.Adamax,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
+
+
+@dataclass(eq=False)
+class Method:
+    """Base class: a sparsity target, how it is spread over layers, and a pattern.
+
+    Args:
+        sparsity: final fraction of target weights that are zero, in [0, 1).
+        distribution: per-layer densities (:func:`~sparseflow.uniform`, :func:`~sparseflow.er`,
+            :func:`~sparseflow.erk`) or :data:`~sparseflow.GLOBAL` to rank all layers' scores together.
+        pattern: :class:`~sparseflow.Unstructured`, :class:`~sparseflow.NM` or :class:`~sparseflow.Block`.
+        targets: which parameters are pruned (:class:`~sparseflow.Targets`).
+    """
+
+    sparsity: float
+    distribution: Distribution | Global = uniform
+    pattern: Pattern = field(default_factory=Unstructured)
+    targets: Targets = field(default_factory=Targets)
+
+    def __post_init__(self) -> None:
+        self.sparsity = check_sparsity(self.sparsity)
+        if not isinstance(self.pattern, (Unstructured, NM, Block)):
+            raise MaskError(f"pattern must be Unstructured(), NM(n, m) or Block(r, c), got {self.pattern!r}")
+        if not (isinstance(self.distribution, Global) or callable(self.distribution)):
+            raise MaskError(f"distribution must be uniform, er, erk or GLOBAL, got {self.distribution!r}")
+        if isinstance(self.pattern, NM):
+            if abs(self.sparsity - (1 - self.pattern.density)) > 1e-9:
+                raise MaskError(
+                    f"{self.pattern!r} fixes every layer's sparsity at {1 - self.pattern.density:g}; "
+                    f"got sparsity={self.sparsity:g}: pass sparsity={1 - self.pattern.density:g}"
+                )
+        if not isinstance(self.targets, Targets):
+            raise MaskError(f"targets must be a Targets(...) value, got {self.targets!r}")
+        self._model: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._params: dict[str, nn.Parameter] = {}
+        self._mask = Mask()
+        self._fmask: dict[str, Tensor] = {}  # mask in the parameter's dtype: float multiply is ~7x bool's
+        self._hooks: list[Any] = []
+        self._step = 0
+        self._strict = True
+
+    # --- what subclasses define ---------------------------------------------------------------
+    def target_sparsity(self, step: int) -> float | None:
+        """Sparsity to prune to at ``step`` (0 = ``prepare``), or None to leave the mask as it is."""
+        return self.sparsity if step == 0 else None
+
+    def scores(self, name: str, weight: Tensor) -> Tensor:
+        """Importance of every weight of target ``name`` (higher = keep). Default: magnitude |w|."""
+        return weight.abs()
+
+    # --- public API ---------------------------------------------------------------------------
+    @property
+    def mask(self) -> Mask:
+        """The current mask (a copy is not made: do not modify it; use :meth:`set_mask`)."""
+        return self._mask
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken since ``prepare`` (restored by ``load_state_dict``)."""
+        return self._step
+
+    @property
+    def model(self) -> nn.Module:
+        self._require_prepared()
+        assert self._model is not None
+        return self._model
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Attach to ``model`` (and its optimizer) and build the initial mask. Call once, before training."""
+        if not isinstance(model, nn.Module):
+            raise SparseflowError(f"prepare() needs an nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise SparseflowError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self.remove()
+        self._model, self._optimizer = model, optimizer
+        self._params = self.targets.select(model)
+        for name, p in self._params.items():
+            self.pattern.check(name, p.shape)
+        self._strict = optimizer is None or type(optimizer) not in MASK_SAFE_OPTIMIZERS
+        self._step = 0
+        self._mask = Mask.ones(self._params)
+        self._fmask = {}
+        self._setup()
+        s = self.target_sparsity(0)
+        if s is not None:
+            self._prune_to(s)
+        for name, p in self._params.items():
+            self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
+
+    def step(self) -> None:
+        """Advance one optimizer step; change the mask when the schedule says so. Call after ``optimizer.step()``."""
+        self._require_prepared()
+        self._step += 1
+        s = self.target_sparsity(self._step)
+        if s is not None:
+            self._prune_to(s)
+        elif self._strict:
+            self._enforce(self._params)
+
+    def set_mask(self, mask: Mask | dict[str, Tensor]) -> None:
+        """Replace the mask (same targets and shapes), zeroing weights and optimizer state outside it."""
+        self._require_prepared()
+        mask = mask if isinstance(mask, Mask) else Mask(mask)
+        if set(mask) != set(self._params):
+            raise MaskError(
+                f"mask covers {sorted(mask)}, but this method's targets are {sorted(self._params)}"
+            )
+        for name, p in self._params.items():
+            m = mask[name]
+            if m.shape != p.shape:
+                raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, parameter has {tuple(p.shape)}")
+            self._mask[name] = m.to(p.device)
+        self._refresh()
+
+    def remove(self) -> None:
+        """Detach the gradient hooks (the mask and weights stay as they are)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def density(self) -> float:
+        """Current kept fraction over the targets."""
+        return self._mask.density()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: step, mask, and subclass extras (tensors and plain values only)."""
+        self._require_prepared()
+        return {
+            "method": type(self).__name__,
+            "step": self._step,
+            "mask": {n: m.clone() for n, m in self._mask.items()},
+            "extra": self._extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` after ``prepare`` on the same architecture."""
+        self._require_prepared()
+        if not isinstance(state, dict) or "mask" not in state or "step" not in state:
+            raise SparseflowError("not a sparseflow method state: expected a dict with 'step' and 'mask'")
+        if state.get("method") not in (None, type(self).__name__):
+            raise SparseflowError(
+                f"state was saved by {state.get('method')}, cannot load it into {type(self).__name__}"
+            )
+        self.set_mask(dict(state["mask"]))
+        self._step = int(state["step"])
+        self._load_extra_state(state.get("extra") or {})
+
+    # --- subclass extension points (not the score override) -----------------------------------
+    def _setup(self) -> None:
+        """Per-prepare initialisation (e.g. a random generator); runs before the first mask is built."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        pass
+
+    # --- internals ------------------------------------------------------------------------------
+    def _require_prepared(self) -> None:
+        if self._model is None:
+            raise SparseflowError(f"{type(self).__name__} is not attached to a model: call prepare(model, optimizer) first")
+
+    def _make_hook(self, name: str):
+        def hook(p: Tensor) -> None:
+            fm = self._fmask.get(name)
+            if fm is not None and p.grad is not None:
+                self._on_grad(name, p.grad)
+                p.grad.mul_(fm)
+
+        return hook
+
+    def _on_grad(self, name: str, grad: Tensor) -> None:
+        """Called with the dense gradient of a sparse target before it is masked (dynamic methods)."""
+
+    def _check_finite(self) -> None:
+        for name, p in self._params.items():
+            if not torch.isfinite(p).all():
+                raise SparseflowError(
+                    f"weights of {name!r} contain NaN or inf at step {self._step}, so they cannot be ranked; "
+                    "training diverged: lower the learning rate or check the data"
+                )
+
+    @torch.no_grad()
+    def _prune_to(self, sparsity: float) -> None:
+        """Shrink the mask to ``sparsity`` by the current scores; the new mask is a subset of the old."""
+        if sparsity <= 0.0 and self._mask.count() == self._mask.numel():
+            return
+        self._check_finite()
+        shapes = {n: tuple(p.shape) for n, p in self._params.items()}
+        units = {n: self.pattern.units(sh) for n, sh in shapes.items()}
+        scores: dict[str, Tensor] = {}
+        for name, p in self._params.items():
+            sc = self.scores(name, p.detach()).to(torch.float32)
+            if sc.shape != p.shape:
+                raise SparseflowError(f"scores() for {name!r} returned shape {tuple(sc.shape)}, expected {tuple(p.shape)}")
+            if not torch.isfinite(sc).all():
+                raise SparseflowError(f"scores for {name!r} contain NaN or inf at step {self._step}")
+            scores[name] = sc.masked_fill(~self._mask[name], float("-inf"))  # pruned stays pruned
+        current = {n: self._current_units(n) for n in shapes}
+        total = kept_total(sum(units.values()), sparsity)
+        if isinstance(self.pattern, NM):
+            counts = {n: units[n] * self.pattern.n // self.pattern.m for n in units}
+        elif isinstance(self.distribution, Global):
+            counts = self._global_counts(scores, total)
+        else:
+            densities = self.distribution(shapes, sparsity)
+            counts = allocate(units, densities, total, limit=current)
+        empty = [n for n, c in counts.items() if c == 0]
+        if empty:
+            raise MaskError(
+                f"at sparsity {sparsity:g} layer(s) {empty} would keep no weights, which cuts the network; "
+                "lower the sparsity, use distribution=erk, or leave those layers dense via Targets(...)"
+            )
+        for name in self._params:
+            self._mask[name] = self.pattern.topk(scores[name], counts[name])
+        self._refresh()
+
+    def _current_units(self, name: str) -> int:
+        m = self._mask[name]
+        if isinstance(self.pattern, Block):
+            return int((self.pattern.unit_scores(m.float()) > 0).sum())
+        return int(m.sum())
+
+    def _global_counts(self, scores: dict[str, Tensor], total: int) -> dict[str, int]:
+        unit = {n: self.pattern.unit_scores(s) for n, s in scores.items()}
+        flat = torch.cat([u for u in unit.values()])
+        if total == 0:
+            return {n: 0 for n in unit}
+        # Keep exactly `total` units: everything above the total-th largest score, plus ties by layer order.
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.topk(flat, total, sorted=False).indices] = True
+        counts, start = {}, 0
+        for n, u in unit.items():
+            counts[n] = int(keep[start : start + u.numel()].sum())
+            start += u.numel()
+        return counts
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        """Rebuild the float masks and zero weights and optimizer state outside the mask."""
+        self._fmask = {}
+        for name, p in self._params.items():
+            m = self._mask[name]
+            if not bool(m.all()):  # dense layers skip the per-step multiply
+                self._fmask[name] = m.to(device=p.device, dtype=p.dtype)
+        self._enforce(self._params)
+
+    @torch.no_grad()
+    def _enforce(self, params: dict[str, nn.Parameter]) -> None:
+        for name, fm in self._fmask.items():
+            p = params[name]
+            p.mul_(fm)
+            if self._optimizer is not None:
+                for v in self._optimizer.state.get(p, {}).values():
+                    if isinstance(v, Tensor) and v.shape == p.shape:
+                        v.mul_(fm)
