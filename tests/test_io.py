@@ -80,7 +80,8 @@ _scalars = (
     | tensors()
 )
 # Keys include the marker names, so a user dict that looks like an encoding must still round-trip.
-_keys = st.integers(-5, 5) | st.text(max_size=6) | st.sampled_from(["__tensor__", "__tuple__", "__dict__", "__float__"])
+_markers = st.sampled_from(["__tensor__", "__tuple__", "__dict__", "__float__"])
+_keys = st.integers(-5, 5) | st.text(max_size=6) | _markers
 _states = st.recursive(
     _scalars,
     lambda children: st.lists(children, max_size=4)
@@ -107,7 +108,12 @@ def test_skeleton_is_plain_json_and_tensors_are_placeholders() -> None:
     t = torch.ones(2)
     tensors_, skeleton = flatten_state({"w": t, 3: (t, None)})
     assert set(tensors_) == {"t0", "t1"}
-    assert skeleton == {"__dict__": [["w", {"__tensor__": "t0"}], [3, {"__tuple__": [{"__tensor__": "t1"}, None]}]]}
+    t0, t1 = {"__tensor__": "t0"}, {"__tensor__": "t1"}
+    assert skeleton == {"__dict__": [["w", t0], [3, {"__tuple__": [t1, None]}]]}
+    # A user dict that looks like an encoding is escaped, not mistaken for one.
+    lookalike = {"__tensor__": "t0"}
+    assert flatten_state(lookalike)[1] == {"__dict__": [["__tensor__", "t0"]]}
+    assert unflatten_state(*flatten_state(lookalike)) == lookalike
 
 
 def test_shared_and_noncontiguous_tensors_save(tmp_path: Path) -> None:

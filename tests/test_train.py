@@ -28,6 +28,7 @@ from sparseflow.train import (
 # A synthetic, linearly separable-ish problem: 4 Gaussian blobs in 8 dimensions. It exists to test the
 # mechanics of the loop, not to say anything about generalisation.
 N_TRAIN, N_TEST, DIM, CLASSES, BATCH = 512, 256, 8, 4, 32
+Data = tuple[TensorDataset, TensorDataset]
 
 
 def make_data(seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -67,7 +68,8 @@ class FixedMask:
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         g = torch.Generator().manual_seed(self.seed)
         self.model = model
-        self.masks = {n: torch.rand(p.shape, generator=g) < self.density for n, p in model.named_parameters() if p.dim() > 1}
+        params = [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
+        self.masks = {n: torch.rand(p.shape, generator=g) < self.density for n, p in params}
         self._apply()
 
     def step(self) -> None:
@@ -116,17 +118,18 @@ class Crash(Callback):
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[TensorDataset, TensorDataset]:
+def data() -> Data:
     return make_data()
 
 
 def test_fake_method_satisfies_protocol() -> None:
     assert isinstance(FixedMask(), SparsityMethod)
     with pytest.raises(SparseflowError, match="lacks prepare"):
-        fit(make_model(), *make_loaders(*make_data()), TrainConfig(epochs=1), method=object(), progress=False)  # type: ignore[arg-type]
+        not_a_method: Any = object()
+        fit(make_model(), *make_loaders(*make_data()), TrainConfig(epochs=1), method=not_a_method, progress=False)
 
 
-def test_mlp_learns_and_mask_holds(data: tuple[TensorDataset, TensorDataset]) -> None:
+def test_mlp_learns_and_mask_holds(data: Data) -> None:
     method = FixedMask(density=0.5)
     model = make_model()
     result = fit(model, *make_loaders(*data), TrainConfig(epochs=3), method=method, progress=False)
@@ -141,7 +144,7 @@ def test_mlp_learns_and_mask_holds(data: tuple[TensorDataset, TensorDataset]) ->
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_other_optimizers_learn(data: tuple[TensorDataset, TensorDataset], optimizer: str) -> None:
+def test_other_optimizers_learn(data: Data, optimizer: str) -> None:
     cfg = TrainConfig(epochs=2, optimizer=optimizer, lr=1e-2, lr_schedule="constant")
     result = fit(make_model(), *make_loaders(*data), cfg, progress=False)
     assert result.test_acc > 0.9
@@ -164,7 +167,7 @@ def test_make_optimizer_and_cosine_schedule() -> None:
     assert opt.param_groups[0]["lr"] == 0.0
 
 
-def test_callbacks_order_and_counts(data: tuple[TensorDataset, TensorDataset]) -> None:
+def test_callbacks_order_and_counts(data: Data) -> None:
     rec = Recorder()
     fit(make_model(), *make_loaders(*data), TrainConfig(epochs=2), callbacks=[rec], progress=False)
     per_epoch = N_TRAIN // BATCH
@@ -176,7 +179,7 @@ def test_callbacks_order_and_counts(data: tuple[TensorDataset, TensorDataset]) -
     assert rec.events == expected
 
 
-def test_resume_after_crash_is_bit_exact(data: tuple[TensorDataset, TensorDataset], tmp_path: Path) -> None:
+def test_resume_after_crash_is_bit_exact(data: Data, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, seed=7)
     model_a, method_a = make_model(), FixedMask()
     full = fit(model_a, *make_loaders(*data), cfg, method=method_a, run_dir=tmp_path / "a", progress=False)
@@ -199,20 +202,22 @@ def test_resume_after_crash_is_bit_exact(data: tuple[TensorDataset, TensorDatase
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_run_dir_refuses_overwrite_and_changed_config(data: tuple[TensorDataset, TensorDataset], tmp_path: Path) -> None:
+def test_run_dir_refuses_overwrite_and_changed_config(data: Data, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1)
     fit(make_model(), *make_loaders(*data), cfg, run_dir=tmp_path, progress=False)
     with pytest.raises(SparseflowError, match="already holds a checkpoint"):
         fit(make_model(), *make_loaders(*data), cfg, run_dir=tmp_path, progress=False)
     with pytest.raises(SparseflowError, match="changed: lr"):
-        fit(make_model(), *make_loaders(*data), TrainConfig(epochs=1, lr=0.1), run_dir=tmp_path, resume=True, progress=False)
+        other = TrainConfig(epochs=1, lr=0.1)
+        fit(make_model(), *make_loaders(*data), other, run_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(SparseflowError, match="without a sparsity method"):
-        fit(make_model(), *make_loaders(*data), cfg, method=FixedMask(), run_dir=tmp_path, resume=True, progress=False)
+        fit(make_model(), *make_loaders(*data), cfg, method=FixedMask(), run_dir=tmp_path, resume=True,
+            progress=False)
     with pytest.raises(SparseflowError, match="needs a run_dir"):
         fit(make_model(), *make_loaders(*data), cfg, resume=True, progress=False)
 
 
-def test_run_dir_files(data: tuple[TensorDataset, TensorDataset], tmp_path: Path) -> None:
+def test_run_dir_files(data: Data, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=2, eval_every_epoch=False)
     config = {"model": "mlp", "train": dataclasses.asdict(cfg)}
     fit(make_model(), *make_loaders(*data), cfg, method=FixedMask(), run_dir=tmp_path / "run", config=config,
@@ -225,23 +230,25 @@ def test_run_dir_files(data: tuple[TensorDataset, TensorDataset], tmp_path: Path
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
 
 
-def test_default_config_json_is_train_config(data: tuple[TensorDataset, TensorDataset], tmp_path: Path) -> None:
+def test_default_config_json_is_train_config(data: Data, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, optimizer="adam", lr=1e-3)
     fit(make_model(), *make_loaders(*data), cfg, run_dir=tmp_path, progress=False)
     assert TrainConfig(**json.loads((tmp_path / "config.json").read_text())) == cfg
 
 
-def test_nonfinite_loss_names_step(data: tuple[TensorDataset, TensorDataset]) -> None:
+def test_nonfinite_loss_names_step(data: Data) -> None:
     train, test = data
     x = train.tensors[0].clone()
     x[3, 0] = float("nan")
     with pytest.raises(SparseflowError, match=r"at step \d+ \(epoch 1\).*smaller lr"):
-        fit(make_model(), *make_loaders(TensorDataset(x, train.tensors[1]), test), TrainConfig(epochs=1), progress=False)
+        loaders = make_loaders(TensorDataset(x, train.tensors[1]), test)
+        fit(make_model(), *loaders, TrainConfig(epochs=1), progress=False)
 
 
-def test_huge_lr_diverges(data: tuple[TensorDataset, TensorDataset]) -> None:
+def test_huge_lr_diverges(data: Data) -> None:
     with pytest.raises(SparseflowError, match="diverged"):
-        fit(make_model(), *make_loaders(*data), TrainConfig(epochs=3, lr=1e12, lr_schedule="constant"), progress=False)
+        cfg = TrainConfig(epochs=3, lr=1e12, lr_schedule="constant")
+        fit(make_model(), *make_loaders(*data), cfg, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -257,7 +264,7 @@ def test_config_validation(bad: dict[str, Any]) -> None:
         TrainConfig(**bad)
 
 
-def test_progress_writes_to_stderr_only(data: tuple[TensorDataset, TensorDataset], capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_writes_to_stderr_only(data: Data, capsys: pytest.CaptureFixture[str]) -> None:
     fit(make_model(), *make_loaders(*data), TrainConfig(epochs=1, log_every=4), progress=True)
     out, err = capsys.readouterr()
     assert out == ""

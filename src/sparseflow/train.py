@@ -115,6 +115,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
     """Per-step LR factor: cosine from 1 to 0 over ``total_steps`` (Loshchilov & Hutter 2017), or 1."""
+    if total_steps < 1:
+        raise SparseflowError(f"make_scheduler needs total_steps >= 1, got {total_steps!r}; pass epochs * batches")
     if cfg.lr_schedule == "constant":
 
         def factor(step: int) -> float:
@@ -316,7 +318,8 @@ def fit(
                 _write_metrics(run_dir, state.history)
             if progress:
                 acc_text = "-" if test_acc is None else f"{test_acc:.4f}"
-                console.print(f"epoch {epoch}/{cfg.epochs}  train loss {record['train_loss']:.4f}  test acc {acc_text}")
+                train_text = f"{record['train_loss']:.4f}"
+                console.print(f"epoch {epoch}/{cfg.epochs}  train loss {train_text}  test acc {acc_text}")
             for cb in callbacks:
                 cb.on_epoch_end(state)
     for cb in callbacks:

@@ -1,0 +1,197 @@
+"""The ``sparseflow`` command-line tool.
+
+Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
+stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
+print one line starting with ``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sparseflow.errors import SparseflowError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparse neural networks: create, analyse, store and run them.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios against a dense baseline in the same run.")
+app.add_typer(bench_app, name="bench")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="A reduced run that finishes within 60 s.")]
+
+
+def _console(as_json: bool) -> Console:
+    # With --json, stdout carries only the JSON object; tables go to stderr.
+    return Console(stderr=as_json, soft_wrap=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(_finite(obj), separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise SparseflowError(f"--hidden takes comma-separated widths such as 300,100, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise SparseflowError(f"--hidden needs positive widths such as 300,100, got {text!r}")
+    return widths
+
+
+@app.command()
+def train(
+    method: Annotated[str, typer.Option(help="dense | magnitude | gmp | random")] = "gmp",
+    sparsity: Annotated[float, typer.Option(help="Fraction of target weights that are zero, in [0, 1).")] = 0.9,
+    distribution: Annotated[str, typer.Option(help="uniform | er | erk | global")] = "uniform",
+    pattern: Annotated[str, typer.Option(help="unstructured | N:M (e.g. 2:4) | RxC blocks (e.g. 4x4)")] = "unstructured",
+    model: Annotated[str, typer.Option(help="mlp | lenet300-100 | conv2 | conv4 | conv6 | resnet")] = "mlp",
+    hidden: Annotated[Optional[str], typer.Option(help="MLP widths, e.g. 300,100 (model mlp only).")] = None,
+    norm: Annotated[str, typer.Option(help="batch | layer | group | none")] = "none",
+    dataset: Annotated[str, typer.Option(help="digits | mnist1d | mnist | fashion-mnist")] = "digits",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the IDX .gz files (mnist, fashion-mnist).")] = None,
+    download: Annotated[bool, typer.Option(help="Fetch missing dataset files (checksums verified).")] = False,
+    subset: Annotated[Optional[int], typer.Option(help="Use this many training examples.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs (each run).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 0.05,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam | adamw")] = "sgd",
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed for weights, mask and data order.")] = 0,
+    baseline: Annotated[bool, typer.Option(help="Also train the dense baseline on the same budget.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<config hash>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
+    quick: QuickOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a sparse network and its dense baseline; print per-layer density and both accuracies.
+
+    With no options: an MLP on scikit-learn's embedded digits at 90 % sparsity (gradual magnitude pruning).
+    """
+    from sparseflow.job import TrainJob, run_train_job
+
+    if quick:
+        epochs = min(epochs, 10)
+        if dataset in ("mnist", "fashion-mnist", "mnist1d") and subset is None:
+            subset = 4000 if dataset != "mnist1d" else None
+            epochs = min(epochs, 5)
+    job = TrainJob(
+        method=method, sparsity=sparsity, distribution=distribution, pattern=pattern, model=model,
+        hidden=_parse_hidden(hidden), norm=norm, dataset=dataset, subset=subset, epochs=epochs,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
+        baseline=baseline,
+    )
+    if out is None:
+        # The default directory is named by the config hash, so an existing one holds this very run:
+        # continue it (a finished run is reused as it is, an interrupted one resumes).
+        out = Path("runs") / job.run_name()
+        resume = True
+    command = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
+                           command=command, resume=resume)
+
+    console = _console(as_json)
+    table = Table(title=f"{job.model} on {job.dataset}: {job.method}, per-layer (measured from the checkpoint)")
+    for col in ("parameter", "shape", "weights", "nonzeros", "density"):
+        table.add_column(col, justify="left" if col in ("parameter", "shape") else "right")
+    for layer in result.layers:
+        table.add_row(layer.name, "x".join(map(str, layer.shape)), f"{layer.numel:,}", f"{layer.nonzeros:,}",
+                      f"{layer.density:.4f}")
+    console.print(table)
+    acc = Table(title="test accuracy (same training budget)")
+    for col in ("run", "sparsity", "accuracy"):
+        acc.add_column(col, justify="left" if col == "run" else "right")
+    acc.add_row(job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}")
+    if result.dense is not None:
+        acc.add_row("dense", "0.0000", f"{result.dense_accuracy:.4f}")
+    console.print(acc)
+    console.print(f"run directory: {out}  (report.md, metrics.jsonl, checkpoint.safetensors)  {result.wall_s:.1f} s")
+    if as_json:
+        _emit_json(result.to_json())
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    repeats: Annotated[int, typer.Option(help="Interleaved repeats; medians are reported.")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help="torch.set_num_threads (default: all cores).")] = None,
+    sparsity: Annotated[float, typer.Option(help="Sparsity of the masks.")] = 0.9,
+    quick: QuickOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Training-step time of masked training (static mask, GMP) vs dense, same model, same run."""
+    import os
+
+    import torch
+
+    from sparseflow.bench import CASES, QUICK_CASES, overhead
+    from sparseflow.distributions import check_sparsity
+
+    check_sparsity(sparsity)
+    if repeats < 1:
+        raise SparseflowError(f"--repeats must be >= 1, got {repeats}")
+    n_threads = threads if threads is not None else (os.cpu_count() or 1)
+    if n_threads < 1:
+        raise SparseflowError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(n_threads)
+    console = _console(as_json)
+    err = Console(stderr=True)
+    with err.status("timing") as status:
+        rows = overhead(QUICK_CASES if quick else CASES, repeats=min(repeats, 3) if quick else repeats,
+                        sparsity=sparsity, progress=lambda msg: status.update(msg))
+    table = Table(title=f"training-step time vs dense (sparsity {sparsity:g}, {n_threads} threads, torch {torch.__version__})")
+    for col in ("case", "variant", "step ms", "update ms", "ratio"):
+        table.add_column(col, justify="left" if col in ("case", "variant") else "right")
+    for r in rows:
+        table.add_row(r.case, r.variant, f"{r.step_ms:.2f}", "-" if r.update_ms is None else f"{r.update_ms:.1f}",
+                      f"{r.ratio:.3f}")
+    console.print(table)
+    console.print("gmp ratio is amortised over its update period: (step * 99 + update) / 100")
+    criteria = {
+        f"{r.variant} overhead, {r.case}": {"value": round(r.ratio, 4), "target": "<= 1.05x dense", "pass": r.ratio <= 1.05}
+        for r in rows if r.variant != "dense"
+    }
+    if as_json:
+        _emit_json({
+            "command": "bench overhead", "threads": n_threads, "sparsity": sparsity, "torch": torch.__version__,
+            "rows": [r.__dict__ for r in rows], "criteria": criteria,
+        })
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning user mistakes into one 'error:' line and exit status 2."""
+    try:
+        app(args=argv)
+    except SparseflowError as e:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
