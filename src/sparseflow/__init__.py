@@ -7,16 +7,30 @@ store them at their information content and run them fast. The public API is fla
     method = sf.GMP(sparsity=0.9, end=1000)
 """
 
+from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
+from sparseflow.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.targets import Targets, prunable
+from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DATASETS",
+    "MODELS",
+    "Callback",
+    "Dataset",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "evaluate",
+    "fit",
+    "load_dataset",
+    "loaders",
     "GLOBAL",
     "GMP",
     "MASK_SAFE_OPTIMIZERS",

@@ -125,7 +125,7 @@ def _erdos_renyi(
 
 
 def _er_raw(sh: Shape) -> float:
-    out, inp = sh[0], sh[1]  # (out, in, *kernel): kernel dimensions ignored
+    out, inp = sh[0], (sh[1] if len(sh) > 1 else 1)  # (out, in, *kernel): kernel ignored; a vector is (out, 1)
     return (out + inp) / (out * inp)
 
 

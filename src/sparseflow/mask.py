@@ -91,7 +91,7 @@ class Mask(MutableMapping[str, Tensor]):
     # --- measurements -----------------------------------------------------------------------
     def count(self) -> int:
         """Number of kept entries over all tensors."""
-        return sum(int(m.sum()) for m in self._masks.values())
+        return sum(int(torch.count_nonzero(m)) for m in self._masks.values())
 
     def numel(self) -> int:
         """Number of entries over all tensors."""
@@ -107,10 +107,10 @@ class Mask(MutableMapping[str, Tensor]):
 
     def counts(self) -> dict[str, int]:
         """Kept entries per tensor."""
-        return {n: int(m.sum()) for n, m in self._masks.items()}
+        return {n: int(torch.count_nonzero(m)) for n, m in self._masks.items()}
 
     def densities(self) -> dict[str, float]:
-        return {n: float(m.float().mean()) if m.numel() else 1.0 for n, m in self._masks.items()}
+        return {n: int(torch.count_nonzero(m)) / m.numel() if m.numel() else 1.0 for n, m in self._masks.items()}
 
     def clone(self) -> Mask:
         return Mask({n: m.clone() for n, m in self._masks.items()})

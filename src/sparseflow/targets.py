@@ -48,11 +48,13 @@ class Targets:
         that match nothing).
         """
         chosen: dict[str, nn.Parameter] = {}
+        seen: set[int] = set()
         for mod_name, module in model.named_modules():
             for p_name, param in module.named_parameters(recurse=False):
                 full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if full in chosen:  # shared parameter seen through another module
-                    continue
+                if id(param) in seen:  # shared parameter seen through another module: first name only,
+                    continue  # as in model.named_parameters()
+                seen.add(id(param))
                 if self.include:
                     hit = any(fnmatch.fnmatchcase(full, pat) for pat in self.include)
                 else:

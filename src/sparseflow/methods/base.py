@@ -44,7 +44,7 @@ from sparseflow.distributions import (
 )
 from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.mask import Mask
-from sparseflow.patterns import NM, Block, Pattern, Unstructured
+from sparseflow.patterns import NM, Block, Pattern, Unstructured, topk_mask
 from sparseflow.targets import Targets
 
 # Optimizers whose update at a position is exactly zero when its gradient, weight and state are zero.
@@ -58,6 +58,12 @@ MASK_SAFE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.RMSprop,
     torch.optim.Adagrad,
 )
+
+
+def _all_finite(t: Tensor) -> bool:
+    # A sum is finite only if every term is: one cheap reduction, and the exact check only when it fails
+    # (finite values whose sum overflows).
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 @dataclass(eq=False)
@@ -166,11 +172,12 @@ class Method:
             raise MaskError(
                 f"mask covers {sorted(mask)}, but this method's targets are {sorted(self._params)}"
             )
-        for name, p in self._params.items():
+        for name, p in self._params.items():  # validate everything before changing anything
             m = mask[name]
             if m.shape != p.shape:
                 raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, parameter has {tuple(p.shape)}")
-            self._mask[name] = m.to(p.device)
+        for name, p in self._params.items():
+            self._mask[name] = mask[name].to(p.device)
         self._refresh()
 
     def remove(self) -> None:
@@ -235,7 +242,7 @@ class Method:
 
     def _check_finite(self) -> None:
         for name, p in self._params.items():
-            if not torch.isfinite(p).all():
+            if not _all_finite(p):
                 raise SparseflowError(
                     f"weights of {name!r} contain NaN or inf at step {self._step}, so they cannot be ranked; "
                     "training diverged: lower the learning rate or check the data"
@@ -254,7 +261,7 @@ class Method:
             sc = self.scores(name, p.detach()).to(torch.float32)
             if sc.shape != p.shape:
                 raise SparseflowError(f"scores() for {name!r} returned shape {tuple(sc.shape)}, expected {tuple(p.shape)}")
-            if not torch.isfinite(sc).all():
+            if not _all_finite(sc):
                 raise SparseflowError(f"scores for {name!r} contain NaN or inf at step {self._step}")
             scores[name] = sc.masked_fill(~self._mask[name], float("-inf"))  # pruned stays pruned
         current = {n: self._current_units(n) for n in shapes}
@@ -280,7 +287,7 @@ class Method:
         m = self._mask[name]
         if isinstance(self.pattern, Block):
             return int((self.pattern.unit_scores(m.float()) > 0).sum())
-        return int(m.sum())
+        return int(torch.count_nonzero(m))
 
     def _global_counts(self, scores: dict[str, Tensor], total: int) -> dict[str, int]:
         unit = {n: self.pattern.unit_scores(s) for n, s in scores.items()}
@@ -288,11 +295,11 @@ class Method:
         if total == 0:
             return {n: 0 for n in unit}
         # Keep exactly `total` units: everything above the total-th largest score, plus ties by layer order.
-        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
         keep[torch.topk(flat, total, sorted=False).indices] = True
         counts, start = {}, 0
         for n, u in unit.items():
-            counts[n] = int(keep[start : start + u.numel()].sum())
+            counts[n] = int(torch.count_nonzero(keep[start : start + u.numel()]))
             start += u.numel()
         return counts
 
@@ -302,7 +309,7 @@ class Method:
         self._fmask = {}
         for name, p in self._params.items():
             m = self._mask[name]
-            if not bool(m.all()):  # dense layers skip the per-step multiply
+            if int(torch.count_nonzero(m)) < m.numel():  # dense layers skip the per-step multiply
                 self._fmask[name] = m.to(device=p.device, dtype=p.dtype)
         self._enforce(self._params)
 

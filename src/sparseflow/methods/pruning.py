@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparseflow.distributions import erk
+from sparseflow.distributions import check_sparsity, erk
 from sparseflow.errors import SparseflowError
 from sparseflow.methods.base import Method
 from sparseflow.schedules import cubic, is_update
@@ -69,7 +69,8 @@ class GMP(Method):
         _check_int(self.start, "start", 0)
         _check_int(self.every, "every", 1)
         _check_int(self.end, "end", 0)
-        if not 0.0 <= float(self.initial_sparsity) <= self.sparsity:
+        self.initial_sparsity = check_sparsity(self.initial_sparsity, "initial_sparsity")
+        if not self.initial_sparsity <= self.sparsity:
             raise SparseflowError(
                 f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {self.initial_sparsity!r}"
             )

@@ -1,0 +1,52 @@
+"""Shared test fixtures: tiny seeded models for the core tests (mask, patterns, methods)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+from torch import nn
+
+
+def build_tiny_mlp(widths: Sequence[int] = (8, 16, 12, 4), seed: int = 0) -> nn.Sequential:
+    """Linear(w0, w1) -> ReLU -> ... -> Linear(w_{k-1}, w_k), initialised from ``seed``.
+
+    The default widths divide by 4 along every input and by 2 along every output, so NM(2, 4) and
+    Block(2, 2) fit every layer.
+    """
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def build_tiny_convnet(seed: int = 0) -> nn.Sequential:
+    """Input (4, 6, 6): Conv2d(4, 8, 3) -> ReLU -> Conv2d(8, 4, 3, padding=1) -> ReLU -> Linear(64, 4).
+
+    Input channels (4, 8, 64) divide by 4 and every (out, kernel * in) matrix view divides into 2x2 tiles.
+    """
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 4),
+    )
+
+
+@pytest.fixture(scope="session")
+def make_tiny_mlp() -> Callable[..., nn.Sequential]:
+    """Factory: ``make_tiny_mlp(widths=(8, 16, 12, 4), seed=0)``."""
+    return build_tiny_mlp
+
+
+@pytest.fixture(scope="session")
+def make_tiny_convnet() -> Callable[..., nn.Sequential]:
+    """Factory: ``make_tiny_convnet(seed=0)``; input shape (batch, 4, 6, 6), 4 outputs."""
+    return build_tiny_convnet
