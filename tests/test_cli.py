@@ -104,4 +104,4 @@ def test_run_name_hash_is_pinned() -> None:
     assert TrainJob(seed=1).digest() != job.digest()
 
 
-PINNED_DEFAULT_DIGEST = "0cee8baafd"
+PINNED_DEFAULT_DIGEST = "d76d981908"

@@ -78,6 +78,7 @@ def train(
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the IDX .gz files (mnist, fashion-mnist).")] = None,
     download: Annotated[bool, typer.Option(help="Fetch missing dataset files (checksums verified).")] = False,
     subset: Annotated[Optional[int], typer.Option(help="Use this many training examples.")] = None,
+    test_subset: Annotated[Optional[int], typer.Option(help="Evaluate on the first N test examples.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs (each run).")] = 30,
     batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 0.05,
@@ -85,6 +86,8 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed for weights, mask and data order.")] = 0,
     baseline: Annotated[bool, typer.Option(help="Also train the dense baseline on the same budget.")] = True,
+    prune_first: Annotated[bool, typer.Option(help="Prune the first (input) layer; --no-prune-first keeps it dense.")] = True,
+    prune_last: Annotated[bool, typer.Option(help="Prune the last (output) layer; --no-prune-last keeps it dense.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<config hash>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
@@ -97,16 +100,19 @@ def train(
     """
     from sparseflow.job import TrainJob, run_train_job
 
-    if quick:
+    if quick:  # sized to finish within 60 s on 2 cores for every model and dataset
+        convolutional = model.startswith("conv") or model == "resnet"
         epochs = min(epochs, 10)
-        if dataset in ("mnist", "fashion-mnist", "mnist1d") and subset is None:
-            subset = 4000 if dataset != "mnist1d" else None
-            epochs = min(epochs, 5)
+        if dataset in ("mnist", "fashion-mnist", "mnist1d"):
+            epochs = min(epochs, 3 if convolutional else 5)
+        if dataset in ("mnist", "fashion-mnist") and subset is None:
+            subset = 1000 if convolutional else 4000
+            test_subset = 1000 if convolutional else 2000
     job = TrainJob(
         method=method, sparsity=sparsity, distribution=distribution, pattern=pattern, model=model,
-        hidden=_parse_hidden(hidden), norm=norm, dataset=dataset, subset=subset, epochs=epochs,
+        hidden=_parse_hidden(hidden), norm=norm, dataset=dataset, subset=subset, test_subset=test_subset, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-        baseline=baseline,
+        baseline=baseline, prune_first=prune_first, prune_last=prune_last,
     )
     if out is None:
         # The default directory is named by the config hash, so an existing one holds this very run:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseflow.data import DATASETS, load_dataset, loaders
+from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import DISTRIBUTIONS, GLOBAL, check_sparsity
 from sparseflow.errors import SparseflowError
 from sparseflow.io import atomic_write_text, load_state
@@ -67,6 +67,7 @@ class TrainJob:
     norm: str = "none"
     dataset: str = "digits"
     subset: int | None = None
+    test_subset: int | None = None
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.05
@@ -74,6 +75,8 @@ class TrainJob:
     weight_decay: float = 5e-4
     seed: int = 0
     baseline: bool = True
+    prune_first: bool = True
+    prune_last: bool = True
 
     def __post_init__(self) -> None:
         def one_of(name: str, choices: tuple[str, ...]) -> None:
@@ -93,6 +96,10 @@ class TrainJob:
             object.__setattr__(self, "sparsity", 0.0)  # a dense run has no sparsity to speak of
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        for name in ("subset", "test_subset"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise SparseflowError(f"{name} must be a positive number of examples, got {v!r}")
         TrainConfig(**self.train_config_kwargs())  # validates epochs, batch size, lr, ...
 
     def train_config_kwargs(self) -> dict[str, Any]:
@@ -126,7 +133,8 @@ def build_method(job: TrainJob, total_steps: int) -> Method | None:
         return None
     distribution = GLOBAL if job.distribution == "global" else DISTRIBUTIONS[job.distribution]
     pattern = parse_pattern(job.pattern)
-    common = dict(sparsity=job.sparsity, distribution=distribution, pattern=pattern, targets=Targets())
+    targets = Targets(first_layer=job.prune_first, last_layer=job.prune_last)
+    common = dict(sparsity=job.sparsity, distribution=distribution, pattern=pattern, targets=targets)
     if job.method == "magnitude":
         return MagnitudePruning(**common, at_step=total_steps // 2)
     if job.method == "gmp":
@@ -215,6 +223,9 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
 
     t0 = time.perf_counter()
     ds = load_dataset(job.dataset, data_dir, download=download, subset=job.subset, seed=job.seed)
+    if job.test_subset is not None:  # the first examples of the fixed test split: the same for every seed
+        ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[: job.test_subset], ds.y_test[: job.test_subset],
+                     ds.num_classes)
     cfg = TrainConfig(**job.train_config_kwargs())
     out.mkdir(parents=True, exist_ok=True)
 
@@ -236,7 +247,8 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
 
     ckpt, _ = load_state(out / "checkpoint.safetensors")
-    names = list(method.mask) if method is not None else list(Targets().select(model))
+    names = list(method.mask) if method is not None else list(
+        Targets(first_layer=job.prune_first, last_layer=job.prune_last).select(model))
     layers = layer_stats(ckpt["model"], names)
     nnz = sum(layer.nonzeros for layer in layers)
     numel = sum(layer.numel for layer in layers)
