@@ -105,3 +105,17 @@ def test_run_name_hash_is_pinned() -> None:
 
 
 PINNED_DEFAULT_DIGEST = "d76d981908"
+
+
+def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["train", "--quick", "--json", "--no-progress", "--epochs", "2", "--no-baseline",
+                            "--method", "random", "--no-prune-first", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    first, *rest = result["layers"]
+    assert first["pruned"] is False and first["nonzeros"] == first["numel"]  # dense init has no exact zeros
+    assert all(layer["pruned"] for layer in rest)
+    kept = sum(layer["nonzeros"] for layer in rest)
+    total = sum(layer["numel"] for layer in rest)
+    assert result["sparsity"] == pytest.approx(1 - kept / total)
+    assert total - kept == int(0.9 * total + 0.5)  # exact count rule over the pruned layers only

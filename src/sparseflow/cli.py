@@ -125,11 +125,11 @@ def train(
 
     console = _console(as_json)
     table = Table(title=f"{job.model} on {job.dataset}: {job.method}, per-layer (measured from the checkpoint)")
-    for col in ("parameter", "shape", "weights", "nonzeros", "density"):
+    for col in ("parameter", "shape", "weights", "nonzeros", "density", "pruned"):
         table.add_column(col, justify="left" if col in ("parameter", "shape") else "right")
     for layer in result.layers:
         table.add_row(layer.name, "x".join(map(str, layer.shape)), f"{layer.numel:,}", f"{layer.nonzeros:,}",
-                      f"{layer.density:.4f}")
+                      f"{layer.density:.4f}", "yes" if layer.target else "no (dense)")
     console.print(table)
     acc = Table(title="test accuracy (same training budget)")
     for col in ("run", "sparsity", "accuracy"):

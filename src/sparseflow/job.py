@@ -155,6 +155,7 @@ class LayerStats:
     shape: tuple[int, ...]
     numel: int
     nonzeros: int
+    target: bool  # pruned by the method (False: kept dense)
 
     @property
     def density(self) -> float:
@@ -162,15 +163,15 @@ class LayerStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "numel": self.numel,
-                "nonzeros": self.nonzeros, "density": self.density}
+                "nonzeros": self.nonzeros, "density": self.density, "pruned": self.target}
 
 
-def layer_stats(state_dict: dict[str, torch.Tensor], names: list[str]) -> list[LayerStats]:
-    """Per-layer nonzero counts measured from saved weights."""
+def layer_stats(state_dict: dict[str, torch.Tensor], names: list[str], targets: set[str]) -> list[LayerStats]:
+    """Per-layer nonzero counts measured from saved weights; ``targets`` are the layers the method prunes."""
     out = []
     for n in names:
         w = state_dict[n]
-        out.append(LayerStats(n, tuple(w.shape), w.numel(), int(torch.count_nonzero(w))))
+        out.append(LayerStats(n, tuple(w.shape), w.numel(), int(torch.count_nonzero(w)), n in targets))
     return out
 
 
@@ -189,7 +190,7 @@ class JobResult:
 
     def to_json(self) -> dict[str, Any]:
         target = self.job.sparsity
-        n = sum(layer.numel for layer in self.layers)
+        n = sum(layer.numel for layer in self.layers if layer.target) or sum(layer.numel for layer in self.layers)
         return {
             "command": "train",
             "run_dir": str(self.run_dir),
@@ -197,7 +198,8 @@ class JobResult:
             "dataset": self.job.dataset,
             "model": self.job.model,
             "target_sparsity": target,
-            "sparsity": self.sparsity,
+            "sparsity": self.sparsity,  # over the pruned layers, measured from the checkpoint
+            "overall_sparsity": 1 - sum(x.nonzeros for x in self.layers) / sum(x.numel for x in self.layers),
             "accuracy": self.accuracy,
             "dense_accuracy": self.dense_accuracy,
             "accuracy_gap": None if self.dense_accuracy is None else self.dense_accuracy - self.accuracy,
@@ -247,11 +249,10 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
 
     ckpt, _ = load_state(out / "checkpoint.safetensors")
-    names = list(method.mask) if method is not None else list(
-        Targets(first_layer=job.prune_first, last_layer=job.prune_last).select(model))
-    layers = layer_stats(ckpt["model"], names)
-    nnz = sum(layer.nonzeros for layer in layers)
-    numel = sum(layer.numel for layer in layers)
+    targets = set(method.mask) if method is not None else set()
+    layers = layer_stats(ckpt["model"], list(Targets().select(model)), targets)  # every weight layer
+    nnz = sum(layer.nonzeros for layer in layers if layer.target or method is None)
+    numel = sum(layer.numel for layer in layers if layer.target or method is None)
     result = JobResult(
         job=job, run_dir=out, accuracy=sparse.test_acc,
         dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),

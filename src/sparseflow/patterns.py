@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -50,7 +52,14 @@ def topk_mask(flat: Tensor, k: int) -> Tensor:
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
     if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        threshold = float(np.partition(flat.detach().numpy(), n - k)[n - k])  # the k-th largest value
+        arr = flat.detach().numpy()
+        # Excluded positions (-inf) are many equal values, on which introselect degrades: select among
+        # the rest. (The boolean index also gives partition a private copy to reorder.)
+        cand = arr[arr != -np.inf]
+        if k > cand.size:
+            threshold = -math.inf
+        else:
+            threshold = float(np.partition(cand, cand.size - k)[cand.size - k])  # the k-th largest value
         mask = flat > threshold
         missing = k - int(torch.count_nonzero(mask))
         if missing > 0:

@@ -60,8 +60,8 @@ def write_train_report(result: JobResult, out: Path, *, command: str | None = No
     rows = [[job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}"]]
     if result.dense_accuracy is not None and job.method != "dense":
         rows.append(["dense (same budget)", "0.0000", f"{result.dense_accuracy:.4f}"])
-    layers = [[layer.name, "x".join(map(str, layer.shape)), layer.numel, layer.nonzeros, f"{layer.density:.4f}"]
-              for layer in result.layers]
+    layers = [[layer.name, "x".join(map(str, layer.shape)), layer.numel, layer.nonzeros, f"{layer.density:.4f}",
+               "yes" if layer.target else "no (dense)"] for layer in result.layers]
     text = f"""# sparseflow train: {job.model} on {job.dataset}, {job.method} at sparsity {job.sparsity:g}
 
 Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.wall_s:.1f} s in all.
@@ -73,7 +73,7 @@ Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.w
 
 ## Layers (measured from the saved checkpoint)
 
-{md_table(["parameter", "shape", "weights", "nonzeros", "density"], layers)}
+{md_table(["parameter", "shape", "weights", "nonzeros", "density", "pruned"], layers)}
 
 ## Learning curves
 
