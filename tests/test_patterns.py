@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -42,6 +43,24 @@ def test_unstructured_topk_equals_sorting(shape: list[int], data: st.DataObject)
     assert mask.dtype == torch.bool and mask.shape == scores.shape
     assert torch.equal(mask.reshape(-1), expected)
     assert Unstructured().units(tuple(shape)) == n
+
+
+def test_topk_ties_at_the_threshold_go_to_lower_indices() -> None:
+    scores = torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0, 3.0])
+    # 3.0 is kept; two of the three 2.0s are needed: the first two
+    assert Unstructured().topk(scores, 3).tolist() == [False, True, True, False, False, True]
+    # excluded positions (-inf) are taken last, again lowest index first
+    scores = torch.tensor([-math.inf, 0.5, -math.inf, -math.inf, 0.25])
+    assert Unstructured().topk(scores, 3).tolist() == [True, True, False, False, True]
+    assert Unstructured().topk(scores, 0).tolist() == [False] * 5
+    assert Unstructured().topk(scores, 5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_unstructured_topk_other_dtypes(dtype: torch.dtype) -> None:
+    scores = torch.randperm(50, generator=torch.Generator().manual_seed(0)).to(dtype)  # distinct, exact
+    mask = Unstructured().topk(scores.reshape(5, 10), 7)
+    assert torch.equal(mask.reshape(-1), scores >= 43)
 
 
 def test_unstructured_topk_out_of_range() -> None:

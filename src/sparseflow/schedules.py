@@ -31,6 +31,8 @@ def cubic(t: int, *, initial: float, final: float, start: int, every: int, n: in
 
 def cosine_drop(t: int, *, alpha: float, end: int) -> float:
     """Drop fraction (α/2)(1 + cos(π t / end)) for t ≤ end, else 0."""
+    if end < 1:
+        raise ValueError(f"cosine_drop needs end >= 1, got end={end}")
     if t > end:
         return 0.0
     return alpha / 2.0 * (1.0 + math.cos(math.pi * t / end))
@@ -38,6 +40,8 @@ def cosine_drop(t: int, *, alpha: float, end: int) -> float:
 
 def is_update(t: int, *, every: int, start: int = 0, end: int | None = None) -> bool:
     """True when ``t`` is ``start + k * every`` for some k ≥ 0 and (no end or) t ≤ end."""
+    if every < 1:
+        raise ValueError(f"is_update needs every >= 1, got every={every}")
     if t < start or (end is not None and t > end):
         return False
     return (t - start) % every == 0

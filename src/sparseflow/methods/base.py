@@ -47,14 +47,14 @@ from sparseflow.mask import Mask
 from sparseflow.patterns import NM, Block, Pattern, Unstructured, topk_mask
 from sparseflow.targets import Targets
 
-# Optimizers whose update at a position is exactly zero when its gradient, weight and state are zero.
+# Optimizers whose update at a position is exactly zero, and whose state there stays zero, when its gradient,
+# weight and state are zero. (Not Adamax: its exp_inf becomes max(0, |0| + eps) = eps at pruned positions.)
 MASK_SAFE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.SGD,
     torch.optim.Adam,
     torch.optim.AdamW,
     torch.optim.NAdam,
     torch.optim.RAdam,
-    torch.optim.Adamax,
     torch.optim.RMSprop,
     torch.optim.Adagrad,
 )
@@ -140,17 +140,21 @@ class Method:
             raise SparseflowError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         self.remove()
         self._model, self._optimizer = model, optimizer
-        self._params = self.targets.select(model)
-        for name, p in self._params.items():
-            self.pattern.check(name, p.shape)
-        self._strict = optimizer is None or type(optimizer) not in MASK_SAFE_OPTIMIZERS
-        self._step = 0
-        self._mask = Mask.ones(self._params)
-        self._fmask = {}
-        self._setup()
-        s = self.target_sparsity(0)
-        if s is not None:
-            self._prune_to(s)
+        try:
+            self._params = self.targets.select(model)
+            for name, p in self._params.items():
+                self.pattern.check(name, p.shape)
+            self._strict = optimizer is None or type(optimizer) not in MASK_SAFE_OPTIMIZERS
+            self._step = 0
+            self._mask = Mask.ones(self._params)
+            self._fmask = {}
+            self._setup()
+            s = self.target_sparsity(0)
+            if s is not None:
+                self._prune_to(s)
+        except BaseException:
+            self._model = self._optimizer = None  # a failed prepare leaves the method detached, not half-attached
+            raise
         for name, p in self._params.items():
             self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
 
@@ -295,8 +299,7 @@ class Method:
         if total == 0:
             return {n: 0 for n in unit}
         # Keep exactly `total` units: everything above the total-th largest score, plus ties by layer order.
-        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        keep[torch.topk(flat, total, sorted=False).indices] = True
+        keep = topk_mask(flat, total)
         counts, start = {}, 0
         for n, u in unit.items():
             counts[n] = int(torch.count_nonzero(keep[start : start + u.numel()]))
