@@ -145,7 +145,7 @@ def train(
 
 @bench_app.command("overhead")
 def bench_overhead(
-    repeats: Annotated[int, typer.Option(help="Interleaved repeats; medians are reported.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Interleaved repeats; medians are reported.")] = 10,
     threads: Annotated[Optional[int], typer.Option(help="torch.set_num_threads (default: all cores).")] = None,
     sparsity: Annotated[float, typer.Option(help="Sparsity of the masks.")] = 0.9,
     quick: QuickOpt = False,
@@ -169,7 +169,7 @@ def bench_overhead(
     console = _console(as_json)
     err = Console(stderr=True)
     with err.status("timing") as status:
-        rows = overhead(QUICK_CASES if quick else CASES, repeats=min(repeats, 3) if quick else repeats,
+        rows = overhead(QUICK_CASES if quick else CASES, repeats=min(repeats, 5) if quick else repeats,
                         sparsity=sparsity, progress=lambda msg: status.update(msg))
     table = Table(title=f"training-step time vs dense (sparsity {sparsity:g}, {n_threads} threads, torch {torch.__version__})")
     for col in ("case", "variant", "step ms", "update ms", "ratio"):
