@@ -20,11 +20,12 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 import sparseflow as sf
-from sparseflow import GLOBAL, GMP, NM, Block, MagnitudePruning, MaskError, RandomSparse, SparseflowError
-from sparseflow import Targets, Unstructured, er, erk, uniform
+from sparseflow import GLOBAL, GMP, NM, SET, Block, MagnitudePruning, MaskError, RandomSparse, RigL, SparseflowError
+from sparseflow import SNIP, GraSP, SynFlow, Targets, Unstructured, er, erk, uniform
 from sparseflow.patterns import _as_matrix
 
 from conftest import build_tiny_convnet, build_tiny_mlp
+from test_saliency import grasp_scores, snip_scores, synflow_iterative
 
 
 # ==================================================================================================
@@ -59,23 +60,30 @@ def largest_remainder(units: dict[str, int], dens: dict[str, float], total: int,
 def expected_counts(
     method: sf.Method, weights: dict[str, Tensor], sparsity: float, cap: dict[str, int]
 ) -> dict[str, int]:
+    """Kept units per layer at ``sparsity`` for a magnitude ranking; see :func:`expected_counts_by`."""
+    return expected_counts_by(method, {n: w.abs() for n, w in weights.items()}, sparsity, cap)
+
+
+def expected_counts_by(
+    method: sf.Method, scores: dict[str, Tensor], sparsity: float, cap: dict[str, int]
+) -> dict[str, int]:
     """Kept units per layer at ``sparsity``; ``cap`` = units kept so far (pruning only removes).
 
-    ``weights`` holds the scores' source with pruned positions already excluded (set to NaN) for GLOBAL.
+    ``scores`` (higher = keep) has the positions pruned before excluded (set to NaN); only GLOBAL reads them.
     """
-    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    shapes = {n: tuple(w.shape) for n, w in scores.items()}
     units = {n: units_of(method.pattern, sh) for n, sh in shapes.items()}
     if isinstance(method.pattern, NM):
         return {n: units[n] * method.pattern.n // method.pattern.m for n in units}
     n_total = sum(units.values())
     total = n_total - math.floor(sparsity * n_total + 0.5)
-    if method.distribution is GLOBAL:  # brute force: sort every surviving |w| of every layer together
+    if method.distribution is GLOBAL:  # brute force: sort every surviving score of every layer together
         assert isinstance(method.pattern, Unstructured)
         ranked = sorted(
-            ((abs(float(v)), name) for name, w in weights.items() for v in w.reshape(-1) if not math.isnan(float(v))),
+            ((float(v), name) for name, w in scores.items() for v in w.reshape(-1) if not math.isnan(float(v))),
             reverse=True,
         )
-        counts = {n: 0 for n in weights}
+        counts = {n: 0 for n in scores}
         for _, name in ranked[:total]:
             counts[name] += 1
         return counts
@@ -101,11 +109,18 @@ def assert_top_magnitude(
     method: sf.Method, before: dict[str, Tensor], prev: dict[str, Tensor], new: dict[str, Tensor]
 ) -> None:
     """Among the units kept before (``prev``), the new mask keeps the largest |w| (per layer or globally)."""
+    assert_top_scores(method, {n: w.abs() for n, w in before.items()}, prev, new)
+
+
+def assert_top_scores(
+    method: sf.Method, scores: dict[str, Tensor], prev: dict[str, Tensor], new: dict[str, Tensor]
+) -> None:
+    """Among the units kept before (``prev``), the new mask keeps the highest scores (per layer or globally)."""
     pattern = method.pattern
     groups: list[tuple[Tensor, Tensor]] = []  # (scores of kept units, scores of dropped units)
     for n in new:
         assert not (new[n] & ~prev[n]).any(), f"{n}: pruning grew weights"
-        a, p, k = _as_matrix(before[n].abs()), _as_matrix(prev[n]), _as_matrix(new[n])
+        a, p, k = _as_matrix(scores[n]), _as_matrix(prev[n]), _as_matrix(new[n])
         if isinstance(pattern, NM):
             a, p, k = (t.reshape(-1, pattern.m) for t in (a, p, k))
             for row in range(a.shape[0]):
@@ -117,7 +132,7 @@ def assert_top_magnitude(
             a, p, k = (t.reshape(shape4).sum(dim=(1, 3)) for t in (a, p.float(), k.float()))
             p, k = p > 0, k > 0
         groups.append((a[k], a[p & ~k]))
-    if method.distribution is GLOBAL:
+    if method.distribution is GLOBAL and not isinstance(pattern, NM):  # N:M ranks within groups whatever the distribution
         groups = [(torch.cat([g[0] for g in groups]), torch.cat([g[1] for g in groups]))]
     for kept, dropped in groups:
         if kept.numel() and dropped.numel():
@@ -132,11 +147,24 @@ class Case:
     id: str
     make: Callable[[], sf.Method]
     by_magnitude: bool = True
+    dynamic: bool = False  # SET/RigL: a random initial mask, then drop-and-regrow at fixed counts
+    # Pruning at initialisation: make(in_shape) (SNIP/GraSP get a batch, SynFlow the input shape), and
+    # scores(model, in_shape) is the oracle ranking of the pruning in prepare (NaN: pruned in an earlier round).
+    at_init: bool = False
+    scores: Callable[[nn.Module, tuple[int, ...]], dict[str, Tensor]] | None = None
+
+    def new(self, in_shape: tuple[int, ...]) -> sf.Method:
+        return self.make(in_shape) if self.at_init else self.make()
 
 
 def _gmp(**kw) -> Callable[[], sf.Method]:
     # prunes at steps 0, 10, 20, 30, 40, 50: six mask updates inside a 60-step run
     return lambda: GMP(0.8, initial_sparsity=0.1, start=0, end=50, every=10, **kw)
+
+
+def _dynamic(cls, **kw) -> Callable[[], sf.Method]:
+    # drops and regrows at steps 10, 20, 30, 40, 50: five mask updates inside a 60-step run
+    return lambda: cls(0.7, update_every=10, until=50, alpha=0.5, seed=3, **kw)
 
 
 CASES = [
@@ -155,6 +183,31 @@ CASES = [
     Case("random-er", lambda: RandomSparse(0.7, distribution=er, seed=3), by_magnitude=False),
     Case("random-erk", lambda: RandomSparse(0.7, seed=3), by_magnitude=False),
     Case("random-nm24", lambda: RandomSparse(0.5, pattern=NM(2, 4), seed=3), by_magnitude=False),
+    Case("set-erk", _dynamic(SET), by_magnitude=False, dynamic=True),
+    Case("set-uniform", _dynamic(SET, distribution=uniform), by_magnitude=False, dynamic=True),
+    Case("rigl-erk", _dynamic(RigL), by_magnitude=False, dynamic=True),
+    Case("rigl-er", _dynamic(RigL, distribution=er), by_magnitude=False, dynamic=True),
+]
+
+def _at_init(id: str, make: Callable[[tuple[int, ...]], sf.Method], scores) -> Case:
+    return Case(id, make, by_magnitude=False, at_init=True, scores=scores)
+
+
+CASES += [
+    _at_init("snip-global", lambda sh: SNIP(0.7, data=_batch(0, sh)), lambda m, sh: snip_scores(m, [_batch(0, sh)])),
+    _at_init("snip-erk", lambda sh: SNIP(0.7, distribution=erk, data=_batch(0, sh)), lambda m, sh: snip_scores(m, [_batch(0, sh)])),
+    _at_init("snip-nm24", lambda sh: SNIP(0.5, pattern=NM(2, 4), data=_batch(0, sh)), lambda m, sh: snip_scores(m, [_batch(0, sh)])),
+    _at_init("grasp-global", lambda sh: GraSP(0.7, data=_batch(0, sh)), lambda m, sh: grasp_scores(m, _batch(0, sh))),
+    _at_init(
+        "grasp-block22",
+        lambda sh: GraSP(0.6, distribution=uniform, pattern=Block(2, 2), data=_batch(0, sh)),
+        lambda m, sh: grasp_scores(m, _batch(0, sh)),
+    ),
+    _at_init(
+        "synflow-global",
+        lambda sh: SynFlow(0.7, rounds=10, input_shape=sh),
+        lambda m, sh: synflow_iterative(m, 0.7, 10, sh)[0],
+    ),
 ]
 MODELS: dict[str, tuple[Callable[[int], nn.Module], tuple[int, ...]]] = {
     "mlp": (lambda seed: build_tiny_mlp(seed=seed), (8,)),
@@ -211,10 +264,12 @@ def _snapshot_weights(method: sf.Method) -> dict[str, Tensor]:
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_prepare_gives_exact_counts(case: Case, model_name: str) -> None:
-    build, _ = MODELS[model_name]
+    build, in_shape = MODELS[model_name]
     model = build(0)
-    method = case.make()
+    method = case.new(in_shape)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = list(sf.prunable(model))
+    ranked = case.scores(model, in_shape) if case.scores else {n: before[n].abs() for n in names}
     method.prepare(model)
     mask = method.mask
     targets = sf.prunable(model)
@@ -225,7 +280,7 @@ def test_prepare_gives_exact_counts(case: Case, model_name: str) -> None:
     if s0 is None or (s0 == 0 and not isinstance(method.pattern, NM)):
         assert all(m.all() for m in mask.values())  # nothing pruned yet
     else:
-        want = expected_counts(method, {n: before[n] for n in targets}, s0, full)
+        want = expected_counts_by(method, {n: ranked[n] for n in targets}, s0, full)
         assert {n: kept_units(method.pattern, m) for n, m in mask.items()} == want
         if not isinstance(method.pattern, NM):
             assert sum(want.values()) == sum(full.values()) - math.floor(s0 * sum(full.values()) + 0.5)
@@ -236,10 +291,10 @@ def test_prepare_gives_exact_counts(case: Case, model_name: str) -> None:
         assert torch.equal(params[n].detach(), torch.where(m, before[n], torch.zeros(()))), n
     for n in set(params) - set(mask):  # biases untouched
         assert torch.equal(params[n].detach(), before[n])
-    if case.by_magnitude:
-        assert_top_magnitude(method, before, {n: torch.ones_like(m) for n, m in mask.items()}, mask.to_dict())
+    if case.by_magnitude or case.scores:  # the highest oracle scores among those still eligible are kept
+        assert_top_scores(method, ranked, {n: ~ranked[n].isnan() for n in mask}, mask.to_dict())
     else:  # a random mask depends on the seed only, not on the weights
-        other = case.make()
+        other = case.new(in_shape)
         other.prepare(build(123))
         assert other.mask == mask
 
@@ -287,7 +342,7 @@ def test_every_mask_safe_optimizer_is_covered() -> None:
 
 
 @pytest.mark.parametrize("opt_name", MORE_OPTIMIZERS)
-@pytest.mark.parametrize("case", [c for c in CASES if c.id in ("gmp-uniform", "gmp-global")], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in ("gmp-uniform", "gmp-global", "rigl-erk")], ids=lambda c: c.id)
 def test_training_keeps_the_invariant_under_more_optimizers(case: Case, opt_name: str) -> None:
     _check_training(case, "mlp", MORE_OPTIMIZERS[opt_name])
 
@@ -296,11 +351,11 @@ def _check_training(case: Case, model_name: str, make_opt: Callable[..., torch.o
     build, in_shape = MODELS[model_name]
     model = build(0)
     opt = make_opt(model.parameters())
-    method = case.make()
+    method = case.new(in_shape)
     method.prepare(model, opt)
     start = _snapshot_weights(method)
     cap = {n: kept_units(method.pattern, m) for n, m in method.mask.items()}
-    updates = 0
+    updates = moved_connections = 0
     for step in range(1, 61):
         x, y = _batch(step, in_shape)
         F.cross_entropy(model(x), y).backward()
@@ -309,6 +364,19 @@ def _check_training(case: Case, model_name: str, make_opt: Callable[..., torch.o
         method.step()
         opt.zero_grad()
         assert _assert_invariant(method, opt) > 0  # the optimizer does keep parameter-shaped state
+        if case.dynamic and method.is_update_step(step):  # type: ignore[attr-defined]
+            updates += 1
+            assert method.mask.counts() == cap, f"step {step}: drop-and-regrow changed a layer's count"
+            after = _snapshot_weights(method)
+            params = dict(model.named_parameters())
+            for n, m in method.mask.items():
+                born = m & ~prev[n]
+                moved_connections += int(born.sum())
+                assert not after[n][born].any(), f"{n}: a grown weight is not zero"
+                for key, v in opt.state.get(params[n], {}).items():
+                    if isinstance(v, Tensor) and v.shape == m.shape:
+                        assert not v[born].any(), f"{n}: optimizer state {key!r} nonzero at a grown position"
+            continue
         s = method.target_sparsity(step)
         if s is None or (s == 0 and not isinstance(method.pattern, NM)):
             assert method.mask == prev
@@ -322,7 +390,8 @@ def _check_training(case: Case, model_name: str, make_opt: Callable[..., torch.o
             assert_pattern(method.pattern, n, m)
         if case.by_magnitude:
             assert_top_magnitude(method, before, prev, method.mask.to_dict())
-    assert updates == (5 if isinstance(method, GMP) else 1 if case.id == "magnitude-at-step-25" else 0)
+    assert updates == (5 if isinstance(method, (GMP, SET)) else 1 if case.id == "magnitude-at-step-25" else 0)
+    assert (moved_connections > 0) == case.dynamic
     assert method.step_count == 60
     final = method.sparsity
     n_units = sum(units_of(method.pattern, tuple(m.shape)) for m in method.mask.values())
@@ -335,12 +404,12 @@ def _check_training(case: Case, model_name: str, make_opt: Callable[..., torch.o
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_state_dict_resumes_bit_for_bit(case: Case, opt_name: str) -> None:
     total, k = 60, 23
-    build, in_shape = MODELS["conv" if case.id in ("gmp-erk", "magnitude-nm24") else "mlp"]
+    build, in_shape = MODELS["conv" if case.id in ("gmp-erk", "magnitude-nm24", "rigl-erk") else "mlp"]
 
     def fresh(seed: int):
         model = build(seed)
         opt = OPTIMIZERS[opt_name](model.parameters())
-        method = case.make()
+        method = case.new(in_shape)
         method.prepare(model, opt)
         return model, opt, method
 
@@ -573,11 +642,16 @@ METHOD_CLASSES = [
     lambda s: MagnitudePruning(s),
     lambda s: GMP(s, end=10, every=5),
     lambda s: RandomSparse(s),
+    lambda s: SET(s, until=100),
+    lambda s: RigL(s, until=100),
+    lambda s: SNIP(s, data=_batch(0, (8,))),
+    lambda s: GraSP(s, data=_batch(0, (8,))),
+    lambda s: SynFlow(s),
 ]
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), "0.5", None])
-@pytest.mark.parametrize("make", METHOD_CLASSES, ids=["magnitude", "gmp", "random"])
+@pytest.mark.parametrize("make", METHOD_CLASSES, ids=["magnitude", "gmp", "random", "set", "rigl", "snip", "grasp", "synflow"])
 def test_bad_sparsity(make, bad) -> None:
     with pytest.raises(MaskError, match="sparsity"):
         make(bad)

@@ -12,6 +12,8 @@ from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_tot
 from sparseflow.errors import DataError, MaskError, SparseflowError
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
+from sparseflow.methods import SNIP, GraSP, SynFlow
+from sparseflow.methods import SET, RigL
 from sparseflow.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.targets import Targets, prunable
@@ -43,6 +45,11 @@ __all__ = [
     "Method",
     "NM",
     "RandomSparse",
+    "SNIP",
+    "GraSP",
+    "SynFlow",
+    "RigL",
+    "SET",
     "SparseflowError",
     "Targets",
     "Unstructured",

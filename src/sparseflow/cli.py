@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -67,9 +68,9 @@ def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="dense | magnitude | gmp | random")] = "gmp",
+    method: Annotated[str, typer.Option(help="dense | magnitude | gmp | random | snip | grasp | synflow | set | rigl")] = "gmp",
     sparsity: Annotated[float, typer.Option(help="Fraction of target weights that are zero, in [0, 1).")] = 0.9,
-    distribution: Annotated[str, typer.Option(help="uniform | er | erk | global")] = "uniform",
+    distribution: Annotated[Optional[str], typer.Option(help="uniform | er | erk | global (default: the method's paper)")] = None,
     pattern: Annotated[str, typer.Option(help="unstructured | N:M (e.g. 2:4) | RxC blocks (e.g. 4x4)")] = "unstructured",
     model: Annotated[str, typer.Option(help="mlp | lenet300-100 | conv2 | conv4 | conv6 | resnet")] = "mlp",
     hidden: Annotated[Optional[str], typer.Option(help="MLP widths, e.g. 300,100 (model mlp only).")] = None,
@@ -188,6 +189,83 @@ def bench_overhead(
             "command": "bench overhead", "threads": n_threads, "sparsity": sparsity, "torch": torch.__version__,
             "rows": [r.__dict__ for r in rows], "criteria": criteria,
         })
+
+
+@bench_app.command("methods")
+def bench_methods(
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the MNIST IDX .gz files.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per (method, sparsity); mean ± std over them.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Training epochs, the same budget for every method.")] = 10,
+    sparsities: Annotated[str, typer.Option(help="Comma-separated sparsities.")] = "0.8,0.9,0.95,0.98",
+    workers: Annotated[int, typer.Option(help="Parallel training processes (threads are split among them).")] = 2,
+    out: Annotated[Optional[Path], typer.Option(help="Write result.json and report.md here.")] = None,
+    quick: QuickOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead."""
+    import torch
+
+    from sparseflow.bench_dynamic import rigl_overhead
+    from sparseflow.bench_methods import VARIANTS, MethodsConfig, criteria, methods_benchmark
+    from sparseflow.distributions import check_sparsity
+    from sparseflow.io import atomic_write_text
+
+    try:
+        levels = tuple(check_sparsity(float(x)) for x in sparsities.split(","))
+    except ValueError:
+        raise SparseflowError(f"--sparsities takes comma-separated numbers in [0, 1), got {sparsities!r}") from None
+    if seeds < 1 or epochs < 1 or workers < 1:
+        raise SparseflowError(f"--seeds, --epochs and --workers must be >= 1, got {seeds}, {epochs}, {workers}")
+    if quick:
+        cfg = MethodsConfig(dataset="mnist1d", sparsities=(0.9, 0.98), seeds=tuple(range(min(seeds, 2))), epochs=min(epochs, 10),
+                            batch_size=128, lr=0.1)
+    else:
+        if data_dir is None:
+            raise SparseflowError("bench methods trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files "
+                                  "(or --quick for MNIST-1D, generated locally)")
+        from sparseflow.data import load_dataset
+        load_dataset("mnist", data_dir)  # verify the files before starting workers
+        cfg = MethodsConfig(sparsities=levels, seeds=tuple(range(seeds)), epochs=epochs)
+    err = Console(stderr=True)
+    total = len(cfg.seeds) * (1 + len(cfg.sparsities) * 9)
+    done = [0]
+
+    def tick(spec: Any, acc: float) -> None:
+        done[0] += 1
+        err.print(f"[{done[0]}/{total}] {spec.label} s={spec.sparsity:g} seed={spec.seed}: {acc:.4f}", highlight=False)
+
+    result = methods_benchmark(cfg, data_dir=data_dir, workers=workers, on_result=tick)
+    with err.status("timing RigL's training step against dense"):
+        torch.set_num_threads(os.cpu_count() or 1)
+        ov = rigl_overhead(repeats=5 if quick else 10)
+    rigl_row = next(r for r in ov if r.variant == "rigl")
+    result["overhead"] = [r.__dict__ for r in ov]
+    result["criteria"] = criteria(result, rigl_row.ratio)
+
+    console = _console(as_json)
+    table = Table(title=f"test accuracy (%), {cfg.model} on {cfg.dataset}, {cfg.epochs} epochs, mean ± std over {len(cfg.seeds)} seeds")
+    table.add_column("method")
+    for s in cfg.sparsities:
+        table.add_column(f"s={s:g}", justify="right")
+    labels = ["dense"] + [label for label, _, _ in VARIANTS]
+    for label in labels:
+        cells = []
+        for s in cfg.sparsities:
+            row = next((r for r in result["rows"] if r["method"] == label and (label == "dense" or abs(r["sparsity"] - s) < 1e-9)), None)
+            cells.append("-" if row is None else f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}")
+        table.add_row(label, *cells)
+    console.print(table)
+    crit = Table(title="expectations from the literature")
+    for col in ("criterion", "value", "target", "pass"):
+        crit.add_column(col)
+    for name, c in result["criteria"].items():
+        crit.add_row(name, str(c["value"]), c["target"], "yes" if c["pass"] else "NO")
+    console.print(crit)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "result.json", json.dumps(_finite(result), indent=2) + "\n")
+    if as_json:
+        _emit_json({"command": "bench methods", **result})
 
 
 def main(argv: list[str] | None = None) -> None:

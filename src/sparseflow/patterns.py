@@ -60,6 +60,9 @@ def topk_mask(flat: Tensor, k: int) -> Tensor:
             threshold = -math.inf
         else:
             threshold = float(np.partition(cand, cand.size - k)[cand.size - k])  # the k-th largest value
+        mask = flat >= threshold
+        if int(torch.count_nonzero(mask)) == k:  # the usual case: no tie at the threshold
+            return mask
         mask = flat > threshold
         missing = k - int(torch.count_nonzero(mask))
         if missing > 0:

@@ -156,7 +156,8 @@ class Method:
             self._model = self._optimizer = None  # a failed prepare leaves the method detached, not half-attached
             raise
         for name, p in self._params.items():
-            self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
+            if p.requires_grad:  # a frozen weight gets no gradient to mask (and never moves)
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
 
     def step(self) -> None:
         """Advance one optimizer step; change the mask when the schedule says so. Call after ``optimizer.step()``."""

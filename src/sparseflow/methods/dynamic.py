@@ -1,0 +1,269 @@
+"""Dynamic sparse training: SET and RigL keep the sparsity fixed and move the connections.
+
+- :class:`SET` (Mocanu et al. 2018, "Scalable training of artificial neural networks with adaptive sparse
+  connectivity inspired by network science"): drop the smallest-magnitude active weights, regrow as many
+  at random positions.
+- :class:`RigL` (Evci et al. 2020, "Rigging the Lottery: Making All Tickets Winners"): the same, but regrow
+  where the dense gradient is largest. RigL is SET with one method overridden, :meth:`SET.grow_scores`
+  (as in jaxpruner's ``sparse_trainers.py``).
+
+Both start from a random mask with exact per-layer counts (default ERK, as in RigL) and update it every
+``update_every`` steps t = ΔT, 2ΔT, ... ≤ ``until`` (T_end, typically 75 % of training). At an update,
+in every layer that is not dense, following the RigL reference code (``rigl/sparse_optimizers.py``,
+``SparseSETOptimizer._get_update_op``):
+
+1. k = floor(f(t) · n_active) with the cosine drop fraction f(t) = (α/2)(1 + cos(π t / T_end))
+   (the reference truncates: ``int(n_ones * drop_fraction)``);
+2. drop the k active weights of smallest |w| (ties: the higher flat index goes first);
+3. grow the k positions of highest grow score among all positions *not kept in step 2* (so a connection
+   dropped in step 2 may be regrown: the reference lifts only the kept positions out of the candidates);
+   ties go to the lower flat index.
+
+A newly active position (inactive before the update) starts with weight exactly 0 and zero optimizer state;
+a connection dropped and regrown in the same update keeps its weight and state, as with the reference's
+default ``reinit_when_same=False``. Per-layer active counts never change. Differences from the reference:
+no 1e-5 noise is added to the drop scores (ties are broken by index instead, so runs are exact), and the
+optimizer step of an update iteration is not skipped (the user's loop stays as it is).
+
+RigL's dense gradient is copied (one clone per layer) only in the backward pass whose ``step()`` is an
+update; every other step costs what a static mask costs. The selection is exact top-k (no approximation);
+on the CPU a threshold read off a sample only narrows which scores need ranking (see :func:`_largest`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sparseflow.distributions import Global
+from sparseflow.errors import SparseflowError
+from sparseflow.methods.base import _all_finite
+from sparseflow.methods.pruning import RandomSparse, _check_int
+from sparseflow.patterns import Unstructured, topk_mask
+from sparseflow.schedules import cosine_drop, is_update
+
+
+@dataclass(eq=False)
+class SET(RandomSparse):
+    """Sparse Evolutionary Training (Mocanu et al. 2018) with RigL's schedule: random regrowth.
+
+    Args:
+        sparsity: fraction of target weights that are zero, fixed throughout training.
+        distribution: per-layer densities (default :func:`~sparseflow.erk`); not GLOBAL.
+        pattern: :class:`~sparseflow.Unstructured` only.
+        seed: seeds the initial mask and the random regrowth (one ``torch.Generator``, saved in state_dict).
+        alpha: initial drop fraction α in [0, 1] of the cosine schedule.
+        update_every: ΔT, optimizer steps between mask updates.
+        until: T_end, the last step that may update the mask; required (typically 75 % of training).
+        start: first update step (0: the first update is at ``update_every``).
+        total_steps: optional length of training, only to check that ``until`` lies within it.
+    """
+
+    alpha: float = 0.3
+    update_every: int = 100
+    until: int | None = None
+    start: int = 0
+    total_steps: int | None = None
+
+    # Whether grow_scores needs the dense gradient (collected only in the backward before an update).
+    uses_gradient: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if not isinstance(self.pattern, Unstructured):
+            raise SparseflowError(f"{name} supports pattern=Unstructured() only, got {self.pattern!r}")
+        if isinstance(self.distribution, Global):
+            raise SparseflowError(f"{name} needs per-layer densities (uniform, er or erk), got GLOBAL")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:  # also rejects NaN
+            raise SparseflowError(f"alpha (the drop fraction) must be a number in [0, 1], got {a!r}")
+        self.alpha = float(a)
+        _check_int(self.update_every, "update_every", 1)
+        _check_int(self.start, "start", 0)
+        if self.until is None:
+            raise SparseflowError(f"{name} needs until= the last mask-update step (typically 75% of the training steps)")
+        _check_int(self.until, "until", 1)
+        first = self.start if self.start > 0 else self.update_every
+        if first > self.until:
+            raise SparseflowError(
+                f"until={self.until} is before the first update at step {first} (start={self.start}, "
+                f"update_every={self.update_every}): the mask would never change; pass a later until= "
+                "(typically 75% of the training steps) or a smaller update_every="
+            )
+        if self.total_steps is not None:
+            _check_int(self.total_steps, "total_steps", 1)
+            if self.until > self.total_steps:
+                raise SparseflowError(f"until={self.until} is beyond total_steps={self.total_steps}")
+        self._grads: dict[str, Tensor] = {}
+
+    # --- the one override point ---------------------------------------------------------------
+    def grow_scores(self, name: str, weight: Tensor, grad: Tensor | None) -> Tensor:
+        """Score of every position of target ``name`` for regrowth (higher = grow). SET: uniform random.
+
+        ``grad`` is the dense gradient of this update's step when :attr:`uses_gradient` is set, else None.
+        """
+        return torch.rand(weight.shape, generator=self._generator).to(weight.device)
+
+    # --- schedule -----------------------------------------------------------------------------
+    def is_update_step(self, t: int) -> bool:
+        """Whether ``step()`` number ``t`` drops and regrows: t = start + j·ΔT, 0 < t ≤ until."""
+        assert self.until is not None
+        return t > 0 and is_update(t, every=self.update_every, start=self.start, end=self.until)
+
+    def drop_fraction(self, t: int) -> float:
+        """Cosine drop fraction (α/2)(1 + cos(π t / until)) at step ``t`` (0 after ``until``)."""
+        assert self.until is not None
+        return cosine_drop(t, alpha=self.alpha, end=self.until)
+
+    # --- Method hooks -------------------------------------------------------------------------
+    def step(self) -> None:
+        super().step()  # counts the step (and re-applies the mask for optimizers outside the safe list)
+        if self.is_update_step(self._step):
+            try:
+                self._update()
+            finally:
+                self._grads = {}
+
+    def _setup(self) -> None:
+        super()._setup()
+        self._grads = {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self._grads = {}
+
+    def _on_grad(self, name: str, grad: Tensor) -> None:
+        # Called for every sparse target in every backward; copies only before an update (self._step + 1
+        # is the step the coming method.step() completes). With gradient accumulation the last backward
+        # wins at inactive positions (earlier micro-batches' gradients there were already masked).
+        if self.uses_gradient and self.is_update_step(self._step + 1):
+            self._grads[name] = grad.detach().clone()
+
+    # --- the update ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _update(self) -> None:
+        t = self._step
+        frac = self.drop_fraction(t)
+        self._check_finite()
+        swaps: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (dropped, grown) flat indices
+        for name, p in self._params.items():  # compute everything first: a failure changes nothing
+            old = self._mask[name]
+            n_active = int(torch.count_nonzero(old))
+            if n_active == old.numel():
+                continue  # a dense layer has nothing to regrow
+            grad = None
+            if self.uses_gradient:
+                grad = self._grads.get(name)
+                if grad is None:
+                    raise SparseflowError(
+                        f"{type(self).__name__} needs the dense gradient of {name!r} at update step {t}, but no "
+                        "backward pass reached it: call loss.backward() before optimizer.step() and method.step() "
+                        "(or leave that parameter out of the targets)"
+                    )
+            w = p.detach()
+            # Scored for every sparse layer at every update, even when k = 0: SET draws one uniform tensor
+            # per sparse layer per update, in target order, so the generator's stream depends on nothing else.
+            grow = self.grow_scores(name, w, grad)
+            if grow.shape != p.shape:
+                raise SparseflowError(
+                    f"grow_scores() for {name!r} returned shape {tuple(grow.shape)}, expected {tuple(p.shape)}"
+                )
+            grow = grow.detach().reshape(-1).to(torch.float32)
+            if not _all_finite(grow):
+                raise SparseflowError(f"grow scores for {name!r} contain NaN or inf at step {t}")
+            k = math.floor(frac * n_active + 1e-9)  # 1e-9: frac * n computed in floats (0.29 * 100)
+            if k == 0:
+                continue
+            mag = w.abs().reshape(-1).to(torch.float32)
+            swaps[name] = _drop_and_grow(mag, old.reshape(-1), grow, k)
+        for name, (dropped, grown) in swaps.items():
+            p = self._params[name]
+            flat = self._mask[name].reshape(-1)
+            born = grown[~flat[grown]].to(p.device)  # newly active: weight and optimizer state start at 0
+            _zero_at_(p, born)
+            if self._optimizer is not None:
+                for v in self._optimizer.state.get(p, {}).values():
+                    if isinstance(v, Tensor) and v.shape == p.shape:
+                        _zero_at_(v, born)
+            new = flat.clone()
+            new[dropped.to(new.device)] = False
+            new[grown.to(new.device)] = True
+            self._mask[name] = new.reshape(p.shape)
+        if swaps:
+            self._refresh()  # zeroes weights and state at the dropped positions, rebuilds the float masks
+
+
+@dataclass(eq=False)
+class RigL(SET):
+    """Rigging the Lottery (Evci et al. 2020): SET with regrowth where the dense gradient |∇L| is largest.
+
+    The gradient is the one of the backward pass before the update's ``optimizer.step()``, taken before the
+    mask is applied to it. Arguments as for :class:`SET`.
+    """
+
+    uses_gradient: ClassVar[bool] = True
+
+    def grow_scores(self, name: str, weight: Tensor, grad: Tensor | None) -> Tensor:
+        assert grad is not None
+        return grad.abs()
+
+
+# --- selection ---------------------------------------------------------------------------------
+def _largest(s: np.ndarray, allowed: np.ndarray, k: int, n_allowed: int) -> np.ndarray:
+    """Increasing flat indices of the ``k`` largest ``s`` among ``allowed`` (ties: lower index first).
+
+    Exactly the set ``topk_mask(s masked to -inf outside allowed, k)``. When k is a small part of the
+    candidates (growth), a threshold t is read off a strided sample of the allowed scores, deep enough that
+    usually at least k allowed scores are >= t, and only those are ranked: if at least k are, the k-th
+    largest allowed score is >= t, so every score that ranks (ties included) is among them, and ranking them
+    in index order gives the same set. Otherwise all allowed scores are ranked.
+    """
+    sel = None
+    if s.size >= 16384 and 8 * k <= n_allowed:
+        stride = s.size // 4096
+        sample = s[::stride][allowed[::stride]]
+        if sample.size:
+            r = min(sample.size - 1, int(2 * k * sample.size / n_allowed) + 32)  # twice the expected rank
+            t = np.partition(sample, sample.size - 1 - r)[sample.size - 1 - r]  # the r-th largest (0-based)
+            sel = np.flatnonzero((s >= t) & allowed)
+            if sel.size < k:
+                sel = None
+    if sel is None:
+        sel = np.flatnonzero(allowed)
+    return sel[topk_mask(torch.from_numpy(s[sel]), k).numpy()]
+
+
+def _drop_and_grow(magnitude: Tensor, active: Tensor, grow: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Flat indices (int64) of the ``k`` dropped and the ``k`` grown positions of one layer.
+
+    ``magnitude``, ``grow``: 1-D float32 scores; ``active``: 1-D bool mask. Dropped: the k smallest
+    ``magnitude`` among the active (ties: the higher index goes first). Grown: the k largest ``grow`` among the
+    positions not kept (the inactive and the just dropped; ties: lower index first).
+    """
+    n_active = int(torch.count_nonzero(active))
+    if magnitude.device.type != "cpu":  # plain top-k on the device
+        kept = topk_mask(magnitude.masked_fill(~active, -math.inf), n_active - k)
+        grown = topk_mask(grow.masked_fill(kept, -math.inf), k)
+        return (active & ~kept).nonzero().squeeze(1), grown.nonzero().squeeze(1)
+    # CPU: numpy on index lists (selection over the active only; growth through a sampled threshold)
+    act_np = active.contiguous().numpy()
+    act = np.flatnonzero(act_np)
+    keep = topk_mask(torch.from_numpy(magnitude.contiguous().numpy()[act]), n_active - k).numpy()
+    dropped = act[~keep]
+    allowed = ~act_np
+    allowed[dropped] = True
+    grown = _largest(grow.contiguous().numpy(), allowed, k, act_np.size - n_active + k)
+    return torch.from_numpy(dropped).to(torch.int64), torch.from_numpy(grown).to(torch.int64)
+
+
+def _zero_at_(t: Tensor, idx: Tensor) -> None:
+    if t.is_contiguous():
+        t.view(-1).index_fill_(0, idx, 0)
+    else:
+        t.index_put_(torch.unravel_index(idx, t.shape), torch.zeros((), dtype=t.dtype, device=t.device))

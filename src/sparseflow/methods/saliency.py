@@ -1,0 +1,317 @@
+"""Pruning at initialisation: SNIP, GraSP and SynFlow.
+
+Each prunes once, in ``prepare`` (``target_sparsity(0) = sparsity``), keeping the weights with the highest
+saliency, and ranks all layers together (``distribution=GLOBAL``) by default, as their papers do; any
+distribution or pattern of :class:`~sparseflow.Method` works too. The saliencies are computed from the model
+in ``_setup`` and served through the one score override point, :meth:`~sparseflow.Method.scores`.
+
+Scoring follows Tanaka et al.'s reference code (``ganguli-lab/Synaptic-Flow``), which runs all three with the
+model in eval mode: BatchNorm uses its running statistics and dropout is off. Each module's mode is restored
+afterwards. The forward passes go through ``torch.func.functional_call`` on detached leaves, so scoring
+never writes ``.grad``, weights or buffers, and works inside ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sparseflow.distributions import GLOBAL, Distribution, Global
+from sparseflow.errors import SparseflowError
+from sparseflow.methods.base import Method
+
+Batch = tuple[Tensor, Tensor]
+
+
+@contextlib.contextmanager
+def _scoring(model: nn.Module) -> Iterator[None]:
+    """Eval mode and autograd on for the duration; every module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _leaves(
+    model: nn.Module,
+    targets: dict[str, nn.Parameter],
+    transform: Callable[[str, Tensor], Tensor] = lambda name, t: t,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(everything functional_call needs, the target leaves requiring grad) with ``transform`` applied to
+    every floating-point parameter and buffer. ``detach()`` shares storage: without a transform nothing is copied.
+    """
+    state: dict[str, Tensor] = {}
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        state[name] = transform(name, t.detach()) if t.is_floating_point() else t
+    leaves = {name: state[name].requires_grad_() for name in targets}
+    return state, leaves
+
+
+def _grads(value: Tensor, leaves: dict[str, Tensor], who: str, *, create_graph: bool = False) -> dict[str, Tensor]:
+    """d value / d leaf for every target; a target the value does not depend on is a user error."""
+    if value.dim() != 0:
+        raise SparseflowError(f"{who}: the loss must be a scalar, got a tensor of shape {tuple(value.shape)}")
+    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True, create_graph=create_graph)
+    missing = [name for name, g in zip(leaves, grads) if g is None]
+    if missing:
+        raise SparseflowError(
+            f"{who}: the loss gives no gradient to target(s) {missing}: they are not used in the forward pass; "
+            "exclude them via Targets(exclude=...)"
+        )
+    return dict(zip(leaves, grads))
+
+
+def _check_loss_data(who: str, data: Any, loss: Any, batches: Any) -> None:
+    if data is None:
+        raise SparseflowError(f"{who} needs a data batch: {who}(sparsity, data=(x, y)), or an iterable of (x, y) batches")
+    if isinstance(data, Tensor):
+        raise SparseflowError(f"{who}: data must be an (x, y) pair or an iterable of them, got a single tensor")
+    if not hasattr(data, "__iter__"):
+        raise SparseflowError(f"{who}: data must be an (x, y) pair or an iterable of them, got {type(data).__name__}")
+    if loss is None or not callable(loss):
+        raise SparseflowError(f"{who} needs a loss: a callable (logits, y) -> scalar, got {loss!r}")
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+        raise SparseflowError(f"{who}: batches must be an integer >= 1, got {batches!r}")
+
+
+def _is_batch(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)
+
+
+def _batches(who: str, data: Any, n: int, device: torch.device) -> list[Batch]:
+    """The first ``n`` (x, y) batches of ``data`` (one pair, or an iterable of pairs such as a DataLoader)."""
+    items = [data] if _is_batch(data) else list(itertools.islice(iter(data), n))
+    if not items:
+        raise SparseflowError(f"{who}: data yielded no batches (an exhausted iterator?); pass data=(x, y)")
+    for i, item in enumerate(items):
+        if not _is_batch(item):
+            raise SparseflowError(f"{who}: batch {i} of data is not an (x, y) pair of tensors: {type(item).__name__}")
+    return [(x.to(device), y.to(device)) for x, y in items]
+
+
+@dataclass(eq=False)
+class _AtInit(Method):
+    """Prune once in ``prepare`` by saliencies computed in one pass over the model (``_saliency``)."""
+
+    distribution: Distribution | Global = GLOBAL
+    _cache: dict[str, Tensor] = field(init=False, repr=False, default_factory=dict)
+
+    def _saliency(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        if self.sparsity > 0:
+            self._cache = self._saliency()
+
+    def scores(self, name: str, weight: Tensor) -> Tensor:
+        return self._cache[name]
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        try:
+            super().prepare(model, optimizer)
+        finally:
+            self._cache = {}  # only the pruning in prepare reads the scores: do not hold a copy of the weights
+
+    def _device(self) -> torch.device:
+        return next(iter(self._params.values())).device
+
+
+@dataclass(eq=False)
+class _WithData(_AtInit):
+    """Saliencies from a loss on data: the fields and the summed gradient shared by SNIP and GraSP."""
+
+    data: Any = field(default=None, repr=False)
+    loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    batches: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_loss_data(type(self).__name__, self.data, self.loss, self.batches)
+
+    def _batches(self) -> list[Batch]:
+        # Drawn once per prepare: a second pass over a shuffling DataLoader would see other examples.
+        return _batches(type(self).__name__, self.data, self.batches, self._device())
+
+    def _gradient(self, batches: list[Batch], scale: float = 1.0) -> dict[str, Tensor]:
+        """∇L summed over ``batches``, detached; logits divided by ``scale`` (GraSP's temperature)."""
+        total: dict[str, Tensor] = {}
+        for x, y in batches:
+            state, leaves = _leaves(self.model, self._params)
+            g = _grads(self.loss(functional_call(self.model, state, (x,)) / scale, y), leaves, type(self).__name__)
+            total = {n: total[n] + g[n] for n in g} if total else g
+        return total
+
+
+@dataclass(eq=False)
+class SNIP(_WithData):
+    """SNIP (Lee, Ajanthan & Torr 2019, "SNIP: Single-shot Network Pruning based on Connection Sensitivity").
+
+    Connection sensitivity |w · ∂L/∂w| on a data batch (the gradient summed over up to ``batches`` batches),
+    computed once at initialisation; the highest are kept.
+
+    Args:
+        data: an ``(x, y)`` batch, or an iterable of such batches (a DataLoader); required.
+        loss: ``(logits, y) -> scalar``; default cross-entropy.
+        batches: how many batches of an iterable ``data`` to use.
+    """
+
+    def _saliency(self) -> dict[str, Tensor]:
+        batches = self._batches()
+        with _scoring(self.model):
+            g = self._gradient(batches)
+        return {n: (g[n] * p.detach()).abs() for n, p in self._params.items()}
+
+
+@dataclass(eq=False)
+class GraSP(_WithData):
+    """GraSP (Wang, Zhang & Grosse 2020, "Picking Winning Tickets Before Training by Preserving Gradient Flow").
+
+    With g = ∇L (summed over the batches, no graph) and the Hessian-gradient product Hg = ∇(g · ∇L) by
+    double backprop, the paper scores S = -θ ⊙ Hg and removes the weights with the *highest* S, whose
+    removal reduces the gradient flow least (official code ``alecwangcq/GraSP``, ``pruner/GraSP.py``: scores
+    ``-layer.weight.data * layer.weight.grad``, keep where score <= the cut-off of the top ``ratio``; Tanaka
+    et al.'s re-implementation keeps the highest θ ⊙ Hg, the same set). Our score is therefore
+    **+θ ⊙ Hg, higher = keep**, i.e. the kept set is where -θ ⊙ Hg is lowest.
+    Logits are divided by ``temperature`` (T = 200 in the official code) before the loss.
+
+    Args:
+        data, loss, batches: as for :class:`SNIP`.
+        temperature: T.
+    """
+
+    temperature: float = 200.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or t == float("inf"):
+            raise SparseflowError(f"GraSP: temperature must be a positive number (the paper uses 200), got {t!r}")
+
+    def _saliency(self) -> dict[str, Tensor]:
+        who, model, t = type(self).__name__, self.model, float(self.temperature)
+        batches = self._batches()
+        with _scoring(model):
+            g = self._gradient(batches, t)
+            hg: dict[str, Tensor] = {n: torch.zeros_like(v) for n, v in g.items()}
+            for x, y in batches:
+                state, leaves = _leaves(model, self._params)
+                grad = _grads(self.loss(functional_call(model, state, (x,)) / t, y), leaves, who, create_graph=True)
+                z = sum((g[n] * grad[n]).sum() for n in grad)  # g · ∇L, differentiated once more: Hg
+                hvp = torch.autograd.grad(z, list(leaves.values()), allow_unused=True)
+                for n, h in zip(leaves, hvp):
+                    if h is not None:  # None: that gradient does not depend on the targets, Hg = 0
+                        hg[n] += h
+        return {n: p.detach() * hg[n] for n, p in self._params.items()}
+
+
+@dataclass(eq=False)
+class SynFlow(_AtInit):
+    """SynFlow (Tanaka, Kunin, Yamins & Ganguli 2020, "Pruning neural networks without any data by
+    iteratively conserving synaptic flow"). Data-free.
+
+    Every parameter and buffer is replaced by its absolute value, an all-ones input of ``input_shape`` is
+    fed through, R = sum(model(1)) (float64 when the model runs in it), and S = |θ ⊙ ∂R/∂θ|. Pruning is
+    iterative: in round k = 1..n the density is (1 - s)^(k/n) and the scores are recomputed with the weights
+    pruned so far set to zero, which avoids layer collapse. The model's own signed weights are never
+    modified except for the zeroing of pruned ones.
+
+    Biases. The paper's conservation law (every layer carries the same total score) holds when no flow
+    enters through biases, and its models start with zero biases (``Models/lottery_vgg.py``: conv, linear
+    and BatchNorm shifts initialised to 0). PyTorch's default Linear/Conv biases are not zero, and as the
+    weights thin out their flow dominates deep layers, so early layers look unimportant: with them,
+    SynFlow itself empties an early layer of a 10 x 100 MLP at 99 % sparsity (seeds 0, 1, 2). So by default every
+    parameter named ``bias`` and every ``running_mean`` buffer counts as zero while scoring (the model is not
+    changed); ``bias_flow=True`` keeps them, as the reference code's scoring does literally.
+
+    Args:
+        rounds: n, the number of prune-and-rescore rounds (100 in the paper).
+        input_shape: one example's shape without the batch axis, e.g. ``(3, 32, 32)``; inferred as
+            ``(in_features,)`` when the first Linear/Conv layer is a Linear, otherwise required.
+        bias_flow: let flow enter through biases while scoring (see above).
+    """
+
+    rounds: int = 100
+    input_shape: tuple[int, ...] | None = None
+    bias_flow: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        r = self.rounds
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise SparseflowError(f"SynFlow: rounds must be an integer >= 1 (the paper uses 100), got {r!r}")
+        if not isinstance(self.bias_flow, bool):
+            raise SparseflowError(f"SynFlow: bias_flow must be True or False, got {self.bias_flow!r}")
+        shape = self.input_shape
+        if shape is not None:
+            if not isinstance(shape, (tuple, list)) or not shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+            ):
+                raise SparseflowError(
+                    f"SynFlow: input_shape must be a tuple of positive sizes without the batch axis, e.g. (3, 32, 32), got {shape!r}"
+                )
+            self.input_shape = tuple(shape)
+
+    def _setup(self) -> None:
+        if self.sparsity == 0:
+            return
+        for k in range(1, self.rounds):
+            self._cache = self._saliency()
+            self._prune_to(1 - (1 - self.sparsity) ** (k / self.rounds))
+        self._cache = self._saliency()  # round n is prepare's own pruning to `sparsity`
+
+    def _example_shape(self) -> tuple[int, ...]:
+        if self.input_shape is not None:
+            return self.input_shape
+        for m in self.model.modules():
+            if isinstance(m, nn.Linear):
+                return (m.in_features,)
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                break
+        raise SparseflowError(
+            "SynFlow cannot infer the model's input shape (its first layer is not a Linear): pass "
+            "input_shape=, one example's shape without the batch axis, e.g. SynFlow(0.9, input_shape=(3, 32, 32))"
+        )
+
+    def _saliency(self) -> dict[str, Tensor]:
+        shape = self._example_shape()
+        try:
+            return self._synflow(shape, torch.float64)
+        except RuntimeError:  # a model that cannot run in float64 (e.g. float32 constants made in forward)
+            pass
+        try:
+            return self._synflow(shape, next(iter(self._params.values())).dtype)
+        except RuntimeError as e:
+            raise SparseflowError(
+                f"SynFlow: the model fails on an all-ones input of shape {(1, *shape)}; pass the right "
+                f"input_shape= (one example, no batch axis). PyTorch said: {e}"
+            ) from e
+
+    def _synflow(self, shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
+        model = self.model
+
+        def linearise(name: str, t: Tensor) -> Tensor:
+            shift = name.rsplit(".", 1)[-1] in ("bias", "running_mean") and name not in self._params
+            return torch.zeros_like(t, dtype=dtype) if shift and not self.bias_flow else t.abs().to(dtype)
+
+        with _scoring(model):
+            state, leaves = _leaves(model, self._params, linearise)
+            ones = torch.ones((1, *shape), dtype=dtype, device=self._device())
+            grads = _grads(functional_call(model, state, (ones,)).sum(), leaves, "SynFlow")
+        scores = {n: (grads[n] * leaves[n]).detach().abs() for n in leaves}
+        # One positive factor for all layers keeps the global ranking and keeps float32 (used for ranking)
+        # away from overflow and underflow: R grows like a product of per-layer norms.
+        top = max(float(s.max()) for s in scores.values())
+        scale = 1.0 / top if 0 < top < float("inf") else 1.0
+        return {n: s * scale for n, s in scores.items()}
