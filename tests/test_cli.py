@@ -119,3 +119,21 @@ def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, 
     total = sum(layer["numel"] for layer in rest)
     assert result["sparsity"] == pytest.approx(1 - kept / total)
     assert total - kept == int(0.9 * total + 0.5)  # exact count rule over the pruned layers only
+
+
+def test_experiment_collapse_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["summary"]) >= {"magnitude", "snip", "grasp", "synflow"}
+    syn = result["summary"]["synflow"]["collapse"]
+    mag = result["summary"]["magnitude"]["collapse"]
+    crit = result["criteria"]["SynFlow collapses later than magnitude"]
+    assert crit["pass"] == (mag is not None and (syn is None or syn > mag))
+
+
+def test_bench_methods_needs_data_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["bench", "methods"], capsys)
+    assert code == 2 and "--data-dir" in err
+    code, _, err = run_cli(["bench", "methods", "--sparsities", "0.9,1.2", "--quick"], capsys)
+    assert code == 2 and "sparsity must be in [0, 1)" in err
