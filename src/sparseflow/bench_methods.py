@@ -10,6 +10,7 @@ Results are mean ± sample std over seeds. ``--quick`` runs MNIST-1D (generated 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 from collections.abc import Callable
@@ -54,18 +55,26 @@ class RunSpec:
     seed: int
 
 
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, data_dir: str | None, subset: int | None, seed: int):  # noqa: ANN202
+    # A worker trains many runs on the same data: read and verify the files once per process.
+    from sparseflow.data import load_dataset
+
+    return load_dataset(name, data_dir, subset=subset, seed=seed)
+
+
 def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) -> tuple[RunSpec, float, float]:
     """One training run in a worker process: (spec, test accuracy, measured sparsity of the targets)."""
     import torch
 
     from sparseflow.job import TrainJob, build_method, first_batch
-    from sparseflow.data import load_dataset, loaders
+    from sparseflow.data import loaders
     from sparseflow.models import build_model
     from sparseflow.targets import Targets
     from sparseflow.train import TrainConfig, fit
 
     torch.set_num_threads(threads)
-    ds = load_dataset(cfg.dataset, data_dir, subset=cfg.subset, seed=spec.seed)
+    ds = _dataset(cfg.dataset, data_dir, cfg.subset, spec.seed if cfg.subset is not None else 0)
     job = TrainJob(method=spec.method, sparsity=spec.sparsity, distribution=spec.distribution, model=cfg.model,
                    dataset=cfg.dataset, subset=cfg.subset, epochs=cfg.epochs, batch_size=cfg.batch_size,
                    lr=cfg.lr, weight_decay=cfg.weight_decay, seed=spec.seed, baseline=False)
@@ -73,7 +82,7 @@ def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) 
     train, test = loaders(ds, cfg.batch_size, seed=spec.seed)
     method = build_method(job, cfg.epochs * len(train), batch=first_batch(ds, job), input_shape=ds.input_shape)
     result = fit(model, train, test, TrainConfig(**job.train_config_kwargs()), method=method, progress=False)
-    weights = [p for p in Targets().select(model).values()]
+    weights = list(Targets().select(model).values())
     nnz = sum(int(torch.count_nonzero(w)) for w in weights)
     return spec, result.test_acc, 1.0 - nnz / sum(w.numel() for w in weights)
 
@@ -104,7 +113,7 @@ def methods_benchmark(cfg: MethodsConfig, *, data_dir: str | Path | None, worker
     return {"config": dataclasses.asdict(cfg), "rows": rows}
 
 
-def _row(result: dict[str, Any], label: str, s: float) -> dict[str, Any] | None:
+def find_row(result: dict[str, Any], label: str, s: float) -> dict[str, Any] | None:
     for row in result["rows"]:
         if row["method"] == label and abs(row["sparsity"] - s) < 1e-9:
             return row
@@ -114,17 +123,17 @@ def _row(result: dict[str, Any], label: str, s: float) -> dict[str, Any] | None:
 def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict[str, Any]]:
     """The literature's expectations as pass/fail checks computed from the measured means."""
     out: dict[str, dict[str, Any]] = {}
-    dense = _row(result, "dense", 0.0)
+    dense = find_row(result, "dense", 0.0)
     sparsities = result["config"]["sparsities"]
     if dense is not None and 0.9 in sparsities:
-        rigl = _row(result, "RigL", 0.9)
+        rigl = find_row(result, "RigL", 0.9)
         if rigl is not None:
             gap = 100 * (dense["mean"] - rigl["mean"])
             out["RigL within 0.5 pp of dense at 90%"] = {"value": round(gap, 3), "target": "<= 0.5 pp", "pass": gap <= 0.5}
     for s in (0.95, 0.98):
         if s not in sparsities:
             continue
-        rigl, set_, static = _row(result, "RigL", s), _row(result, "SET", s), _row(result, "static ERK", s)
+        rigl, set_, static = find_row(result, "RigL", s), find_row(result, "SET", s), find_row(result, "static ERK", s)
         if rigl and set_ and static:
             value = [round(100 * r["mean"], 2) for r in (rigl, set_, static)]
             out[f"RigL >= SET >= static ERK at {s:g}"] = {
@@ -132,7 +141,7 @@ def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict
                 "pass": rigl["mean"] >= set_["mean"] >= static["mean"],
             }
     for s in sparsities:
-        erk, uni = _row(result, "static ERK", s), _row(result, "static uniform", s)
+        erk, uni = find_row(result, "static ERK", s), find_row(result, "static uniform", s)
         if erk and uni:
             diff = 100 * (erk["mean"] - uni["mean"])
             out[f"static ERK >= uniform at {s:g}"] = {"value": round(diff, 3), "target": ">= 0 pp", "pass": diff >= 0}

@@ -8,7 +8,6 @@ print one line starting with ``error:`` and exit with status 2.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import sys
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparseflow.errors import SparseflowError
+from sparseflow.io import json_safe
 
 app = typer.Typer(
     add_completion=False,
@@ -41,18 +41,8 @@ def _console(as_json: bool) -> Console:
     return Console(stderr=as_json, soft_wrap=False)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _emit_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(_finite(obj), separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(json_safe(obj), separators=(",", ":")) + "\n")
     sys.stdout.flush()
 
 
@@ -208,7 +198,7 @@ def bench_methods(
     import torch
 
     from sparseflow.bench_dynamic import rigl_overhead
-    from sparseflow.bench_methods import VARIANTS, MethodsConfig, criteria, methods_benchmark
+    from sparseflow.bench_methods import VARIANTS, MethodsConfig, criteria, find_row, methods_benchmark
     from sparseflow.distributions import check_sparsity
     from sparseflow.io import atomic_write_text
 
@@ -230,7 +220,7 @@ def bench_methods(
         load_dataset("mnist", data_dir)  # verify the files before starting workers
         cfg = MethodsConfig(sparsities=levels, seeds=tuple(range(seeds)), epochs=epochs)
     err = Console(stderr=True)
-    total = len(cfg.seeds) * (1 + len(cfg.sparsities) * 9)
+    total = len(cfg.seeds) * (1 + len(cfg.sparsities) * len(VARIANTS))
     done = [0]
 
     def tick(spec: Any, acc: float) -> None:
@@ -254,7 +244,7 @@ def bench_methods(
     for label in labels:
         cells = []
         for s in cfg.sparsities:
-            row = next((r for r in result["rows"] if r["method"] == label and (label == "dense" or abs(r["sparsity"] - s) < 1e-9)), None)
+            row = find_row(result, label, 0.0 if label == "dense" else s)
             cells.append("-" if row is None else f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}")
         table.add_row(label, *cells)
     console.print(table)
@@ -266,7 +256,7 @@ def bench_methods(
     console.print(crit)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "result.json", json.dumps(_finite(result), indent=2) + "\n")
+        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
     if as_json:
         _emit_json({"command": "bench methods", **result})
 
@@ -311,7 +301,7 @@ def experiment_collapse(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "report.md", "# Layer collapse at initialisation\n\n" + table.markdown())
-        atomic_write_text(out / "result.json", json.dumps(_finite(result), indent=2) + "\n")
+        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
     if as_json:
         _emit_json(result)
 

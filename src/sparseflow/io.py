@@ -281,3 +281,14 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, str]:
     if "skeleton" not in metadata or "meta" not in metadata:
         raise bad("its header lacks the 'skeleton' or 'meta' entry")
     return metadata
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None (JSON has no inf/NaN); tuples become lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from torch import nn
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import DISTRIBUTIONS, GLOBAL, check_sparsity
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, load_state
+from sparseflow.io import atomic_write_text, json_safe, load_state
 from sparseflow.methods import GMP, MagnitudePruning, Method, RandomSparse
 from sparseflow.models import MODELS, NORMS, build_model
 from sparseflow.patterns import NM, Block, Pattern, Unstructured
@@ -305,15 +304,6 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         wall_s=time.perf_counter() - t0, schedule=schedule,
     )
     write_train_report(result, out, command=command)
-    atomic_write_text(out / "result.json", json.dumps(_finite(result.to_json()), indent=2) + "\n")
+    atomic_write_text(out / "result.json", json.dumps(json_safe(result.to_json()), indent=2) + "\n")
     return result
 
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, load_state, save_state
+from sparseflow.io import atomic_write_text, json_safe, load_state, save_state
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
@@ -351,10 +351,7 @@ def _density(model: nn.Module) -> float:
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     # Rewritten whole (atomically) each epoch: a crash never leaves a torn line. JSON has no inf/NaN.
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    lines = [json.dumps({k: clean(v) for k, v in r.items()}) + "\n" for r in history]
+    lines = [json.dumps(json_safe(r)) + "\n" for r in history]
     atomic_write_text(run_dir / METRICS_FILE, "".join(lines))
 
 

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from sparseflow.distributions import (
-    GLOBAL,
     Distribution,
     Global,
     allocate,
@@ -322,7 +321,11 @@ class Method:
         for name, fm in self._fmask.items():
             p = params[name]
             p.mul_(fm)
-            if self._optimizer is not None:
-                for v in self._optimizer.state.get(p, {}).values():
-                    if isinstance(v, Tensor) and v.shape == p.shape:
-                        v.mul_(fm)
+            for v in self._state_like(p):
+                v.mul_(fm)
+
+    def _state_like(self, p: Tensor) -> list[Tensor]:
+        """The optimizer's state tensors shaped like ``p`` (momentum, Adam moments): zeroed with the weights."""
+        if self._optimizer is None:
+            return []
+        return [v for v in self._optimizer.state.get(p, {}).values() if isinstance(v, Tensor) and v.shape == p.shape]

@@ -186,11 +186,8 @@ class SET(RandomSparse):
             p = self._params[name]
             flat = self._mask[name].reshape(-1)
             born = grown[~flat[grown]].to(p.device)  # newly active: weight and optimizer state start at 0
-            _zero_at_(p, born)
-            if self._optimizer is not None:
-                for v in self._optimizer.state.get(p, {}).values():
-                    if isinstance(v, Tensor) and v.shape == p.shape:
-                        _zero_at_(v, born)
+            for t in (p, *self._state_like(p)):
+                _zero_at_(t, born)
             new = flat.clone()
             new[dropped.to(new.device)] = False
             new[grown.to(new.device)] = True
