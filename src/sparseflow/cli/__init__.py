@@ -1,0 +1,29 @@
+"""The ``sparseflow`` command-line tool.
+
+Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
+stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
+print one line starting with ``error:`` and exit with status 2.
+
+One module per command family; importing it registers its commands on :data:`app`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from sparseflow.cli import analyze, bench, collapse, percolation, signal, train  # noqa: F401  (registers commands)
+from sparseflow.cli._app import app
+from sparseflow.errors import SparseflowError
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the app, turning user mistakes into one 'error:' line and exit status 2."""
+    try:
+        app(args=argv)
+    except SparseflowError as e:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True)
+        sys.exit(2)

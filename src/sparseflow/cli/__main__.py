@@ -1,0 +1,5 @@
+"""``python -m sparseflow.cli``."""
+
+from sparseflow.cli import main
+
+main()

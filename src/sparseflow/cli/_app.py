@@ -1,0 +1,54 @@
+"""The ``sparseflow`` app object, its sub-apps and the option types and output helpers every command shares.
+
+Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
+stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
+print one line starting with ``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from sparseflow.errors import SparseflowError
+from sparseflow.io import json_safe
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparse neural networks: create, analyse, store and run them.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios against a dense baseline in the same run.")
+app.add_typer(bench_app, name="bench")
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: one principle each, with a report.")
+app.add_typer(experiment_app, name="experiment")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="A reduced run that finishes within 60 s.")]
+
+
+def _console(as_json: bool) -> Console:
+    # With --json, stdout carries only the JSON object; tables go to stderr.
+    return Console(stderr=as_json, soft_wrap=False)
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(json_safe(obj), separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise SparseflowError(f"--hidden takes comma-separated widths such as 300,100, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise SparseflowError(f"--hidden needs positive widths such as 300,100, got {text!r}")
+    return widths

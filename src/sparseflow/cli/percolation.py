@@ -1,0 +1,3 @@
+"""``sparseflow experiment percolation``."""
+
+from __future__ import annotations
