@@ -288,7 +288,14 @@ def test_prepare_gives_exact_counts(case: Case, model_name: str) -> None:
     for n, m in mask.items():
         assert m.dtype == torch.bool and m.shape == params[n].shape
         assert_pattern(method.pattern, n, m)
-        assert torch.equal(params[n].detach(), torch.where(m, before[n], torch.zeros(()))), n
+        want_w = torch.where(m, before[n], torch.zeros(()))
+        if method.sparse_init and s0 is not None:  # rescaled by sqrt(fan_in / kept fan-in) of each output unit
+            kept = m.reshape(m.shape[0], -1).sum(1).double()
+            factor = torch.where(kept > 0, (m[0].numel() / kept.clamp(min=1)).sqrt(), torch.zeros(()).double())
+            want_w = (want_w.double() * factor.reshape((-1,) + (1,) * (m.dim() - 1))).float()
+            torch.testing.assert_close(params[n].detach(), want_w, rtol=1e-6, atol=0, msg=n)
+        else:
+            assert torch.equal(params[n].detach(), want_w), n
     for n in set(params) - set(mask):  # biases untouched
         assert torch.equal(params[n].detach(), before[n])
     if case.by_magnitude or case.scores:  # the highest oracle scores among those still eligible are kept
@@ -541,7 +548,7 @@ def random_model(draw) -> nn.Sequential:
 )
 def test_counts_exact_for_random_models(model: nn.Sequential, sparsity: float, dist, random: bool) -> None:
     if random and dist is not GLOBAL:
-        method: sf.Method = RandomSparse(sparsity, distribution=dist, seed=1)
+        method: sf.Method = RandomSparse(sparsity, distribution=dist, seed=1, sparse_init=False)  # weights oracle below
     else:
         method = MagnitudePruning(sparsity, distribution=dist)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("weight")}

@@ -42,6 +42,7 @@ from sparseflow.distributions import (
     uniform,
 )
 from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.init import rescale_
 from sparseflow.mask import Mask
 from sparseflow.patterns import NM, Block, Pattern, Unstructured, topk_mask
 from sparseflow.targets import Targets
@@ -75,12 +76,23 @@ class Method:
             :func:`~sparseflow.erk`) or :data:`~sparseflow.GLOBAL` to rank all layers' scores together.
         pattern: :class:`~sparseflow.Unstructured`, :class:`~sparseflow.NM` or :class:`~sparseflow.Block`.
         targets: which parameters are pruned (:class:`~sparseflow.Targets`).
+        sparse_init: keyword-only. When True, ``prepare`` rescales the kept weights right after the first
+            mask is applied, by sqrt(fan_in / kept fan-in) per output unit (:func:`sparseflow.init.rescale_`,
+            Evci et al. 2022), so a masked He/PyTorch-default init keeps its signal variance (χ = 1) instead
+            of shrinking by the layer density. True by default for the sparse-from-scratch methods
+            (RandomSparse, SET, RigL, SNIP, GraSP, SynFlow); False here and for magnitude pruning and GMP,
+            which prune trained weights. Pass ``sparse_init=False`` to keep the masked weights as they are.
+
+    Why :func:`~sparseflow.init.rescale_` and not :func:`~sparseflow.init.sparse_init_`: it keeps the
+    user's own init (family, gain and seed), uses no randomness (so ``prepare`` draws exactly what it drew
+    before) and is the identity on dense layers.
     """
 
     sparsity: float
     distribution: Distribution | Global = uniform
     pattern: Pattern = field(default_factory=Unstructured)
     targets: Targets = field(default_factory=Targets)
+    sparse_init: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -96,6 +108,8 @@ class Method:
                 )
         if not isinstance(self.targets, Targets):
             raise MaskError(f"targets must be a Targets(...) value, got {self.targets!r}")
+        if not isinstance(self.sparse_init, bool):
+            raise SparseflowError(f"sparse_init must be True or False, got {self.sparse_init!r}")
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: dict[str, nn.Parameter] = {}
@@ -151,6 +165,8 @@ class Method:
             s = self.target_sparsity(0)
             if s is not None:
                 self._prune_to(s)
+                if self.sparse_init:  # the first mask is in place: make the kept weights' variance sparsity-aware
+                    rescale_(model, {n: self._mask[n] for n in self._params})
         except BaseException:
             self._model = self._optimizer = None  # a failed prepare leaves the method detached, not half-attached
             raise

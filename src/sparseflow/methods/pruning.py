@@ -97,11 +97,13 @@ class RandomSparse(Method):
     """A static random mask drawn in ``prepare`` (default distribution ERK, Evci et al. 2020).
 
     Per-layer counts are exact; within a layer the kept positions are uniform at random (a seeded
-    ``torch.Generator``, so the mask depends on ``seed`` only).
+    ``torch.Generator``, so the mask depends on ``seed`` only). Sparse from scratch, so ``sparse_init``
+    defaults to True: the kept weights are rescaled to the kept fan-in (see :class:`~sparseflow.Method`).
     """
 
     distribution: Any = erk
     seed: int = 0
+    sparse_init: bool = field(default=True, kw_only=True)
     _generator: torch.Generator = field(init=False, repr=False, default=None)  # type: ignore[assignment]
 
     def _setup(self) -> None:

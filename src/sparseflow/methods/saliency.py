@@ -103,9 +103,14 @@ def _batches(who: str, data: Any, n: int, device: torch.device) -> list[Batch]:
 
 @dataclass(eq=False)
 class _AtInit(Method):
-    """Prune once in ``prepare`` by saliencies computed in one pass over the model (``_saliency``)."""
+    """Prune once in ``prepare`` by saliencies computed in one pass over the model (``_saliency``).
+
+    Pruning at initialisation is sparse from scratch, so ``sparse_init`` defaults to True: after pruning
+    the kept weights are rescaled to the kept fan-in (see :class:`~sparseflow.Method`).
+    """
 
     distribution: Distribution | Global = GLOBAL
+    sparse_init: bool = field(default=True, kw_only=True)
     _cache: dict[str, Tensor] = field(init=False, repr=False, default_factory=dict)
 
     def _saliency(self) -> dict[str, Tensor]:

@@ -1,0 +1,324 @@
+"""Sparsity-aware initialisation: variances from the fan-in a unit actually has.
+
+A dense He initialisation draws w ~ N(0, 2/fan_in) so that a ReLU layer keeps the second moment of its
+pre-activations, q_l = σ_w² · fan_in · q_{l-1} / 2 = q_{l-1} (He et al. 2015; χ = 1 in mean-field terms,
+Poole et al. 2016, Schoenholz et al. 2017). Masking that layer to density d keeps only d·fan_in inputs per
+unit on average, so q shrinks by d per layer: at 98 % sparsity a 20-layer net multiplies the signal by
+0.02^20 and does not train. Using the *kept* fan-in restores χ = 1:
+
+- ``per="unit"`` (Evci et al. 2022, "Gradient Flow in Sparse Neural Networks and How Lottery Tickets
+  Win"): unit j of a layer draws from N(0, gain²/k_j), k_j = its number of kept inputs (for a conv: kept
+  (in, kh, kw) positions of output channel j). Exact for every unit, whatever the mask.
+- ``per="layer"``: N(0, gain²/(d·fan_in)), d = the layer's density (kept fraction), i.e. the mean k_j
+  (Liu et al. 2019 "Rethinking the value of network pruning" call it scaled init; Lee et al. 2020).
+
+Three tools, all restricted to the target weights (:func:`sparseflow.targets.prunable`, Linear/Conv
+weights by default) and leaving biases as they are (they do not depend on the fan-in):
+
+- :func:`sparse_init_` redraws kept weights from the Gaussian above.
+- :func:`rescale_` multiplies the existing kept weights by sqrt(fan_in / k_j): keeps the user's init family
+  and seed and makes its variance sparsity-aware; a no-op on a dense layer. Methods use this one by default
+  (see :class:`sparseflow.methods.base.Method`, ``sparse_init``).
+- :func:`calibrate_` rescales each layer on a data batch so the measured ratio q_l / q_{l-1} equals
+  ``target`` (LSUV, Mishkin & Matas 2016, applied to the ratio rather than to q itself);
+  :func:`variance_ratios` measures that ratio without changing the model.
+
+The mask is the nonzero pattern of each weight unless one is passed (library contract: weights are zero
+outside the mask). Units with no kept input stay zero; pruned positions stay exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.targets import Targets, prunable
+
+PER = ("unit", "layer")
+
+
+def _check_per(per: str) -> None:
+    if per not in PER:
+        raise SparseflowError(f"per must be 'unit' or 'layer', got {per!r}")
+
+
+def unit_fan_in(mask: Tensor) -> Tensor:
+    """Kept inputs of every output unit of a weight mask, shape (out,).
+
+    ``mask`` is shaped like the weight: (out, in) for Linear, (out, in/groups, *kernel) for Conv; a unit's
+    fan-in counts its kept (in, *kernel) positions, the sparse version of PyTorch's own fan-in.
+    """
+    if mask.dim() < 2:
+        raise MaskError(f"a fan-in needs a weight with >= 2 dims, got shape {tuple(mask.shape)}")
+    return (mask != 0).reshape(mask.shape[0], -1).sum(dim=1)
+
+
+def sparse_std(mask: Tensor, *, per: str = "unit", gain: float = math.sqrt(2)) -> Tensor:
+    """Standard deviation of every output unit's kept weights, shape (out,): gain/sqrt(fan_in_eff).
+
+    fan_in_eff is the unit's kept fan-in k_j (``per="unit"``) or d·fan_in with d the layer density
+    (``per="layer"``); a unit with no kept input (or a layer with none) gets 0.
+    """
+    _check_per(per)
+    if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
+        raise SparseflowError(f"gain must be a positive finite number, got {gain!r}")
+    k = unit_fan_in(mask).to(torch.float64)  # (out,)
+    if per == "layer":
+        k = torch.full_like(k, float(k.mean()))  # d·fan_in = total kept / out
+    std = torch.zeros_like(k)
+    alive = k > 0
+    std[alive] = gain / k[alive].sqrt()
+    return std
+
+
+def _weights(
+    model: nn.Module, mask: Mapping[str, Tensor] | None, targets: Targets | None
+) -> list[tuple[str, nn.Parameter, Tensor]]:
+    """(name, weight, bool mask) of every target with >= 2 dims (1-D targets have no fan-in: skipped)."""
+    if not isinstance(model, nn.Module):
+        raise SparseflowError(f"expected an nn.Module, got {type(model).__name__}")
+    if mask is not None and targets is None:
+        params = dict(model.named_parameters())
+        unknown = [n for n in mask if n not in params]
+        if unknown:
+            raise MaskError(f"mask names parameters the model does not have: {unknown}")
+        chosen = {n: params[n] for n in mask}
+    else:
+        chosen = prunable(model, targets)
+    out = []
+    for name, p in chosen.items():
+        if p.dim() < 2:
+            continue
+        if mask is None:
+            m = p.detach() != 0
+        elif name not in mask:
+            raise MaskError(f"no mask for target {name!r}; the mask covers {list(mask)}")
+        else:
+            m = mask[name].to(device=p.device).bool()
+            if m.shape != p.shape:
+                raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, the weight {tuple(p.shape)}")
+        out.append((name, p, m))
+    return out
+
+
+@torch.no_grad()
+def sparse_init_(
+    model: nn.Module,
+    mask: Mapping[str, Tensor] | None = None,
+    *,
+    per: str = "unit",
+    gain: float = math.sqrt(2),
+    generator: torch.Generator | None = None,
+    targets: Targets | None = None,
+) -> None:
+    """Redraw every kept target weight from N(0, gain²/fan_in_eff), in place (see the module docstring).
+
+    ``gain = sqrt(2)`` is He's ReLU gain. Weights outside the mask are set to exactly zero; biases are not
+    touched. Draws come from ``generator`` (on its own device, then moved) or PyTorch's global generator.
+    """
+    _check_per(per)
+    for _, p, m in _weights(model, mask, targets):
+        std = sparse_std(m, per=per, gain=gain)  # (out,)
+        dev = generator.device if generator is not None else p.device
+        z = torch.randn(p.shape, generator=generator, device=dev, dtype=torch.float32).to(p.device)
+        shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast the per-unit std over (in, *kernel)
+        p.copy_((z * std.to(device=p.device, dtype=torch.float32).reshape(shape) * m).to(p.dtype))
+
+
+@torch.no_grad()
+def rescale_(
+    model: nn.Module,
+    mask: Mapping[str, Tensor] | None = None,
+    *,
+    per: str = "unit",
+    targets: Targets | None = None,
+) -> None:
+    """Multiply kept target weights by sqrt(fan_in / fan_in_eff), in place: any init scaled by
+    c/fan_in (He, Glorot's fan-in part, PyTorch's default) becomes c/fan_in_eff. Dense layers: no-op.
+
+    Uses no randomness. Weights outside the mask are set to zero; biases are not touched.
+    """
+    _check_per(per)
+    for _, p, m in _weights(model, mask, targets):
+        fan_in = p[0].numel()
+        k = unit_fan_in(m).to(torch.float64)  # (out,)
+        if per == "layer":
+            k = torch.full_like(k, float(k.mean()))
+        factor = torch.zeros_like(k)
+        factor[k > 0] = (fan_in / k[k > 0]).sqrt()
+        if bool((factor == 1).all()) and bool(m.all()):
+            continue  # dense: leave the weights bit for bit
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        p.copy_((p.double() * factor.to(p.device).reshape(shape) * m).to(p.dtype))
+
+
+# --- calibration on data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VarianceRatios:
+    """Second moments of every target layer's pre-activations on one batch, in forward-call order.
+
+    Attributes:
+        layers: module names of the target layers, in the order the forward pass calls them.
+        input_moment: q_0, the mean square of the first layer's input.
+        moments: q_l, the mean square of layer l's output (its pre-activation, bias included), averaged
+            over examples, units and positions.
+    """
+
+    layers: tuple[str, ...]
+    input_moment: float
+    moments: tuple[float, ...]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """q_l / q_{l-1} per layer (q_0 = the input's): the measured χ of each layer; 1 on the critical line."""
+        prev = (self.input_moment,) + self.moments[:-1]
+        return tuple(q / p if p > 0 else math.inf for q, p in zip(self.moments, prev))
+
+
+def _layers(model: nn.Module, targets: Targets | None) -> dict[str, tuple[nn.Module, nn.Parameter]]:
+    """Module name -> (module, its weight) for every >= 2-dim target weight named ``<module>.weight``."""
+    out = {}
+    for name, p in prunable(model, targets).items():
+        mod_name, _, leaf = name.rpartition(".")
+        if leaf == "weight" and p.dim() >= 2:
+            out[mod_name] = (model.get_submodule(mod_name), p)
+    if not out:
+        raise SparseflowError("no Linear/Conv weight among the targets: nothing to calibrate")
+    return out
+
+
+def _measure(model: nn.Module, batch: Tensor, layers: Mapping[str, tuple[nn.Module, nn.Parameter]]) -> VarianceRatios:
+    calls: list[tuple[str, float, float]] = []  # (layer, mean square in, mean square out) per call
+
+    def make(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            calls.append((name, float(inputs[0].double().square().mean()), float(output.double().square().mean())))
+
+        return hook
+
+    handles = [mod.register_forward_hook(make(name)) for name, (mod, _) in layers.items()]
+    try:
+        model(batch)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise SparseflowError(
+            f"the model cannot run on the calibration batch of shape {tuple(batch.shape)} ({e}); pass a batch of "
+            "inputs shaped like the training data, (N, ...) without labels"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    names = [c[0] for c in calls]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    missing = [n for n in layers if n not in names]
+    if twice or missing:
+        raise SparseflowError(
+            f"calibration needs every target layer called exactly once per forward pass; called more than once: "
+            f"{twice}, never called: {missing}; restrict the layers with targets=Targets(...)"
+        )
+    moments = tuple(c[2] for c in calls)
+    if not all(math.isfinite(q) for q in (calls[0][1],) + moments):
+        raise SparseflowError("the forward pass on the calibration batch produced NaN or inf")
+    return VarianceRatios(tuple(names), calls[0][1], moments)
+
+
+def _as_batch(model: nn.Module, batch: object) -> Tensor:
+    if not isinstance(batch, Tensor):
+        raise SparseflowError(
+            f"calibration needs a tensor of inputs (N, ...), got {type(batch).__name__}; from an (x, y) pair pass x"
+        )
+    if batch.numel() == 0:
+        raise SparseflowError(f"the calibration batch is empty (shape {tuple(batch.shape)})")
+    p = next(model.parameters(), None)
+    return batch.to(p.device) if p is not None else batch
+
+
+@torch.no_grad()
+def variance_ratios(model: nn.Module, batch: Tensor, *, targets: Targets | None = None) -> VarianceRatios:
+    """Measure each target layer's pre-activation second moment on ``batch`` (eval mode; model unchanged)."""
+    layers = _layers(model, targets)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return _measure(model, _as_batch(model, batch), layers)
+    finally:
+        for m, t in modes.items():
+            m.train(t)
+
+
+def calibrate_(
+    model: nn.Module,
+    batch: Tensor,
+    *,
+    target: float = 1.0,
+    tol: float = 0.01,
+    max_iter: int = 10,
+    targets: Targets | None = None,
+) -> None:
+    """Scale each target layer's weight so that q_l / q_{l-1} = ``target`` on ``batch`` (χ = 1 by default).
+
+    Layer by layer in forward order (LSUV, Mishkin & Matas 2016, "All you need is a good init", but
+    matching the ratio to the previous layer rather than q to 1; the first layer's reference is the
+    mean square of its input). A weight scale c multiplies the bias-free part of q by c², so one step is
+    exact without bias; with a bias it is repeated up to ``max_iter`` times until |ratio/target - 1| <=
+    ``tol`` (a RuntimeWarning names a layer that does not get there). Runs in eval mode (no BatchNorm
+    statistics are updated) and restores every module's mode; pruned weights stay zero.
+    """
+    for what, v in (("target", target), ("tol", tol)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise SparseflowError(f"{what} must be a positive finite number, got {v!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise SparseflowError(f"max_iter must be a positive integer, got {max_iter!r}")
+    layers = _layers(model, targets)
+    batch = _as_batch(model, batch)
+    modes = {m: m.training for m in model.modules()}
+    grad = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # not a decorator, so that the warning below points at the caller
+    model.eval()
+    try:
+        r = _measure(model, batch, layers)
+        for i, name in enumerate(r.layers):
+            weight = layers[name][1]
+            for _ in range(max_iter):
+                prev = r.input_moment if i == 0 else r.moments[i - 1]
+                q = r.moments[i]
+                if prev == 0 or q == 0:
+                    raise SparseflowError(
+                        f"layer {name!r} {'gets' if prev == 0 else 'outputs'} no signal on the calibration "
+                        "batch (all zeros), so no scale can fix it; check the mask for cut paths"
+                    )
+                if abs(q / prev / target - 1) <= tol:
+                    break
+                weight.mul_(math.sqrt(target * prev / q))
+                r = _measure(model, batch, layers)
+            ratio = r.moments[i] / (r.input_moment if i == 0 else r.moments[i - 1])
+            if abs(ratio / target - 1) > tol:
+                warnings.warn(
+                    f"calibrate_: layer {name!r} reached ratio {ratio:.4g} after {max_iter} steps, target "
+                    f"{target:g}: its bias alone exceeds the target; zero the biases or raise max_iter",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    finally:
+        torch.set_grad_enabled(grad)
+        for m, t in modes.items():
+            m.train(t)
+
+
+__all__ = [
+    "PER",
+    "VarianceRatios",
+    "calibrate_",
+    "rescale_",
+    "sparse_init_",
+    "sparse_std",
+    "unit_fan_in",
+    "variance_ratios",
+]
