@@ -7,9 +7,13 @@ store them at their information content and run them fast. The public API is fla
     method = sf.GMP(sparsity=0.9, end=1000)
 """
 
+from sparseflow.analysis.connectivity import Connectivity, LayerConnectivity, connectivity
+from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_, repair_mask
+from sparseflow.analysis.signal import LayerSignal, SignalReport, signal
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError
+from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
 from sparseflow.methods import SNIP, GraSP, SynFlow
@@ -22,6 +26,21 @@ from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "Connectivity",
+    "LayerConnectivity",
+    "connectivity",
+    "LayerRepair",
+    "RepairReport",
+    "apply_repair_",
+    "repair_mask",
+    "LayerSignal",
+    "SignalReport",
+    "signal",
+    "VarianceRatios",
+    "calibrate_",
+    "rescale_",
+    "sparse_init_",
+    "variance_ratios",
     "DATASETS",
     "MODELS",
     "Callback",

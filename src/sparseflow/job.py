@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseflow.analysis.connectivity import Connectivity, connectivity
+from sparseflow.analysis.signal import SignalReport, signal
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import DISTRIBUTIONS, GLOBAL, check_sparsity
 from sparseflow.errors import SparseflowError
@@ -36,7 +38,7 @@ from sparseflow.methods import GMP, MagnitudePruning, Method, RandomSparse
 from sparseflow.models import MODELS, NORMS, build_model
 from sparseflow.patterns import NM, Block, Pattern, Unstructured
 from sparseflow.targets import Targets
-from sparseflow.train import OPTIMIZERS, TrainConfig, TrainResult, fit
+from sparseflow.train import OPTIMIZERS, Callback, TrainConfig, TrainResult, TrainState, fit
 
 METHODS = ("dense", "magnitude", "gmp", "random", "snip", "grasp", "synflow", "set", "rigl")
 # Each method's layer-wise distribution in its paper, used when none is given.
@@ -217,6 +219,12 @@ class JobResult:
     wall_s: float
     mask_sparsity: float = 0.0  # from the saved mask (the method's state), not the weights
     schedule: dict[str, Any] = field(default_factory=dict)
+    connectivity: Connectivity | None = None  # of the final sparse model
+    signal: SignalReport | None = None  # of the sparse model when training started (None when resumed)
+
+    @property
+    def warnings(self) -> list[str]:
+        return health_warnings(self.connectivity, self.signal)
 
     def to_json(self) -> dict[str, Any]:
         target = self.job.sparsity
@@ -238,6 +246,9 @@ class JobResult:
             "wall_s": self.wall_s,
             "schedule": self.schedule,
             "mask_sparsity": self.mask_sparsity,
+            "connectivity": None if self.connectivity is None else self.connectivity.to_json(),
+            "signal": None if self.signal is None else self.signal.to_json(),
+            "warnings": self.warnings,
             "criteria": {
                 # The exact-count rule rounds the total to whole weights: the mask is within 1/N of target,
                 # and no weight outside it is nonzero (a kept weight may still be exactly zero, e.g. one
@@ -256,6 +267,34 @@ class JobResult:
         }
 
 
+class SignalProbe(Callback):
+    """Measures signal propagation on a fixed batch when training starts (after the method's ``prepare``):
+    the sparse network as it is initialised, which is where vanishing or exploding signal stalls training."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.batch = batch
+        self.report: SignalReport | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.step == 0:  # a resumed run has moved on from its initialisation
+            self.report = signal(state.model, self.batch[0], self.batch[1])
+
+
+def health_warnings(conn: Connectivity | None, sig: SignalReport | None) -> list[str]:
+    """Warnings for the report and the console: a collapsed network, dead units, a signal far from critical."""
+    out = []
+    if conn is not None:
+        if conn.collapsed:
+            out.append("layer collapse: no input-output path survives the mask; the output ignores the input")
+        dead = [f"{l.name} ({l.unreachable}/{l.out_units})" for l in conn.layers if l.unreachable]
+        if dead and not conn.collapsed:
+            out.append("units no input reaches: " + ", ".join(dead))
+    if sig is not None and sig.verdict != "critical":
+        out.append(f"signal at initialisation is {sig.verdict}: gain {sig.gain:.3g} over {len(sig.layers)} layers "
+                   f"(critical is 1; see sparseflow.init)")
+    return out
+
+
 def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
                   progress: bool = True, command: str | None = None, resume: bool = False) -> JobResult:
     """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget."""
@@ -269,6 +308,8 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     cfg = TrainConfig(**job.train_config_kwargs())
     out.mkdir(parents=True, exist_ok=True)
 
+    probe = SignalProbe(first_batch(ds, job))
+
     def one_run(method_name: str, run_dir: Path) -> tuple[TrainResult, Method | None, nn.Module, dict]:
         sub = dataclasses.replace(job, method=method_name)
         model = build_model(job.model, ds.input_shape, ds.num_classes, norm=job.norm, hidden=job.hidden, seed=job.seed)
@@ -281,7 +322,7 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
         config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
         result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
-                     progress=progress, config=config)
+                     progress=progress, config=config, callbacks=[probe] if method_name == job.method else [])
         return result, method, model, schedule
 
     sparse, method, model, schedule = one_run(job.method, out)
@@ -297,7 +338,12 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         mask_sparsity = 1.0 - sum(int(torch.count_nonzero(m)) for m in saved.values()) / sum(m.numel() for m in saved.values())
     else:
         mask_sparsity = 0.0
+    try:
+        conn: Connectivity | None = connectivity(model)
+    except SparseflowError:  # a model the tracer refuses: the report says so instead
+        conn = None
     result = JobResult(
+        connectivity=conn, signal=probe.report,
         job=job, run_dir=out, accuracy=sparse.test_acc,
         dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),
         sparsity=1.0 - nnz / numel, layers=layers, sparse=sparse, dense=dense, mask_sparsity=mask_sparsity,

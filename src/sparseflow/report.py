@@ -53,6 +53,20 @@ def _curves(result: JobResult, path: Path) -> None:
     plt.close(fig)
 
 
+def _health(result: JobResult) -> str:
+    parts = [f"**Warning:** {w}" for w in result.warnings] or ["No warnings: every layer connected, signal critical."]
+    if result.connectivity is not None:
+        parts += ["Connectivity of the final sparse model (`sparseflow.connectivity`):", result.connectivity.markdown()]
+    else:
+        parts.append("Connectivity: this model could not be traced.")
+    if result.signal is not None:
+        parts += ["Signal propagation at the start of training (`sparseflow.signal`, one training batch): "
+                  f"verdict **{result.signal.verdict}**, gain {result.signal.gain:.3g}.", result.signal.markdown()]
+    else:
+        parts.append("Signal at initialisation: not measured (the run was resumed).")
+    return "\n\n".join(parts)
+
+
 def write_train_report(result: JobResult, out: Path, *, command: str | None = None) -> None:
     """OUT/report.md and OUT/curves.png for a train job."""
     _curves(result, out / "curves.png")
@@ -74,6 +88,10 @@ Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.w
 ## Layers (measured from the saved checkpoint)
 
 {md_table(["parameter", "shape", "weights", "nonzeros", "density", "pruned"], layers)}
+
+## Connectivity and signal
+
+{_health(result)}
 
 ## Learning curves
 

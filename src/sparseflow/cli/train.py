@@ -86,6 +86,8 @@ def train(
     if result.dense is not None:
         acc.add_row("dense", "0.0000", f"{result.dense_accuracy:.4f}")
     console.print(acc)
+    for w in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
     console.print(f"run directory: {out}  (report.md, metrics.jsonl, checkpoint.safetensors)  {result.wall_s:.1f} s")
     if as_json:
         _emit_json(result.to_json())
