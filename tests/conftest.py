@@ -50,3 +50,23 @@ def make_tiny_mlp() -> Callable[..., nn.Sequential]:
 def make_tiny_convnet() -> Callable[..., nn.Sequential]:
     """Factory: ``make_tiny_convnet(seed=0)``; input shape (batch, 4, 6, 6), 4 outputs."""
     return build_tiny_convnet
+
+
+RunCli = Callable[[Sequence[str]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """Run ``sparseflow ARGS`` in-process: (exit status, stdout, stderr)."""
+    from sparseflow.cli import main
+
+    def run(args: Sequence[str]) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = int(e.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

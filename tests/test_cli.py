@@ -10,23 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparseflow.cli import main
 from sparseflow.io import load_state
 from sparseflow.job import TrainJob
+from conftest import RunCli
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:  # typer exits with the command's status
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_train_quick_json_matches_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["train", "--quick", "--json", "--no-progress", "--epochs", "4", "--out", str(tmp_path / "r")], capsys)
+def test_train_quick_json_matches_checkpoint(tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["train", "--quick", "--json", "--no-progress", "--epochs", "4", "--out", str(tmp_path / "r")])
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     # Oracle: count the nonzeros of the saved weights ourselves.
@@ -48,12 +40,12 @@ def test_train_quick_json_matches_checkpoint(tmp_path: Path, capsys: pytest.Capt
     assert result["dense_accuracy"] > 0.5
 
 
-def test_rerun_same_out_without_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_same_out_without_resume_is_refused(tmp_path: Path, run_cli: RunCli) -> None:
     args = ["train", "--quick", "--no-progress", "--epochs", "2", "--method", "random", "--no-baseline", "--out", str(tmp_path / "r")]
-    assert run_cli(args, capsys)[0] == 0
-    code, _, err = run_cli(args, capsys)
+    assert run_cli(args)[0] == 0
+    code, _, err = run_cli(args)
     assert code == 2 and "already holds a checkpoint" in err
-    code, out, _ = run_cli([*args, "--resume", "--json"], capsys)  # a finished run is reused
+    code, out, _ = run_cli([*args, "--resume", "--json"])  # a finished run is reused
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["steps"] == 2 * 23
 
 
@@ -74,18 +66,18 @@ def test_rerun_same_out_without_resume_is_refused(tmp_path: Path, capsys: pytest
     ],
 )
 def test_bad_input_exits_2_with_one_error_line(args: list[str], needle: str, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["train", "--no-progress", "--out", str(tmp_path / "r"), *args], capsys)
+                                               run_cli: RunCli) -> None:
+    code, out, err = run_cli(["train", "--no-progress", "--out", str(tmp_path / "r"), *args])
     assert code == 2
     assert needle in err
     assert "Traceback" not in err
 
 
-def test_corrupt_dataset_names_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_dataset_names_file(tmp_path: Path, run_cli: RunCli) -> None:
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (tmp_path / name).write_bytes(b"not a real file")
     code, _, err = run_cli(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--no-progress",
-                            "--out", str(tmp_path / "r")], capsys)
+                            "--out", str(tmp_path / "r")])
     assert code == 2 and "idx" in err and "sha256" in err.lower()
 
 
@@ -107,9 +99,9 @@ def test_run_name_hash_is_pinned() -> None:
 PINNED_DEFAULT_DIGEST = "d76d981908"
 
 
-def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, run_cli: RunCli) -> None:
     code, out, _ = run_cli(["train", "--quick", "--json", "--no-progress", "--epochs", "2", "--no-baseline",
-                            "--method", "random", "--no-prune-first", "--out", str(tmp_path / "r")], capsys)
+                            "--method", "random", "--no-prune-first", "--out", str(tmp_path / "r")])
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     first, *rest = result["layers"]
@@ -121,8 +113,8 @@ def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, 
     assert total - kept == int(0.9 * total + 0.5)  # exact count rule over the pruned layers only
 
 
-def test_experiment_collapse_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json"], capsys)
+def test_experiment_collapse_quick_json(run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json"])
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     assert set(result["summary"]) >= {"magnitude", "snip", "grasp", "synflow"}
@@ -132,8 +124,8 @@ def test_experiment_collapse_quick_json(capsys: pytest.CaptureFixture[str]) -> N
     assert crit["pass"] == (mag is not None and (syn is None or syn > mag))
 
 
-def test_bench_methods_needs_data_dir(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["bench", "methods"], capsys)
+def test_bench_methods_needs_data_dir(run_cli: RunCli) -> None:
+    code, _, err = run_cli(["bench", "methods"])
     assert code == 2 and "--data-dir" in err
-    code, _, err = run_cli(["bench", "methods", "--sparsities", "0.9,1.2", "--quick"], capsys)
+    code, _, err = run_cli(["bench", "methods", "--sparsities", "0.9,1.2", "--quick"])
     assert code == 2 and "sparsity must be in [0, 1)" in err

@@ -11,21 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from sparseflow.analysis.connectivity import connectivity
-from sparseflow.cli import main
 from sparseflow.io import load_state, save_state
 from sparseflow.job import TrainJob
 from sparseflow.mask import Mask
 from sparseflow.models import build_model
+from conftest import RunCli
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_run(path: Path, model_name: str, density: float, hidden: tuple[int, ...] | None = None) -> torch.nn.Module:
@@ -41,9 +33,9 @@ def make_run(path: Path, model_name: str, density: float, hidden: tuple[int, ...
     return model
 
 
-def test_analyze_run_dir_json_equals_library(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_run_dir_json_equals_library(tmp_path: Path, run_cli: RunCli) -> None:
     model = make_run(tmp_path / "run", "conv2", 0.05)
-    code, out, _ = run_cli(["analyze", str(tmp_path / "run"), "--json", "--quick"], capsys)
+    code, out, _ = run_cli(["analyze", str(tmp_path / "run"), "--json", "--quick"])
     assert code == 0
     got = json.loads(out.strip().splitlines()[-1])
     want = connectivity(model).to_json()
@@ -51,14 +43,14 @@ def test_analyze_run_dir_json_equals_library(tmp_path: Path, capsys: pytest.Capt
     assert got["collapsed"] == want["collapsed"]
 
 
-def test_analyze_repair_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_repair_round_trip(tmp_path: Path, run_cli: RunCli) -> None:
     make_run(tmp_path / "run", "mlp", 0.02, hidden=(32, 16))
     out_file = tmp_path / "fixed.safetensors"
-    code, out, _ = run_cli(["analyze", str(tmp_path / "run"), "--repair", str(out_file), "--json"], capsys)
+    code, out, _ = run_cli(["analyze", str(tmp_path / "run"), "--repair", str(out_file), "--json"])
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     assert result["repair"]["moved"] > 0
-    code, out, _ = run_cli(["analyze", str(out_file), "--json"], capsys)
+    code, out, _ = run_cli(["analyze", str(out_file), "--json"])
     after = json.loads(out.strip().splitlines()[-1])
     before_counts = [r["nonzeros"] for r in result["layers"]]
     assert [r["nonzeros"] for r in after["layers"]] == before_counts  # same count per layer, in the weights
@@ -68,18 +60,18 @@ def test_analyze_repair_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture
     assert meta["kind"] == "repaired-weights" and set(state["mask"]) == {r["name"] for r in after["layers"]}
 
 
-def test_bare_state_dict_is_read_as_an_mlp_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bare_state_dict_is_read_as_an_mlp_chain(tmp_path: Path, run_cli: RunCli) -> None:
     w1 = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     w2 = torch.tensor([[2.0, 0.0]])
     save_file({"fc1.weight": w1, "fc2.weight": w2}, str(tmp_path / "w.safetensors"))
-    code, out, _ = run_cli(["analyze", str(tmp_path / "w.safetensors"), "--json"], capsys)
+    code, out, _ = run_cli(["analyze", str(tmp_path / "w.safetensors"), "--json"])
     assert code == 0
     got = json.loads(out.strip().splitlines()[-1])
     assert [r["name"] for r in got["layers"]] == ["fc1.weight", "fc2.weight"]
     assert got["effective"] == 2 and got["inputs_reaching_output"] == 1 and got["layers"][0]["no_incoming"] == 1
 
 
-def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2(tmp_path: Path, run_cli: RunCli) -> None:
     save_file({"a.weight": torch.ones(3, 2), "b.weight": torch.ones(1, 4)}, str(tmp_path / "nochain.safetensors"))
     save_file({"conv.weight": torch.ones(3, 2, 3, 3)}, str(tmp_path / "conv.safetensors"))
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
@@ -92,13 +84,13 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         str(tmp_path / "emptydir"): "no checkpoint.safetensors",
     }
     for path, words in cases.items():
-        code, out, err = run_cli(["analyze", path], capsys)
+        code, out, err = run_cli(["analyze", path])
         assert code == 2 and "error:" in err and words in " ".join(err.split()), (path, err)
         assert "Traceback" not in err
 
 
-def test_bench_connectivity_quick_criteria(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["bench", "connectivity", "--quick", "--json", "--threads", "1"], capsys)
+def test_bench_connectivity_quick_criteria(run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["bench", "connectivity", "--quick", "--json", "--threads", "1"])
     assert code == 0
     got = json.loads(out.strip().splitlines()[-1])
     crit = got["criteria"]["connectivity of a 100M-weight MLP"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparseflow.cli import main
 from sparseflow.experiments.meanfield import build, fit_slope, meanfield, slope_target
+from conftest import RunCli
 
 
 def test_fit_slope_of_geometric_sequence_is_log_ratio() -> None:
@@ -62,20 +62,12 @@ def test_small_run_criteria_follow_from_the_runs() -> None:
     assert res.of("he", 0.1)[0].slope == pytest.approx(math.log(0.1), rel=0.1)
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_quick_json_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_quick_json_writes_files(tmp_path: Path, run_cli: RunCli) -> None:
     out_dir = tmp_path / "mf"
-    code, out, _ = _run(["experiment", "meanfield", "--quick", "--json", "--width", "64", "--depth", "6",
-                         "--out", str(out_dir)], capsys)
+    code, out, _ = run_cli(["experiment", "meanfield", "--quick", "--json", "--width", "64", "--depth", "6",
+                         "--out", str(out_dir)])
     assert code == 0
     data = json.loads(out.strip().splitlines()[-1])
     assert {p.name for p in out_dir.iterdir()} == {"results.json", "report.md", "variance.png", "chi.png"}
@@ -90,6 +82,6 @@ def test_cli_quick_json_writes_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (out_dir / "variance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_rejects_bad_width(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["experiment", "meanfield", "--width", "1", "--quick"], capsys)
+def test_cli_rejects_bad_width(run_cli: RunCli) -> None:
+    code, _, err = run_cli(["experiment", "meanfield", "--width", "1", "--quick"])
     assert code == 2 and "error:" in err and "--width" in err

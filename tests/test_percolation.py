@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 
-from sparseflow.cli import main
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.collapse import has_path
 from sparseflow.experiments.percolation import (
@@ -32,6 +31,7 @@ from sparseflow.experiments.percolation import (
     surviving_fraction,
 )
 from sparseflow.experiments.percolation_train import reached_fractions
+from conftest import RunCli
 
 
 # --- theory -----------------------------------------------------------------------------------
@@ -165,20 +165,12 @@ def test_critical_scan_recovers_one_minus_one_over_b(b: int) -> None:
 # --- CLI ----------------------------------------------------------------------------------------
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def test_cli_small_run_writes_report_and_criteria(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_small_run_writes_report_and_criteria(tmp_path: Path, run_cli: RunCli) -> None:
     args = ["experiment", "percolation", "--quick", "--json", "--out", str(tmp_path / "r"), "--seeds", "2",
             "--widths", "256", "--depths", "10,20", "--pc-width", "512", "--pc-depth", "24", "--epochs", "2"]
-    code, out, _ = _run(args, capsys)
+    code, out, _ = run_cli(args)
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     crit = result["criteria"]
@@ -212,6 +204,6 @@ def test_cli_small_run_writes_report_and_criteria(tmp_path: Path, capsys: pytest
         (["--data-dir", "/nonexistent/mnist"], "is not a folder"),
     ],
 )
-def test_cli_rejects_bad_input(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["experiment", "percolation", "--quick", "--no-train", *args], capsys)
+def test_cli_rejects_bad_input(args: list[str], message: str, run_cli: RunCli) -> None:
+    code, _, err = run_cli(["experiment", "percolation", "--quick", "--no-train", *args])
     assert code == 2 and "error:" in err and message in err and "Traceback" not in err
