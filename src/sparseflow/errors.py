@@ -18,3 +18,7 @@ class DataError(SparseflowError):
 
 class MaskError(SparseflowError):
     """A mask does not fit its model: unknown parameter, wrong shape or dtype, impossible density."""
+
+
+class StorageError(SparseflowError):
+    """A stored file is unreadable, corrupted or does not fit the model it is loaded into."""

@@ -1,0 +1,323 @@
+"""Mask codecs: a boolean mask coded at its information content.
+
+A mask of ``N`` positions with ``n`` kept carries ``log2 C(N, n) ≈ N·H(n/N)`` bits. Each codec turns a numpy
+bool array into a payload whose first byte names the codec, and back; the decoder is also told the shape and
+``n`` (both stored in the file's metadata), so no codec spends bits on them.
+
+* ``IID`` (geometric gaps). Under an i.i.d. model with keep fraction ``p = n/N`` the gaps between kept
+  positions are geometric, ``P(g) = p·(1-p)^g``. Each gap is one symbol of a categorical model over
+  ``0 .. K-2`` plus an escape symbol ``K-1`` meaning "add K-1 and read another symbol"; by memorylessness
+  the escape's probability is exactly the tail mass ``(1-p)^(K-1)``, so the code is exact for every gap.
+  Coded with ANS (``constriction``): ``-log2 P(mask) = N·H(p)`` bits plus a few words of coder state.
+  Above ``p = 1/2`` the zeros are coded instead.
+* ``NM`` (N:M semi-structured): every group of ``m`` consecutive weights along the input dimension keeps
+  exactly ``n``; each group is the index of its pattern among the ``C(m, n)``, coded uniformly:
+  ``log2 C(m, n) / m`` bits per position (0.646 for 2:4).
+* ``BLOCK``: every ``r x c`` tile of the ``(out, in)`` matrix view is all kept or all pruned; the tile grid is
+  coded with ``IID``.
+* ``CONTEXT``: adaptive per-row/per-column model for trained masks (:mod:`sparseflow.storage.context`).
+
+:func:`encode_mask` tries every codec that applies and keeps the smallest payload, so a structured or trained
+mask never costs more than the i.i.d. code. Model probabilities are computed with ``+ - * /`` only (IEEE
+exact on every platform), so a file decodes identically everywhere.
+
+Decoders validate as they go and raise :class:`~sparseflow.errors.StorageError` naming the failed check; a
+payload cannot make them decode more symbols than its length can hold (every coded symbol costs at least
+one bit), nor allocate more than the given shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from constriction import stream
+
+from sparseflow.errors import StorageError
+
+__all__ = ["IID", "NM", "BLOCK", "CONTEXT", "CODEC_NAMES", "encode_mask", "decode_mask",
+           "encode_iid", "decode_iid", "matrix_view", "from_matrix_view", "iid_bound_bits"]
+
+IID, NM, BLOCK, CONTEXT = 1, 2, 3, 4
+CODEC_NAMES = {IID: "iid", NM: "nm", BLOCK: "block", CONTEXT: "context"}
+_TAIL = 2.0**-20  # escape probability target: small enough to cost nothing, large enough to quantise well
+_MAX_K = 1 << 16  # alphabet cap (reached only below p ≈ 2e-4, where escapes then carry the long gaps)
+_MAX_NM_M = 16  # N:M pattern tables have 2**m entries
+
+
+def iid_bound_bits(numel: int, nnz: int) -> float:
+    """``log2 C(numel, nnz)``: the size of the smallest code for a mask with this count, in bits."""
+    return (math.lgamma(numel + 1) - math.lgamma(nnz + 1) - math.lgamma(numel - nnz + 1)) / math.log(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix view shared with sparseflow.patterns: (out, in, *kernel) -> (out, prod(kernel) * in), inputs innermost.
+
+
+def matrix_view(mask: np.ndarray) -> np.ndarray:
+    if mask.ndim == 2:
+        return mask
+    if mask.ndim < 2:
+        return mask.reshape(1, -1)
+    return np.moveaxis(mask, 1, -1).reshape(mask.shape[0], -1)
+
+
+def from_matrix_view(mat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(shape) == 2:
+        return mat
+    if len(shape) < 2:
+        return mat.reshape(shape)
+    out, inp, *kernel = shape
+    return np.ascontiguousarray(np.moveaxis(mat.reshape(out, *kernel, inp), -1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# IID: geometric gaps between kept positions.
+
+
+def _gap_model(numel: int, ones: int) -> tuple[int, object]:
+    """Categorical over gaps 0..K-2 plus escape K-1 for keep fraction ones/numel (ones <= numel/2, ones > 0)."""
+    p = ones / numel
+    a = 1.0 - p
+    # powers a^1 .. a^L by repeated multiplication: deterministic, unlike pow().
+    length = min(_MAX_K, max(2, int(30.0 / p)))
+    powers = np.cumprod(np.full(length, a))
+    below = np.flatnonzero(powers < _TAIL)
+    k = int(below[0]) + 2 if below.size else length + 1  # escape holds a^(K-1)
+    k = max(k, 2)
+    probs = np.empty(k)
+    probs[0] = p
+    probs[1 : k - 1] = p * powers[: k - 2]
+    probs[k - 1] = powers[k - 2]
+    return k, stream.model.Categorical(probs, perfect=False)
+
+
+def encode_iid(flat: np.ndarray) -> bytes:
+    """ANS words (little-endian uint32) for a flat bool array; empty when the mask is all False or all True."""
+    numel = flat.size
+    ones = int(np.count_nonzero(flat))
+    if ones > numel - ones:  # code the minority symbol
+        flat = ~flat
+        ones = numel - ones
+    if ones == 0:
+        return b""
+    pos = np.flatnonzero(flat)
+    gaps = np.diff(pos, prepend=-1) - 1
+    k, model = _gap_model(numel, ones)
+    esc = k - 1
+    if int(gaps.max()) >= esc:
+        reps = gaps // esc + 1  # escapes before each gap, plus the gap's own symbol
+        symbols = np.full(int(reps.sum()), esc, dtype=np.int32)
+        symbols[np.cumsum(reps) - 1] = gaps % esc
+    else:
+        symbols = gaps.astype(np.int32)
+    coder = stream.stack.AnsCoder()
+    coder.encode_reverse(symbols, model)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_iid(payload: bytes | memoryview, numel: int, nnz: int) -> np.ndarray:
+    """Inverse of :func:`encode_iid`: a flat bool array of ``numel`` positions with ``nnz`` True."""
+    if not 0 <= nnz <= numel:
+        raise StorageError(f"kept count {nnz} is outside 0..{numel}")
+    ones = min(nnz, numel - nnz)
+    inverted = nnz != ones
+    if ones == 0:
+        if len(payload):
+            raise StorageError(f"mask payload has {len(payload)} bytes, but an all-{'True' if inverted else 'False'} "
+                               "mask codes to none")
+        return np.full(numel, inverted, dtype=bool)
+    if len(payload) % 4:
+        raise StorageError(f"mask payload length {len(payload)} is not a whole number of 32-bit words")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    # Every symbol has probability <= 1/2, so costs >= 1 bit: a short payload cannot claim many symbols.
+    if ones > 32 * words.size + 64:
+        raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions")
+    k, model = _gap_model(numel, ones)
+    esc = k - 1
+    try:
+        decoder = stream.stack.AnsCoder(words)
+        parts = [decoder.decode(model, ones)]
+        residuals = int(np.count_nonzero(parts[0] != esc))
+        while residuals < ones:  # each escape stands for one more symbol
+            more = decoder.decode(model, ones - residuals)
+            parts.append(more)
+            residuals += int(np.count_nonzero(more != esc))
+        exhausted = decoder.is_empty()
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise StorageError(f"mask payload does not decode ({e})") from None
+    if not exhausted:
+        raise StorageError("mask payload has data left over after the last kept position (corrupted)")
+    symbols = np.concatenate(parts).astype(np.int64) if len(parts) > 1 else parts[0].astype(np.int64)
+    if symbols.size and (symbols.min() < 0 or symbols.max() > esc):
+        raise StorageError("mask payload decodes to an impossible gap")
+    is_res = symbols != esc
+    advance = np.where(is_res, symbols + 1, esc)
+    ends = np.cumsum(advance)[is_res] - 1
+    if ends.size != ones or (ends.size and ends[-1] >= numel):
+        raise StorageError(f"mask payload decodes to positions beyond the tensor's {numel} entries")
+    out = np.zeros(numel, dtype=bool)
+    out[ends] = True
+    if inverted:
+        np.logical_not(out, out=out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# N:M: one uniform symbol per group of m along the input dimension.
+
+
+def _nm_tables(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each m-bit pattern with n ones or -1, pattern of each rank) in increasing pattern order."""
+    codes = np.arange(1 << m, dtype=np.int64)
+    pop = np.zeros(1 << m, dtype=np.int64)
+    for b in range(m):
+        pop += (codes >> b) & 1
+    patterns = codes[pop == n]
+    rank = np.full(1 << m, -1, dtype=np.int64)
+    rank[patterns] = np.arange(patterns.size)
+    return rank, patterns
+
+
+def _nm_detect(mat: np.ndarray) -> tuple[int, int] | None:
+    """The finest (n, m), m in 2..16 dividing the columns, with exactly n kept in every group; else None."""
+    rows, cols = mat.shape
+    for m in (2, 4, 8, 16, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15):
+        if cols % m or mat.size == 0:
+            continue
+        counts = mat.reshape(-1, m).sum(axis=1)
+        n = int(counts[0])
+        if 0 < n < m and bool((counts == n).all()):
+            return n, m
+    return None
+
+
+def _encode_nm(mat: np.ndarray, n: int, m: int) -> bytes:
+    groups = mat.reshape(-1, m).astype(np.int64)
+    codes = (groups << np.arange(m, dtype=np.int64)).sum(axis=1)
+    rank, patterns = _nm_tables(n, m)
+    coder = stream.stack.AnsCoder()
+    coder.encode_reverse(rank[codes].astype(np.int32), stream.model.Uniform(int(patterns.size)))
+    return bytes([n, m]) + coder.get_compressed().astype("<u4").tobytes()
+
+
+def _decode_nm(body: memoryview, rows: int, cols: int, nnz: int) -> np.ndarray:
+    if len(body) < 2:
+        raise StorageError("N:M mask payload is truncated (no n, m)")
+    n, m = body[0], body[1]
+    if not (2 <= m <= _MAX_NM_M and 0 < n < m) or cols % m:
+        raise StorageError(f"N:M mask payload names {n}:{m}, which does not fit a {rows}x{cols} matrix")
+    groups = rows * cols // m
+    if groups * n != nnz:
+        raise StorageError(f"{n}:{m} over {groups} groups keeps {groups * n}, but the header says {nnz}")
+    words = body[2:]
+    if len(words) % 4 or groups > 32 * (len(words) // 4) + 64:
+        raise StorageError(f"N:M mask payload of {len(body)} bytes cannot hold {groups} groups")
+    rank, patterns = _nm_tables(n, m)
+    try:
+        decoder = stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+        idx = decoder.decode(stream.model.Uniform(int(patterns.size)), groups).astype(np.int64)
+        exhausted = decoder.is_empty()
+    except (ValueError, RuntimeError, OverflowError) as e:
+        raise StorageError(f"N:M mask payload does not decode ({e})") from None
+    if not exhausted:
+        raise StorageError("N:M mask payload has data left over after the last group (corrupted)")
+    if idx.size and (idx.min() < 0 or idx.max() >= patterns.size):
+        raise StorageError("N:M mask payload decodes to an impossible pattern")
+    bits = (patterns[idx][:, None] >> np.arange(m, dtype=np.int64)) & 1
+    return bits.astype(bool).reshape(rows, cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block: the tile grid of an r x c block mask.
+
+
+def _largest_tile(mat: np.ndarray, axis: int) -> int:
+    """Largest power of two t dividing mat.shape[axis] such that runs of t rows (axis 0) / cols are equal."""
+    size = mat.shape[axis]
+    t = 1
+    while size % (2 * t) == 0:
+        groups = mat.reshape(size // (2 * t), 2 * t, -1) if axis == 0 else mat.T.reshape(size // (2 * t), 2 * t, -1)
+        if not bool((groups == groups[:, :1, :]).all()):
+            break
+        t *= 2
+    return t
+
+
+def _encode_block(mat: np.ndarray) -> bytes | None:
+    rows, cols = mat.shape
+    r = _largest_tile(mat, 0)
+    c = _largest_tile(mat, 1)
+    if r * c == 1:
+        return None
+    grid = mat[::r, ::c]
+    return np.array([r, c], dtype="<u4").tobytes() + encode_iid(grid.reshape(-1))
+
+
+def _decode_block(body: memoryview, rows: int, cols: int, nnz: int) -> np.ndarray:
+    if len(body) < 8:
+        raise StorageError("block mask payload is truncated (no tile size)")
+    r, c = (int(v) for v in np.frombuffer(body[:8], dtype="<u4"))
+    if r < 1 or c < 1 or rows % r or cols % c:
+        raise StorageError(f"block mask payload names {r}x{c} tiles, which do not divide a {rows}x{cols} matrix")
+    if nnz % (r * c):
+        raise StorageError(f"{r}x{c} tiles cannot keep {nnz} weights (not a multiple of {r * c})")
+    grid = decode_iid(body[8:], (rows // r) * (cols // c), nnz // (r * c)).reshape(rows // r, cols // c)
+    return np.repeat(np.repeat(grid, r, axis=0), c, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing and dispatching.
+
+
+def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
+    """The smallest payload among the codecs that apply to ``mask`` (any shape); first byte = codec id."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    candidates = [bytes([IID]) + encode_iid(mask.reshape(-1))]
+    if mask.ndim >= 2 and mask.size:
+        mat = matrix_view(mask)
+        nm = _nm_detect(mat)
+        if nm is not None:
+            candidates.append(bytes([NM]) + _encode_nm(mat, *nm))
+        block = _encode_block(mat)
+        if block is not None:
+            candidates.append(bytes([BLOCK]) + block)
+        if context and nm is None and block is None:
+            try:  # TEMPORARY until context.py lands
+                from sparseflow.storage import context as _context
+            except ImportError:
+                _context = None
+            if _context is not None:
+                candidates.append(bytes([CONTEXT]) + _context.encode(mat))
+    return min(candidates, key=len)  # stable: IID wins ties
+
+
+def decode_mask(payload: bytes | memoryview, shape: tuple[int, ...], nnz: int) -> np.ndarray:
+    """Inverse of :func:`encode_mask` given the tensor's shape and kept count (from the file's metadata)."""
+    payload = memoryview(payload).cast("B") if not isinstance(payload, memoryview) else payload.cast("B")
+    numel = math.prod(shape)
+    if not 0 <= nnz <= numel:
+        raise StorageError(f"kept count {nnz} is outside 0..{numel} for shape {tuple(shape)}")
+    if len(payload) < 1:
+        raise StorageError("mask payload is empty (no codec byte)")
+    codec, body = payload[0], payload[1:]
+    if codec == IID:
+        return decode_iid(body, numel, nnz).reshape(shape)
+    if codec not in (NM, BLOCK, CONTEXT) or len(shape) < 2 or numel == 0:
+        raise StorageError(f"mask payload names codec {codec}, which is unknown or does not apply to shape "
+                           f"{tuple(shape)}")
+    rows = shape[0]
+    cols = numel // rows
+    if codec == NM:
+        mat = _decode_nm(body, rows, cols, nnz)
+    elif codec == BLOCK:
+        mat = _decode_block(body, rows, cols, nnz)
+    else:
+        from sparseflow.storage import context as _context
+
+        mat = _context.decode(bytes(body), rows, cols, nnz)
+        if not isinstance(mat, np.ndarray) or mat.shape != (rows, cols) or mat.dtype != bool:
+            raise StorageError("context mask payload decodes to the wrong shape")
+    if int(np.count_nonzero(mat)) != nnz:
+        raise StorageError(f"mask decodes to {int(np.count_nonzero(mat))} kept weights, but the header says {nnz}")
+    return from_matrix_view(mat, tuple(shape))
