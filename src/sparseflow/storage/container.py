@@ -38,7 +38,7 @@ from sparseflow.io import atomic_write_bytes
 from sparseflow.mask import Mask
 from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask
 
-__all__ = ["save", "load", "load_mask", "read", "Stored", "DTYPES", "MAX_NUMEL", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "load_mask", "read", "read_bytes", "Stored", "DTYPES", "MAX_NUMEL", "FORMAT", "VERSION"]
 
 FORMAT = "sparseflow-sparse"
 VERSION = "1"
@@ -238,11 +238,11 @@ def read(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> Stored:
     where = str(path)
     if not path.is_file():
         raise StorageError(f"{where!r} does not exist or is not a file; pass a file written by sparseflow.save")
-    data = path.read_bytes()
-    return _decode(data, where, max_numel)
+    return read_bytes(path.read_bytes(), where=where, max_numel=max_numel)
 
 
-def _decode(data: bytes, where: str, max_numel: int) -> Stored:
+def read_bytes(data: bytes, *, where: str = "<bytes>", max_numel: int = MAX_NUMEL) -> Stored:
+    """:func:`read` for the file's bytes already in memory; ``where`` names the source in errors."""
     header = _header(data, where)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
