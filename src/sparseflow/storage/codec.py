@@ -72,6 +72,46 @@ def from_matrix_view(mat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# ANS with a sentinel. An ANS stack starts from state 0, from which the symbol at the bottom of the alphabet
+# codes to nothing: without care, trailing runs of symbol 0 are free, and an empty payload "decodes" to any
+# number of them. Pushing a 32-bit sentinel first (so it is popped last) keeps the state large while the
+# real symbols are coded: each then costs at least -log2 P(symbol) >= 1 bit, which bounds how many a
+# payload can hold, and popping the sentinel at the end checks that decoding ended where encoding began.
+
+_SENTINEL = np.array([0xA5C3, 0x3C5A], dtype=np.int32)
+_SENTINEL_MODEL = stream.model.Uniform(1 << 16)
+
+
+def ans_encode(symbols: np.ndarray, model: object) -> bytes:
+    """Little-endian uint32 words coding ``symbols`` (int32) under ``model``, sentinel included."""
+    coder = stream.stack.AnsCoder()
+    coder.encode_reverse(_SENTINEL, _SENTINEL_MODEL)
+    coder.encode_reverse(symbols.astype(np.int32, copy=False), model)
+    return coder.get_compressed().astype("<u4").tobytes()
+
+
+def ans_words(payload: bytes | memoryview, what: str) -> np.ndarray:
+    if len(payload) % 4:
+        raise StorageError(f"{what} payload length {len(payload)} is not a whole number of 32-bit words")
+    return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+
+def ans_capacity(words: np.ndarray) -> int:
+    """Most symbols of probability <= 1/2 that ``words`` can hold (1 % slack for quantised probabilities)."""
+    return int(32 * words.size * 1.01) + 64
+
+
+def ans_finish(decoder: object, what: str) -> None:
+    """Pop and check the sentinel; the decoder must then be empty."""
+    try:
+        ok = bool((decoder.decode(_SENTINEL_MODEL, 2) == _SENTINEL).all()) and decoder.is_empty()
+    except (ValueError, RuntimeError, OverflowError):
+        ok = False
+    if not ok:
+        raise StorageError(f"{what} payload does not end where its data ends (corrupted or truncated)")
+
+
+# ---------------------------------------------------------------------------------------------
 # IID: geometric gaps between kept positions.
 
 
@@ -111,9 +151,7 @@ def encode_iid(flat: np.ndarray) -> bytes:
         symbols[np.cumsum(reps) - 1] = gaps % esc
     else:
         symbols = gaps.astype(np.int32)
-    coder = stream.stack.AnsCoder()
-    coder.encode_reverse(symbols, model)
-    return coder.get_compressed().astype("<u4").tobytes()
+    return ans_encode(symbols, model)
 
 
 def decode_iid(payload: bytes | memoryview, numel: int, nnz: int) -> np.ndarray:
@@ -127,27 +165,25 @@ def decode_iid(payload: bytes | memoryview, numel: int, nnz: int) -> np.ndarray:
             raise StorageError(f"mask payload has {len(payload)} bytes, but an all-{'True' if inverted else 'False'} "
                                "mask codes to none")
         return np.full(numel, inverted, dtype=bool)
-    if len(payload) % 4:
-        raise StorageError(f"mask payload length {len(payload)} is not a whole number of 32-bit words")
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    # Every symbol has probability <= 1/2, so costs >= 1 bit: a short payload cannot claim many symbols.
-    if ones > 32 * words.size + 64:
+    words = ans_words(payload, "mask")
+    capacity = ans_capacity(words)  # symbols the payload can hold: each costs >= 1 bit
+    if ones > capacity:
         raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions")
     k, model = _gap_model(numel, ones)
     esc = k - 1
+    parts, residuals, decoded = [], 0, 0
     try:
         decoder = stream.stack.AnsCoder(words)
-        parts = [decoder.decode(model, ones)]
-        residuals = int(np.count_nonzero(parts[0] != esc))
-        while residuals < ones:  # each escape stands for one more symbol
-            more = decoder.decode(model, ones - residuals)
+        while residuals < ones:  # each escape symbol stands for one more symbol to read
+            if decoded >= capacity:
+                raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions")
+            more = decoder.decode(model, min(ones - residuals, capacity - decoded))
+            decoded += more.size
             parts.append(more)
             residuals += int(np.count_nonzero(more != esc))
-        exhausted = decoder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise StorageError(f"mask payload does not decode ({e})") from None
-    if not exhausted:
-        raise StorageError("mask payload has data left over after the last kept position (corrupted)")
+    ans_finish(decoder, "mask")
     symbols = np.concatenate(parts).astype(np.int64) if len(parts) > 1 else parts[0].astype(np.int64)
     if symbols.size and (symbols.min() < 0 or symbols.max() > esc):
         raise StorageError("mask payload decodes to an impossible gap")
@@ -196,9 +232,7 @@ def _encode_nm(mat: np.ndarray, n: int, m: int) -> bytes:
     groups = mat.reshape(-1, m).astype(np.int64)
     codes = (groups << np.arange(m, dtype=np.int64)).sum(axis=1)
     rank, patterns = _nm_tables(n, m)
-    coder = stream.stack.AnsCoder()
-    coder.encode_reverse(rank[codes].astype(np.int32), stream.model.Uniform(int(patterns.size)))
-    return bytes([n, m]) + coder.get_compressed().astype("<u4").tobytes()
+    return bytes([n, m]) + ans_encode(rank[codes], stream.model.Uniform(int(patterns.size)))
 
 
 def _decode_nm(body: memoryview, rows: int, cols: int, nnz: int) -> np.ndarray:
@@ -210,18 +244,16 @@ def _decode_nm(body: memoryview, rows: int, cols: int, nnz: int) -> np.ndarray:
     groups = rows * cols // m
     if groups * n != nnz:
         raise StorageError(f"{n}:{m} over {groups} groups keeps {groups * n}, but the header says {nnz}")
-    words = body[2:]
-    if len(words) % 4 or groups > 32 * (len(words) // 4) + 64:
+    words = ans_words(body[2:], "N:M mask")
+    if groups > ans_capacity(words):
         raise StorageError(f"N:M mask payload of {len(body)} bytes cannot hold {groups} groups")
     rank, patterns = _nm_tables(n, m)
     try:
-        decoder = stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+        decoder = stream.stack.AnsCoder(words)
         idx = decoder.decode(stream.model.Uniform(int(patterns.size)), groups).astype(np.int64)
-        exhausted = decoder.is_empty()
     except (ValueError, RuntimeError, OverflowError) as e:
         raise StorageError(f"N:M mask payload does not decode ({e})") from None
-    if not exhausted:
-        raise StorageError("N:M mask payload has data left over after the last group (corrupted)")
+    ans_finish(decoder, "N:M mask")
     if idx.size and (idx.min() < 0 or idx.max() >= patterns.size):
         raise StorageError("N:M mask payload decodes to an impossible pattern")
     bits = (patterns[idx][:, None] >> np.arange(m, dtype=np.int64)) & 1
