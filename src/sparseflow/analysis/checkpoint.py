@@ -3,6 +3,7 @@
 Accepted:
 - a run directory written by ``sparseflow train`` (``config.json`` + ``checkpoint.safetensors``): the model is
   rebuilt from the TrainJob in the config, its weights loaded, and the method's saved mask used as structure;
+- an ``.sfz`` file written by ``sparseflow.save`` or ``sparseflow export`` (its masks are the structure);
 - a ``.safetensors`` file: a sparseflow state file (a train checkpoint, or a repaired file written by
   ``sparseflow analyze --repair``) or a plain safetensors state dict. Its model is rebuilt from a
   ``config.json`` beside it or stored in its header; without one, the 2-D weights must chain (each one's
@@ -82,6 +83,12 @@ def _read(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         return load_state(path)
     except SparseflowError as first:
+        from sparseflow.storage.container import is_sparse_file, read_bytes
+
+        data = path.read_bytes()
+        if is_sparse_file(data):  # written by sparseflow.save / sparseflow export
+            stored = read_bytes(data, where=str(path))
+            return {"model": stored.tensors, "mask": dict(stored.mask) or None}, stored.meta
         try:
             plain = safetensors_load(path.read_bytes())  # a plain state dict, in no particular order
         except Exception:

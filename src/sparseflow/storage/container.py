@@ -38,7 +38,7 @@ from sparseflow.io import atomic_write_bytes
 from sparseflow.mask import Mask
 from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask
 
-__all__ = ["save", "load", "load_mask", "read", "read_bytes", "Stored", "DTYPES", "MAX_NUMEL", "FORMAT", "VERSION"]
+__all__ = ["save", "load", "load_mask", "read", "read_bytes", "is_sparse_file", "Stored", "DTYPES", "MAX_NUMEL", "FORMAT", "VERSION"]
 
 FORMAT = "sparseflow-sparse"
 VERSION = "1"
@@ -205,6 +205,15 @@ def _header(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise StorageError(f"{where}: header is not a JSON object; the file is corrupted")
     return header
+
+
+def is_sparse_file(data: bytes) -> bool:
+    """Whether ``data`` starts like a file written by :func:`save` (no validation beyond the header)."""
+    try:
+        meta = _header(data, "<bytes>").get("__metadata__")
+    except StorageError:
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _entry(name: str, e: object, where: str, max_numel: int) -> dict[str, Any]:
