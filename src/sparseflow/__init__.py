@@ -12,7 +12,7 @@ from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_,
 from sparseflow.analysis.signal import LayerSignal, SignalReport, signal
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
-from sparseflow.errors import DataError, MaskError, SparseflowError
+from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
@@ -20,6 +20,9 @@ from sparseflow.methods import SNIP, GraSP, SynFlow
 from sparseflow.methods import SET, RigL
 from sparseflow.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
+from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
+                                load_mask, load_masks, mask_sequence_bits, read, remove_torch_prune_, save,
+                                save_masks, to_torch_prune_)
 from sparseflow.targets import Targets, prunable
 from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
 
@@ -70,6 +73,22 @@ __all__ = [
     "RigL",
     "SET",
     "SparseflowError",
+    "StorageError",
+    "FileReport",
+    "Stored",
+    "append_mask",
+    "binary_entropy",
+    "from_torch_prune",
+    "inspect",
+    "load",
+    "load_mask",
+    "load_masks",
+    "mask_sequence_bits",
+    "read",
+    "remove_torch_prune_",
+    "save",
+    "save_masks",
+    "to_torch_prune_",
     "Targets",
     "Unstructured",
     "__version__",

@@ -9,17 +9,26 @@ import typer
 from rich import box
 from rich.table import Table
 
-from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, app
+from rich.console import Console
+
+from sparseflow.cli._app import JsonOpt, QuickOpt, _emit_json, app
 from sparseflow.errors import SparseflowError
 
 
 def _report_table(report, title: str) -> Table:  # noqa: ANN001  (a FileReport)
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for i, col in enumerate(report.HEADERS):
         table.add_column(col, justify="left" if i in (0, 1, 2, 4) else "right", no_wrap=i == 0)
     for row in report.rows():
         table.add_row(*row)
     return table
+
+
+def _console(as_json: bool) -> Console:
+    # The per-tensor table needs about 110 columns; a narrower default (80 when not a terminal) would elide
+    # the numbers, so never go below that.
+    probe = Console(stderr=as_json)
+    return Console(stderr=as_json, soft_wrap=False, width=max(probe.width, 110))
 
 
 def _summary(report) -> str:  # noqa: ANN001

@@ -1,1 +1,16 @@
-"""Sparse checkpoints at the information content of their masks; see :mod:`sparseflow.storage.container`."""
+"""Sparse checkpoints at the information content of their masks.
+
+``save``/``load`` write and read ``.sfz`` files (safetensors; entropy-coded masks, kept values, no pickle;
+see :mod:`sparseflow.storage.container`), ``save_masks``/``load_masks`` a sequence of masks as deltas
+(:mod:`sparseflow.storage.sequence`), ``inspect`` reports a file against the entropy bound, and
+:mod:`sparseflow.storage.interop` converts masks to and from ``torch.nn.utils.prune``.
+"""
+
+from sparseflow.storage.container import Stored, load, load_mask, read, save
+from sparseflow.storage.inspect import FileReport, binary_entropy, inspect
+from sparseflow.storage.interop import from_torch_prune, remove_torch_prune_, to_torch_prune_
+from sparseflow.storage.sequence import append_mask, load_masks, mask_sequence_bits, save_masks
+
+__all__ = ["Stored", "load", "load_mask", "read", "save", "FileReport", "binary_entropy", "inspect",
+           "from_torch_prune", "remove_torch_prune_", "to_torch_prune_", "append_mask", "load_masks",
+           "mask_sequence_bits", "save_masks"]

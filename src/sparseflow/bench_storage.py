@@ -1,0 +1,401 @@
+"""Benchmark run by ``sparseflow bench storage``: file bytes of a sparse model, ours against common formats.
+
+Four measurements, all on seeded random data (i.i.d. Bernoulli masks, standard-normal fp32 values):
+
+1. One 4096 x 4096 fp32 layer at sparsities 50 ... 99 %: the ``.sfz`` file (``container.save``) next to
+   ``torch.save`` dense and as a CSR tensor, raw CSR with int32 indices, safetensors dense, scipy's
+   ``save_npz`` (compressed) and zstd of a bitmap (``np.packbits``) plus the values; the bound is
+   ``nnz·32 + log2 C(N, nnz)`` bits.
+2. Mask coding alone against ``log2 C(N, nnz)`` over densities 0.005 ... 0.95, plus a random 2:4 mask
+   against ``log2 C(4, 2) / 4`` bits per position.
+3. Encode and decode throughput of the mask codec (median over repeats, one thread).
+4. ResNet-50 (torchvision's tensor shapes, random weights) with uniform and ERK masks on the conv and fc
+   weights, in the 1-bit-mask accounting of RigL's size table (Evci et al. 2020, google-research/rigl
+   README; first layer dense for uniform, and for ERK at 99 %) next to our file in fp32 and fp16.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sparseflow.analysis.size import size_report
+from sparseflow.distributions import erk, uniform
+from sparseflow.storage.codec import NM, decode_mask, encode_mask, iid_bound_bits
+from sparseflow.storage.container import save
+
+MB = 1e6
+LAYER_FORMATS = ("ours (.sfz)", "bound", "torch.save dense", "safetensors dense", "torch.save CSR",
+                 "CSR int32 raw", "scipy save_npz", "zstd bitmap+values", "zstd bitmap, raw values")
+# RigL README, "Model Size (Bytes)" column (MB): 32-bit values, 1-bit masks, a 32-bit bias per output channel.
+RIGL_MB = {("dense", 0.0): 102.122, ("erk", 0.8): 23.683, ("uniform", 0.8): 23.685, ("erk", 0.9): 13.499,
+           ("uniform", 0.9): 13.532, ("erk", 0.99): 4.354}
+
+
+@dataclass(frozen=True)
+class Config:
+    side: int = 4096
+    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+    zstd_level: int = 19
+    code_side: int = 4096  # mask-coding sweep and throughput
+    densities: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
+    speed_densities: tuple[float, ...] = (0.05, 0.1, 0.2)
+    repeats: int = 5
+    resnet: tuple[tuple[str, float], ...] = (("dense", 0.0), ("uniform", 0.8), ("erk", 0.8), ("uniform", 0.9),
+                                            ("erk", 0.9), ("uniform", 0.99), ("erk", 0.99))
+    seed: int = 0
+
+
+QUICK = Config(sparsities=(0.5, 0.9, 0.99), zstd_level=3, code_side=2048, repeats=3,
+               resnet=(("dense", 0.0), ("uniform", 0.9), ("erk", 0.9)))
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    sparsity: float
+    numel: int
+    nnz: int
+    bytes: dict[str, float]  # format -> bytes (LAYER_FORMATS)
+    zstd_s: float  # compression time of the zstd rows
+
+
+@dataclass(frozen=True)
+class CodeRow:
+    density: float
+    numel: int
+    nnz: int
+    codec: str
+    payload_bytes: int
+    bound_bytes: float
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    density: float
+    numel: int
+    encode_mps: float  # million mask positions per second
+    decode_mps: float
+
+
+@dataclass(frozen=True)
+class ResNetRow:
+    distribution: str
+    sparsity: float
+    numel: int
+    nnz: int
+    onebit_bytes: float
+    bound_bytes: float
+    file_fp32: int
+    file_fp16: int
+    rigl_bytes: float | None
+
+
+@dataclass(frozen=True)
+class StorageBench:
+    config: Config
+    threads: int
+    layer: tuple[LayerRow, ...]
+    coding: tuple[CodeRow, ...]
+    nm: CodeRow
+    speed: tuple[SpeedRow, ...]
+    resnet: tuple[ResNetRow, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def resnet50_shapes() -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of torchvision's ``resnet50()`` (bottleneck blocks 3, 4, 6, 3)."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7), "bn1.weight": (64,), "bn1.bias": (64,)}
+    inp = 64
+    for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+        for b in range(blocks):
+            pre = f"layer{stage}.{b}."
+            convs = ((width, inp, 1, 1), (width, width, 3, 3), (4 * width, width, 1, 1))
+            for i, sh in enumerate(convs, start=1):
+                shapes[f"{pre}conv{i}.weight"] = sh
+                shapes[f"{pre}bn{i}.weight"] = shapes[f"{pre}bn{i}.bias"] = (sh[0],)
+            if b == 0:  # projection shortcut: channels (and stride) change
+                shapes[f"{pre}downsample.0.weight"] = (4 * width, inp, 1, 1)
+                shapes[f"{pre}downsample.1.weight"] = shapes[f"{pre}downsample.1.bias"] = (4 * width,)
+            inp = 4 * width
+    shapes["fc.weight"], shapes["fc.bias"] = (1000, 2048), (1000,)
+    return shapes
+
+
+def _file_bytes(state: dict[str, Tensor], mask: dict[str, Tensor] | None, dtype: str) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.sfz"
+        save(path, state, mask=mask, dtype=dtype)
+        return path.stat().st_size
+
+
+def _torch_bytes(obj: object) -> int:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer().nbytes
+
+
+def _bernoulli(numel: int, density: float, g: torch.Generator) -> np.ndarray:
+    return (torch.rand(numel, generator=g) < density).numpy()
+
+
+def _layer_row(side: int, sparsity: float, level: int, g: torch.Generator) -> LayerRow:
+    import scipy.sparse
+    import zstandard
+    from safetensors.torch import save as st_save
+
+    numel = side * side
+    m = _bernoulli(numel, 1.0 - sparsity, g).reshape(side, side)
+    pos = np.flatnonzero(m)
+    vals = torch.randn(pos.size, generator=g).numpy()
+    dense = torch.zeros(numel)
+    dense[torch.from_numpy(pos)] = torch.from_numpy(vals)
+    dense = dense.reshape(side, side)
+    out: dict[str, float] = {}
+    out["ours (.sfz)"] = _file_bytes({"weight": dense}, {"weight": torch.from_numpy(m)}, "fp32")
+    out["bound"] = pos.size * 4 + iid_bound_bits(numel, pos.size) / 8
+    out["torch.save dense"] = _torch_bytes(dense)
+    out["safetensors dense"] = len(st_save({"weight": dense}))
+    out["torch.save CSR"] = _torch_bytes(dense.to_sparse_csr())
+    rows = pos // side  # pos is sorted, so row pointers are where each row's first position would go
+    indptr = np.searchsorted(rows, np.arange(side + 1)).astype(np.int32)
+    csr = scipy.sparse.csr_matrix((vals, (pos % side).astype(np.int32), indptr), shape=(side, side))
+    out["CSR int32 raw"] = csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes
+    buf = io.BytesIO()
+    scipy.sparse.save_npz(buf, csr, compressed=True)
+    out["scipy save_npz"] = buf.getbuffer().nbytes
+    zc = zstandard.ZstdCompressor(level=level)
+    t0 = time.perf_counter()
+    bitmap = len(zc.compress(np.packbits(m).tobytes()))
+    values = len(zc.compress(vals.tobytes()))
+    zstd_s = time.perf_counter() - t0
+    out["zstd bitmap+values"] = bitmap + values
+    out["zstd bitmap, raw values"] = bitmap + vals.nbytes
+    return LayerRow(sparsity, numel, int(pos.size), out, zstd_s)
+
+
+def _code_row(side: int, density: float, g: torch.Generator) -> CodeRow:
+    m = _bernoulli(side * side, density, g).reshape(side, side)
+    nnz = int(m.sum())
+    payload = encode_mask(m)
+    return CodeRow(density, m.size, nnz, "iid" if payload[0] != NM else "nm", len(payload),
+                   iid_bound_bits(m.size, nnz) / 8)
+
+
+def _nm_row(side: int, g: torch.Generator) -> CodeRow:
+    """A uniformly random 2:4 mask: each group of 4 along the input dimension keeps one of its 6 patterns."""
+    patterns = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], bool)
+    idx = torch.randint(0, 6, (side * side // 4,), generator=g).numpy()
+    m = patterns[idx].reshape(side, side)
+    payload = encode_mask(m)
+    return CodeRow(0.5, m.size, int(m.sum()), "nm" if payload[0] == NM else "other", len(payload),
+                   m.size // 4 * math.log2(6) / 8)
+
+
+def _speed_row(side: int, density: float, repeats: int, g: torch.Generator) -> SpeedRow:
+    m = _bernoulli(side * side, density, g).reshape(side, side)
+    nnz = int(m.sum())
+    enc, dec = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        payload = encode_mask(m)
+        t1 = time.perf_counter()
+        back = decode_mask(payload, m.shape, nnz)
+        t2 = time.perf_counter()
+        enc.append(t1 - t0)
+        dec.append(t2 - t1)
+    assert np.array_equal(back, m)  # a throughput of a wrong decoder means nothing
+    return SpeedRow(density, m.size, m.size / statistics.median(enc) / 1e6, m.size / statistics.median(dec) / 1e6)
+
+
+def _resnet_row(dist: str, sparsity: float, g: torch.Generator) -> ResNetRow:
+    shapes = resnet50_shapes()
+    state = {n: torch.randn(sh, generator=g) for n, sh in shapes.items()}
+    targets = {n: sh for n, sh in shapes.items() if len(sh) >= 2}  # conv and fc weights
+    mask: dict[str, Tensor] | None = None
+    if dist != "dense":
+        # RigL: uniform keeps the first layer dense; ERK prunes every layer except at 99 %.
+        first = ("conv1.weight",) if dist == "uniform" or sparsity >= 0.99 else ()
+        densities = (uniform if dist == "uniform" else erk)(targets, sparsity, dense=first)
+        mask = {}
+        for n, d in densities.items():
+            if d >= 1.0:
+                continue
+            numel = math.prod(shapes[n])
+            keep = torch.zeros(numel, dtype=torch.bool)
+            keep[torch.randperm(numel, generator=g)[: round(d * numel)]] = True
+            mask[n] = keep.reshape(shapes[n])
+            state[n] = state[n] * mask[n]
+    rep = size_report(state, mask=mask, dtype="fp32")
+    rigl = RIGL_MB.get((dist, sparsity))
+    return ResNetRow(dist, sparsity, rep.numel, rep.nnz, rep.onebit_bytes, rep.bound_bytes,
+                     _file_bytes(state, mask, "fp32"), _file_bytes(state, mask, "fp16"),
+                     None if rigl is None else rigl * MB)
+
+
+def run(cfg: Config, *, progress: Callable[[str], None] | None = None) -> StorageBench:
+    """All four measurements; ``progress`` receives a line before each step."""
+    say = progress or (lambda _: None)
+    g = torch.Generator().manual_seed(cfg.seed)
+    layer = []
+    for s in cfg.sparsities:
+        say(f"{cfg.side}x{cfg.side} fp32 layer at sparsity {s:g}: every format")
+        layer.append(_layer_row(cfg.side, s, cfg.zstd_level, g))
+    say("mask coding against log2 C(N, nnz)")
+    coding = tuple(_code_row(cfg.code_side, d, g) for d in cfg.densities)
+    nm = _nm_row(cfg.code_side, g)
+    speed = []
+    for d in cfg.speed_densities:
+        say(f"codec throughput at density {d:g}")
+        speed.append(_speed_row(cfg.code_side, d, cfg.repeats, g))
+    resnet = []
+    for dist, s in cfg.resnet:
+        say(f"ResNet-50, {dist} at sparsity {s:g}")
+        resnet.append(_resnet_row(dist, s, g))
+    return StorageBench(cfg, torch.get_num_threads(), tuple(layer), coding, nm, tuple(speed), tuple(resnet))
+
+
+# ---------------------------------------------------------------------------------------------
+# Criteria and the report.
+
+TARGET_90_MB = 7.72  # 4096^2 at 90 % sparsity, fp32; scaled by numel for another side
+FULL_NUMEL = 4096 * 4096
+
+
+def _crit(value: float, target: str, ok: bool) -> dict[str, object]:
+    return {"value": round(value, 6), "target": target, "pass": bool(ok)}
+
+
+def criteria(b: StorageBench) -> dict[str, dict[str, object]]:
+    """Each goal, computed from the rows of ``b`` (targets scale with the tensor size where they depend on it)."""
+    out: dict[str, dict[str, object]] = {}
+    for r in b.layer:
+        if abs(r.sparsity - 0.9) < 1e-9:
+            target = TARGET_90_MB * r.numel / FULL_NUMEL
+            out[f"file, {b.config.side}^2 fp32 at 90 % (MB)"] = _crit(
+                r.bytes["ours (.sfz)"] / MB, f"<= {target:.4g} MB (bound {r.bytes['bound'] / MB:.4f} MB)",
+                r.bytes["ours (.sfz)"] / MB <= target)
+    for label, rows in (("0.005-0.5", [c for c in b.coding if c.density <= 0.5]),
+                        ("above 0.5", [c for c in b.coding if c.density > 0.5])):
+        if rows:
+            worst = max(rows, key=lambda c: c.payload_bytes - (1.002 * c.bound_bytes + 64))
+            out[f"mask bytes / log2 C(N,nnz), densities {label} (worst)"] = _crit(
+                worst.payload_bytes / worst.bound_bytes, f"payload <= 1.002 x bound + 64 B (worst at p={worst.density:g})",
+                all(c.payload_bytes <= 1.002 * c.bound_bytes + 64 for c in rows))
+    if b.speed:
+        enc, dec = min(s.encode_mps for s in b.speed), min(s.decode_mps for s in b.speed)
+        ps = f"p <= {max(s.density for s in b.speed):g}, {b.threads} thread(s)"
+        out["mask encode (M positions/s, slowest)"] = _crit(enc, f">= 200 ({ps})", enc >= 200)
+        out["mask decode (M positions/s, slowest)"] = _crit(dec, f">= 100 ({ps})", dec >= 100)
+    bits = 8 * b.nm.payload_bytes / b.nm.numel
+    out["2:4 mask (bits per position)"] = _crit(bits, f"<= 1.002 x {math.log2(6) / 4:.4f}",
+                                                bits <= 1.002 * math.log2(6) / 4)
+    for r in b.resnet:
+        if r.rigl_bytes is not None:
+            rel = r.onebit_bytes / r.rigl_bytes - 1
+            out[f"ResNet-50 {r.distribution} {r.sparsity:g}, 1-bit-mask accounting vs RigL"] = _crit(
+                rel, f"|rel. diff| <= 0.04 (RigL {r.rigl_bytes / MB:.3f} MB)", abs(rel) <= 0.04)
+    return out
+
+
+def to_json(b: StorageBench) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return {**asdict(b), "criteria": criteria(b)}
+
+
+def markdown(b: StorageBench, *, command: str | None = None) -> str:
+    from sparseflow.report import md_table
+
+    c = b.config
+    mb = lambda v: f"{v / MB:.4f}"  # noqa: E731
+    layer = md_table(["sparsity", "nnz", *LAYER_FORMATS, "zstd s"],
+                     [[f"{r.sparsity:g}", r.nnz, *(mb(r.bytes[f]) for f in LAYER_FORMATS), f"{r.zstd_s:.2f}"]
+                      for r in b.layer])
+    coding = md_table(["density", "N", "nnz", "codec", "mask bytes", "log2 C(N,nnz) / 8", "ratio", "excess bytes"],
+                      [[f"{r.density:g}", r.numel, r.nnz, r.codec, r.payload_bytes, f"{r.bound_bytes:.1f}",
+                        f"{r.payload_bytes / r.bound_bytes:.6f}", f"{r.payload_bytes - r.bound_bytes:.1f}"]
+                       for r in (*b.coding, b.nm)])
+    speed = md_table(["density", "N", "encode M/s", "decode M/s"],
+                     [[f"{s.density:g}", s.numel, f"{s.encode_mps:.1f}", f"{s.decode_mps:.1f}"] for s in b.speed])
+    resnet = md_table(["distribution", "sparsity", "kept", "1-bit-mask MB", "RigL MB", "diff", "ours fp32 MB",
+                       "ours fp16 MB", "bound fp32 MB"],
+                      [[r.distribution, f"{r.sparsity:g}", r.nnz, mb(r.onebit_bytes),
+                        "-" if r.rigl_bytes is None else mb(r.rigl_bytes),
+                        "-" if r.rigl_bytes is None else f"{100 * (r.onebit_bytes / r.rigl_bytes - 1):+.2f} %",
+                        mb(r.file_fp32), mb(r.file_fp16), mb(r.bound_bytes)] for r in b.resnet])
+    crit = md_table(["criterion", "value", "target", "pass"],
+                    [[k, v["value"], v["target"], "yes" if v["pass"] else "NO"] for k, v in criteria(b).items()])
+    return f"""# sparseflow bench storage
+
+{f"Reproduce with: `{command}`" if command else ""}
+MB = 1e6 bytes. Random i.i.d. (Bernoulli) masks and standard-normal fp32 values, seed {c.seed};
+{b.threads} torch thread(s); zstd level {c.zstd_level}.
+
+## One {c.side}x{c.side} fp32 layer (MB)
+
+{layer}
+
+![bytes vs sparsity](storage.png)
+
+## Mask coding against log2 C(N, nnz) (last row: a random 2:4 mask against log2 C(4,2)/4 per position)
+
+{coding}
+
+## Mask codec throughput (median of {c.repeats})
+
+{speed}
+
+## ResNet-50 (torchvision shapes, parameters only, random weights)
+
+RigL's accounting: 32 bits per kept weight plus a 1-bit mask for each pruned layer, a 32-bit bias per
+output channel; ours counts the parameters of the state dict (batch-norm weight and bias: 2 per channel,
+fc bias). Uniform keeps conv1 dense; ERK prunes every conv/fc layer except conv1 at 99 %.
+
+{resnet}
+
+## Criteria
+
+{crit}
+"""
+
+
+def plot(b: StorageBench, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparseflow.report import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [100 * r.sparsity for r in b.layer]
+    for f in LAYER_FORMATS:
+        style = {"lw": 2.5, "color": "k"} if f == "ours (.sfz)" else {"ls": "--", "color": "0.5"} if f == "bound" else {}
+        ax.plot(xs, [r.bytes[f] / MB for r in b.layer], marker="o", ms=3, label=f, **style)
+    ax.set(xlabel="sparsity (%)", ylabel="file size (MB)", yscale="log",
+           title=f"{b.config.side}x{b.config.side} fp32 layer, random mask")
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def write_report(b: StorageBench, out: Path, *, command: str | None = None) -> None:
+    """OUT/report.md, OUT/storage.png and OUT/result.json."""
+    import json
+
+    from sparseflow.io import atomic_write_text, json_safe
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot(b, out / "storage.png")
+    atomic_write_text(out / "report.md", markdown(b, command=command))
+    atomic_write_text(out / "result.json", json.dumps(json_safe(to_json(b)), indent=2) + "\n")

@@ -1,0 +1,327 @@
+"""The .sfz container, mask sequences, torch.nn.utils.prune interop and the export/inspect commands.
+
+Oracles: the saved model itself (bitwise equal tensors and outputs after loading), PyTorch's own pruning
+buffers, log2 C(N, n) for sizes. Corruption and fuzzing live in test_storage_reliability.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.nn.utils import prune
+
+import sparseflow as sf
+from sparseflow.errors import StorageError
+from sparseflow.storage.codec import iid_bound_bits
+from sparseflow.storage.container import load, load_mask, read, save
+from sparseflow.storage.inspect import binary_entropy, inspect
+from sparseflow.storage.interop import from_torch_prune, remove_torch_prune_, to_torch_prune_
+from sparseflow.storage.sequence import append_mask, load_masks, mask_sequence_bits, save_masks
+
+from conftest import RunCli, build_tiny_convnet
+
+
+def lenet(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def pruned(model: nn.Module, sparsity: float = 0.9, **kw) -> sf.Mask:
+    method = sf.MagnitudePruning(sparsity=sparsity, **kw)
+    method.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    return method.mask
+
+
+def same_state(a: nn.Module | dict, b: nn.Module | dict) -> bool:
+    sa = a.state_dict() if isinstance(a, nn.Module) else a
+    sb = b.state_dict() if isinstance(b, nn.Module) else b
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_is_exact_and_keeps_the_mask(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model)
+    with torch.no_grad():  # a kept weight that is exactly 0 must stay kept
+        name = "0.weight"
+        idx = torch.nonzero(mask[name])[0]
+        model[0].weight[tuple(idx)] = 0.0
+    save(tmp_path / "m.sfz", model, mask=mask)
+    fresh = lenet(seed=1)
+    load(tmp_path / "m.sfz", fresh)
+    assert same_state(model, fresh)
+    assert load_mask(tmp_path / "m.sfz") == mask
+    x = torch.randn(5, 784)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_without_mask_sparse_tensors_are_found_from_their_zeros(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model)
+    info = save(tmp_path / "m.sfz", model)
+    assert {n for n, e in info.items() if e["kind"] == "sparse"} == set(mask)
+    assert read(tmp_path / "m.sfz").mask == mask
+    assert same_state(load(tmp_path / "m.sfz"), model)
+
+
+def test_file_size_is_values_plus_the_mask_bound(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model)
+    save(tmp_path / "m.sfz", model, mask=mask)
+    stored = read(tmp_path / "m.sfz")
+    for name, m in mask.items():
+        n, k = m.numel(), int(m.sum())
+        assert stored.info[name]["values_bytes"] == 4 * k
+        # the chosen codec is never worse than the i.i.d. one: ≤ bound + 64 bytes
+        assert 8 * stored.info[name]["mask_bytes"] <= 1.002 * iid_bound_bits(n, k) + 64 * 8
+    values = sum(4 * int(m.sum()) for m in mask.values())
+    dense_rest = sum(4 * t.numel() for n, t in model.state_dict().items() if n not in mask)
+    bound = sum(iid_bound_bits(m.numel(), int(m.sum())) for m in mask.values()) / 8
+    overhead = (tmp_path / "m.sfz").stat().st_size - values - dense_rest - bound
+    assert 0 < overhead < 3000  # header JSON and per-tensor coder state, not a multiple of anything
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16),
+                                               (torch.float16, torch.float16)])
+def test_half_precision_values(tmp_path: Path, dtype, torch_dtype) -> None:
+    model = lenet()
+    mask = pruned(model)
+    save(tmp_path / "m.sfz", model, mask=mask, dtype=dtype)
+    with safe_open(tmp_path / "m.sfz", framework="pt") as f:  # any safetensors reader can list it
+        assert f.get_tensor("0.weight::values").dtype == torch_dtype
+        assert f.get_tensor("0.bias").dtype == torch_dtype
+    state = load(tmp_path / "m.sfz")
+    for name, t in model.state_dict().items():
+        assert state[name].dtype == t.dtype  # loaded back in the dtype it was saved from
+        assert torch.equal(state[name], t.to(torch_dtype).to(t.dtype))
+
+
+def test_structured_masks_pick_structured_codecs(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model, 0.5, pattern=sf.NM(2, 4))
+    info = save(tmp_path / "nm.sfz", model, mask=mask)
+    assert all(info[n]["codec"] == "nm" for n in mask)
+    conv = build_tiny_convnet()
+    cmask = pruned(conv, 0.75, pattern=sf.Block(2, 2))
+    info = save(tmp_path / "block.sfz", conv, mask=cmask)
+    assert all(info[n]["codec"] in ("block", "nm") for n in cmask)
+    fresh = build_tiny_convnet(seed=3)
+    load(tmp_path / "block.sfz", fresh)
+    assert same_state(conv, fresh)
+
+
+def test_weights_outside_the_mask_are_refused_not_dropped(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # now nonzero everywhere
+    with pytest.raises(StorageError, match="outside its mask"):
+        save(tmp_path / "m.sfz", model, mask=mask)
+    assert not (tmp_path / "m.sfz").exists()
+
+
+def test_save_rejects_bad_arguments(tmp_path: Path) -> None:
+    model = lenet()
+    with pytest.raises(StorageError, match="dtype"):
+        save(tmp_path / "m.sfz", model, dtype="fp8")
+    with pytest.raises(StorageError, match="not a tensor of the model"):
+        save(tmp_path / "m.sfz", model, mask={"nope.weight": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(StorageError, match=r"shape \(3,\)"):
+        save(tmp_path / "m.sfz", model, mask={"0.weight": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(StorageError, match="JSON"):
+        save(tmp_path / "m.sfz", model, meta={"x": object()})
+    with pytest.raises(sf.SparseflowError, match="does not exist"):
+        save(tmp_path / "missing" / "m.sfz", model)
+
+
+def test_load_into_a_mismatched_model_names_tensor_and_shapes(tmp_path: Path) -> None:
+    save(tmp_path / "m.sfz", lenet())
+    other = nn.Sequential(nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 10))
+    with pytest.raises(StorageError, match=r"'0.weight' has shape \(300, 784\) in the file but \(200, 784\)"):
+        load(tmp_path / "m.sfz", other)
+    smaller = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100))
+    with pytest.raises(StorageError, match="not in the model"):
+        load(tmp_path / "m.sfz", smaller)
+    load(tmp_path / "m.sfz", smaller, strict=False)
+    assert torch.equal(smaller[0].weight, lenet()[0].weight)
+
+
+def test_meta_round_trips(tmp_path: Path) -> None:
+    save(tmp_path / "m.sfz", lenet(), meta={"epoch": 3, "note": "ok", "nested": [1, 2.5]})
+    assert read(tmp_path / "m.sfz").meta == {"epoch": 3, "note": "ok", "nested": [1, 2.5]}
+
+
+# --- torch.nn.utils.prune interop -------------------------------------------------------------------------
+
+
+def test_torch_prune_masks_import_export_and_fold(tmp_path: Path) -> None:
+    model = lenet()
+    prune.l1_unstructured(model[0], "weight", amount=0.8)
+    prune.l1_unstructured(model[0], "weight", amount=0.5)  # a PruningContainer: masks combined
+    prune.random_unstructured(model[2], "weight", amount=0.3)
+    mask = from_torch_prune(model)
+    assert set(mask) == {"0.weight", "2.weight"}
+    assert torch.equal(mask["0.weight"], model[0].weight_mask.bool())
+    assert mask.densities()["0.weight"] == pytest.approx(0.1, abs=1e-4)
+
+    save(tmp_path / "m.sfz", model)  # folded: weight = weight_orig * weight_mask, stored sparse
+    x = torch.randn(3, 784)
+    plain = lenet(seed=5)
+    load(tmp_path / "m.sfz", plain)  # one call into a plain dense model
+    assert torch.equal(plain(x), model(x))
+    assert read(tmp_path / "m.sfz").mask == mask
+
+    again = lenet(seed=6)
+    to_torch_prune_(again, mask)
+    load(tmp_path / "m.sfz", again)  # fills weight_orig and weight_mask
+    assert torch.equal(again(x), model(x))
+    assert from_torch_prune(again) == mask
+    remove_torch_prune_(again)
+    assert {n for n, _ in again.named_parameters()} == {n for n, _ in lenet().named_parameters()}
+    assert torch.equal(again(x), model(x))
+
+
+def test_to_torch_prune_rejects_a_wrong_mask() -> None:
+    with pytest.raises(sf.MaskError, match="shape"):
+        to_torch_prune_(lenet(), sf.Mask({"0.weight": torch.ones(2, 2, dtype=torch.bool)}))
+
+
+# --- mask sequences ---------------------------------------------------------------------------------------
+
+
+def nested_levels(levels: int = 6, rate: float = 0.2) -> list[sf.Mask]:
+    g = torch.Generator().manual_seed(0)
+    w = {"a": torch.randn(200, 300, generator=g), "b": torch.randn(50, 200, generator=g)}
+    out = []
+    for k in range(levels):
+        keep = (1 - rate) ** k
+        out.append(sf.Mask({n: t.abs() >= t.abs().flatten().kthvalue(max(1, int((1 - keep) * t.numel()))).values
+                            for n, t in w.items()}))
+    return out
+
+
+def test_nested_levels_cost_their_conditional_entropy(tmp_path: Path) -> None:
+    levels = nested_levels()
+    info = save_masks(tmp_path / "seq.sfm", levels)
+    assert load_masks(tmp_path / "seq.sfm") == levels
+    bounds = mask_sequence_bits(levels)
+    for k, (lv, bound) in enumerate(zip(info, bounds)):
+        bits = 8 * sum(e["bytes"] for e in lv.values())
+        assert bits <= 1.01 * bound + 2 * 64 * 8
+        if k >= 2:  # (level 0 keeps everything, so level 1 costs the same either way)
+            assert all("kept" in e for e in lv.values())  # coded as deltas
+    # nested: level k costs log2 C(n_{k-1}, n_k), far below its own log2 C(N, n_k)
+    alone = sum(iid_bound_bits(m.numel(), int(m.sum())) for m in levels[3].values())
+    assert bounds[3] < 0.6 * alone
+
+
+def test_snapshots_with_swaps_cost_the_two_class_bound(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    m0 = torch.rand(256, 256, generator=g) < 0.1
+    m1 = m0.clone().view(-1)
+    on, off = torch.nonzero(m1).flatten(), torch.nonzero(~m1).flatten()
+    m1[on[torch.randperm(on.numel(), generator=g)[:300]]] = False
+    m1[off[torch.randperm(off.numel(), generator=g)[:300]]] = True
+    m1 = m1.view(256, 256)
+    expected = iid_bound_bits(int(m0.sum()), int(m0.sum()) - 300) + iid_bound_bits(int((~m0).sum()), 300)
+    assert mask_sequence_bits([{"w": m0}, {"w": m1}])[1] == pytest.approx(expected)
+    info = save_masks(tmp_path / "dyn.sfm", [{"w": m0}, {"w": m1}])
+    assert 8 * info[1]["w"]["bytes"] <= expected + 2 * 64 * 8
+    append_mask(tmp_path / "dyn.sfm", {"w": m0})
+    back = load_masks(tmp_path / "dyn.sfm")
+    assert [torch.equal(m["w"], t) for m, t in zip(back, (m0, m1, m0))] == [True] * 3
+
+
+def test_sequence_rejects_inconsistent_levels(tmp_path: Path) -> None:
+    a = torch.ones(4, 4, dtype=torch.bool)
+    with pytest.raises(StorageError, match="same tensors"):
+        save_masks(tmp_path / "s.sfm", [{"w": a}, {"v": a}])
+    with pytest.raises(StorageError, match="shape"):
+        save_masks(tmp_path / "s.sfm", [{"w": a}, {"w": torch.ones(2, 8, dtype=torch.bool)}])
+    with pytest.raises(StorageError, match="at least one"):
+        save_masks(tmp_path / "s.sfm", [])
+    save(tmp_path / "m.sfz", lenet())
+    with pytest.raises(StorageError, match="not a sparseflow mask-sequence file"):
+        load_masks(tmp_path / "m.sfz")
+
+
+# --- inspect and the CLI ----------------------------------------------------------------------------------
+
+
+def test_inspect_reports_bits_per_position_against_entropy(tmp_path: Path) -> None:
+    model = lenet()
+    mask = pruned(model)
+    save(tmp_path / "m.sfz", model, mask=mask)
+    report = inspect(tmp_path / "m.sfz")
+    rows = {t.name: t for t in report.tensors}
+    for name, m in mask.items():
+        p = m.float().mean().item()
+        assert rows[name].density == pytest.approx(p)
+        assert rows[name].bound_bits_per_position == pytest.approx(binary_entropy(p))
+        assert rows[name].bits_per_position == pytest.approx(8 * rows[name].mask_bytes / m.numel())
+    assert report.file_bytes == (tmp_path / "m.sfz").stat().st_size
+    assert binary_entropy(0.1) == pytest.approx(0.469, abs=5e-4)
+    assert binary_entropy(0.01) == pytest.approx(0.0808, abs=5e-4)
+
+
+def test_export_and_inspect_commands(tmp_path: Path, run_cli: RunCli) -> None:
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--quick", "--epochs", "1", "--no-baseline", "--out", str(run), "--json"])
+    assert code == 0, err
+    code, out, err = run_cli(["export", str(run), "--out", str(tmp_path / "m.sfz"), "--dtype", "fp16", "--json"])
+    assert code == 0, out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["file_bytes"] == (tmp_path / "m.sfz").stat().st_size
+    from sparseflow.io import load_state
+
+    ckpt, _ = load_state(run / "checkpoint.safetensors")
+    saved_mask = ckpt["method"]["mask"]
+    stored = read(tmp_path / "m.sfz")
+    assert set(stored.mask) == set(saved_mask)
+    for name, m in saved_mask.items():
+        assert torch.equal(stored.mask[name], m.bool())
+        assert torch.equal(stored.tensors[name], ckpt["model"][name].half().float())
+    assert result["mask_bytes"] == sum(e["mask_bytes"] for e in stored.info.values())
+
+    code, out, err = run_cli(["inspect", str(tmp_path / "m.sfz"), "--json"])
+    assert code == 0
+    assert json.loads(out.strip().splitlines()[-1])["mask_bytes"] == result["mask_bytes"]
+    code, out, err = run_cli(["analyze", str(tmp_path / "m.sfz"), "--json"])  # rebuilt from the stored config
+    assert code == 0, out
+
+    code, out, err = run_cli(["export", str(run), "--out", str(tmp_path / "d.safetensors"), "--dense", "--json"])
+    assert code == 0
+    from safetensors.torch import load_file
+
+    dense = load_file(tmp_path / "d.safetensors")
+    assert all(torch.equal(dense[k], v) for k, v in ckpt["model"].items())
+
+
+def test_cli_errors_exit_2(tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, err = run_cli(["inspect", str(tmp_path / "none.sfz")])
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "junk.sfz").write_bytes(b"\x00" * 20)
+    code, out, err = run_cli(["inspect", str(tmp_path / "junk.sfz")])
+    assert code == 2 and "error:" in err
+    code, out, err = run_cli(["export", str(tmp_path), "--out", str(tmp_path / "x.sfz"), "--dtype", "fp8"])
+    assert code == 2 and "--dtype" in err
+    code, out, err = run_cli(["export", str(tmp_path), "--out", str(tmp_path / "x.bin")])
+    assert code == 2 and ".sfz" in err
+
+
+def test_file_size_beats_every_dense_format_at_high_sparsity(tmp_path: Path) -> None:
+    # The point of the format: at 90 % the file is ~ values + N·H(p)/8, a fraction of dense fp32.
+    model = lenet()
+    mask = pruned(model)
+    save(tmp_path / "m.sfz", model, mask=mask)
+    n = sum(t.numel() for t in model.state_dict().values())
+    size = (tmp_path / "m.sfz").stat().st_size
+    assert size < 0.16 * 4 * n
+    kept = sum(int(m.sum()) for m in mask.values())
+    assert size > 4 * kept  # can't be below the values themselves
