@@ -47,7 +47,7 @@ def inspect(
 ) -> None:
     """Per tensor: shape, stored dtype, density, codec, coded mask bits per position beside the i.i.d. bound
     H(p), their ratio and bytes. Decodes the file, so every checksum is verified. --quick is accepted; it is fast."""
-    from sparseflow.storage.inspect import inspect as inspect_file
+    from sparseflow.storage.report import inspect as inspect_file
 
     report = inspect_file(file)
     console = _console(as_json)
@@ -76,7 +76,7 @@ def export(
     from sparseflow.analysis.checkpoint import load_for_analysis
     from sparseflow.io import atomic_write_bytes
     from sparseflow.storage.container import DTYPES, save
-    from sparseflow.storage.inspect import inspect as inspect_file
+    from sparseflow.storage.report import inspect as inspect_file
 
     if dtype not in DTYPES:
         raise SparseflowError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
