@@ -7,6 +7,7 @@ pinned by a test) and the report. :func:`run_train_job` writes a run directory::
     OUT/metrics.jsonl          one line per epoch of the sparse run
     OUT/checkpoint.safetensors model, optimizer, method (mask, step) of the sparse run; no pickle
     OUT/dense/...              the same for the dense baseline
+    OUT/model.sfz              the sparse model alone: entropy-coded masks and kept values (sparseflow.save)
     OUT/report.md, curves.png  tables and learning curves
     OUT/result.json            the figures the CLI prints with --json
 
@@ -221,6 +222,7 @@ class JobResult:
     schedule: dict[str, Any] = field(default_factory=dict)
     connectivity: Connectivity | None = None  # of the final sparse model
     signal: SignalReport | None = None  # of the sparse model when training started (None when resumed)
+    storage: dict[str, Any] | None = None  # sizes of OUT/model.sfz against dense fp32 and the entropy bound
 
     @property
     def warnings(self) -> list[str]:
@@ -249,6 +251,7 @@ class JobResult:
             "connectivity": None if self.connectivity is None else self.connectivity.to_json(),
             "signal": None if self.signal is None else self.signal.to_json(),
             "warnings": self.warnings,
+            "storage": self.storage,
             "criteria": {
                 # The exact-count rule rounds the total to whole weights: the mask is within 1/N of target,
                 # and no weight outside it is nonzero (a kept weight may still be exactly zero, e.g. one
@@ -293,6 +296,18 @@ def health_warnings(conn: Connectivity | None, sig: SignalReport | None) -> list
         out.append(f"signal at initialisation is {sig.verdict}: gain {sig.gain:.3g} over {len(sig.layers)} layers "
                    f"(critical is 1; see sparseflow.init)")
     return out
+
+
+def _store(model: nn.Module, method: Method | None, out: Path) -> dict[str, Any]:
+    """Write OUT/model.sfz (fp32, the method's masks) and return its sizes."""
+    from sparseflow.storage import inspect, save
+
+    save(out / "model.sfz", model, mask=method.mask if method is not None else None)
+    r = inspect(out / "model.sfz")
+    bound = r.mask_bound_bytes
+    return {"file": "model.sfz", "file_bytes": r.file_bytes, "dense_fp32_bytes": r.dense_fp32_bytes,
+            "mask_bytes": r.mask_bytes, "mask_bound_bytes": bound, "values_bytes": r.values_bytes,
+            "mask_ratio": r.mask_bytes / bound if bound else None}
 
 
 def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
@@ -343,7 +358,7 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     except SparseflowError:  # a model the tracer refuses: the report says so instead
         conn = None
     result = JobResult(
-        connectivity=conn, signal=probe.report,
+        connectivity=conn, signal=probe.report, storage=_store(model, method, out),
         job=job, run_dir=out, accuracy=sparse.test_acc,
         dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),
         sparsity=1.0 - nnz / numel, layers=layers, sparse=sparse, dense=dense, mask_sparsity=mask_sparsity,

@@ -67,6 +67,20 @@ def _health(result: JobResult) -> str:
     return "\n\n".join(parts)
 
 
+def _storage(result: JobResult) -> str:
+    st = result.storage
+    if not st:
+        return ""
+    ratio = f", {st['mask_ratio']:.3f}x their i.i.d. bound N·H(p)" if st["mask_ratio"] else ""
+    return (f"""
+## Storage
+
+`{st['file']}` (`sparseflow.load` / `sparseflow inspect`): {st['file_bytes']:,} bytes, """
+            f"""{st['file_bytes'] / st['dense_fp32_bytes']:.3f} of dense fp32 ({st['dense_fp32_bytes']:,} bytes); """
+            f"""masks {st['mask_bytes']:,} bytes{ratio}; kept values {st['values_bytes']:,} bytes.
+""")
+
+
 def write_train_report(result: JobResult, out: Path, *, command: str | None = None) -> None:
     """OUT/report.md and OUT/curves.png for a train job."""
     _curves(result, out / "curves.png")
@@ -92,7 +106,7 @@ Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.w
 ## Connectivity and signal
 
 {_health(result)}
-
+{_storage(result)}
 ## Learning curves
 
 ![curves](curves.png)

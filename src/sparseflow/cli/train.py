@@ -88,6 +88,12 @@ def train(
     console.print(acc)
     for w in result.warnings:
         console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
-    console.print(f"run directory: {out}  (report.md, metrics.jsonl, checkpoint.safetensors)  {result.wall_s:.1f} s")
+    st = result.storage
+    if st:
+        ratio = f", masks {st['mask_ratio']:.3f}x their entropy bound" if st["mask_ratio"] else ""
+        console.print(f"stored: {out / st['file']}  {st['file_bytes']:,} bytes = {st['file_bytes'] / st['dense_fp32_bytes']:.3f}"
+                      f" of dense fp32{ratio}", highlight=False)
+    console.print(f"run directory: {out}  (report.md, metrics.jsonl, checkpoint.safetensors, model.sfz)  "
+                  f"{result.wall_s:.1f} s")
     if as_json:
         _emit_json(result.to_json())
