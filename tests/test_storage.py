@@ -272,7 +272,7 @@ def test_inspect_reports_bits_per_position_against_entropy(tmp_path: Path) -> No
 
 def test_export_and_inspect_commands(tmp_path: Path, run_cli: RunCli) -> None:
     run = tmp_path / "run"
-    code, out, err = run_cli(["train", "--quick", "--epochs", "1", "--no-baseline", "--out", str(run), "--json"])
+    code, train_out, err = run_cli(["train", "--quick", "--epochs", "1", "--no-baseline", "--out", str(run), "--json"])
     assert code == 0, err
     code, out, err = run_cli(["export", str(run), "--out", str(tmp_path / "m.sfz"), "--dtype", "fp16", "--json"])
     assert code == 0, out
@@ -288,6 +288,13 @@ def test_export_and_inspect_commands(tmp_path: Path, run_cli: RunCli) -> None:
         assert torch.equal(stored.mask[name], m.bool())
         assert torch.equal(stored.tensors[name], ckpt["model"][name].half().float())
     assert result["mask_bytes"] == sum(e["mask_bytes"] for e in stored.info.values())
+
+    # the run itself wrote model.sfz: fp32, the same tensors and masks as the checkpoint
+    train_json = json.loads(train_out.strip().splitlines()[-1])
+    assert train_json["storage"]["file_bytes"] == (run / "model.sfz").stat().st_size
+    in_run = read(run / "model.sfz")
+    assert in_run.mask == stored.mask
+    assert all(torch.equal(in_run.tensors[k], v) for k, v in ckpt["model"].items())
 
     code, out, err = run_cli(["inspect", str(tmp_path / "m.sfz"), "--json"])
     assert code == 0
