@@ -315,12 +315,9 @@ def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
         if block is not None:
             candidates.append(bytes([BLOCK]) + block)
         if context and nm is None and block is None:
-            try:  # TEMPORARY until context.py lands
-                from sparseflow.storage import context as _context
-            except ImportError:
-                _context = None
-            if _context is not None:
-                candidates.append(bytes([CONTEXT]) + _context.encode(mat))
+            from sparseflow.storage import context as _context  # imports codec: bound late
+
+            candidates.append(bytes([CONTEXT]) + _context.encode(mat))
     return min(candidates, key=len)  # stable: IID wins ties
 
 

@@ -13,13 +13,12 @@ context-based image coding, JBIG / CALIC) is learned causally, so no table of de
   Lags are found by the encoder (autocorrelation of the rank-1 residual) and stored in the header: on a
   pixel-input layer coded transposed, lag 1 and the image width are the left and upper neighbours;
 * each row's density is one symbol ``q`` on a geometric grid of odds multipliers ``λ_q = 2^((q-48)/4)``,
-  plus "empty row" / "full row", coded with an adaptive categorical (absolute or as a step from the previous
-  row), or not at all (``λ = 1``). ``p_ij = λ_q·o_ij·μ / (1 + λ_q·o_ij·μ)``.
+  plus "empty row" / "full row", coded with an adaptive categorical, or not at all (``λ = 1``). ``p_ij = λ_q·o_ij·μ / (1 + λ_q·o_ij·μ)``.
 
 All row symbols come first in the stream (their model depends only on earlier row symbols), then the bits.
 Probabilities use only ``+ - * /`` on float64 from integer counts and constants built by multiplication,
 so they are bit-identical at encode and decode on every IEEE platform. Payload: one flag byte
-(bit 0 transposed, bits 1-2 number of lags, bits 3-4 row-symbol mode), the lags as uint32, then ANS words.
+(bit 0 transposed, bits 1-2 number of lags, bit 3 row symbols coded), the lags as uint32, then ANS words.
 """
 
 from __future__ import annotations
@@ -35,8 +34,9 @@ _A_COL = 4.0  # prior strength (pseudo-rows) of each column's density
 _A_CTX = 2.0  # prior strength of each context's odds
 _Q = 96  # odds-multiplier levels; symbols _Q and _Q + 1 mean an empty / a full row
 _EMPTY, _FULL = _Q, _Q + 1
-_NONE, _ABS, _DELTA = 0, 1, 2  # row-symbol modes
+_NONE, _ABS = 0, 1  # row symbols absent (λ = 1) / coded
 _MAX_LAGS = 2
+_SEARCH = 1 << 18  # positions the encoder looks at to choose its variant
 
 
 def _levels() -> np.ndarray:
@@ -50,7 +50,7 @@ def _levels() -> np.ndarray:
 
 
 def _prior_counts() -> np.ndarray:
-    """Initial row-symbol counts: peaked at the centre level (absolute) or at a zero step (delta)."""
+    """Initial row-symbol counts: peaked at the centre level λ = 1 (the column odds already carry p0)."""
     dist = np.abs(np.arange(_Q) - _Q // 2).astype(np.float64)
     return np.concatenate([4.0 / (4.0 + dist), [1.0, 1.0]])
 
@@ -58,16 +58,8 @@ def _prior_counts() -> np.ndarray:
 def _update(counts: np.ndarray, sym: int) -> None:
     counts[sym] += 1.0
     if sym < _Q:  # spread to the neighbouring levels: densities vary smoothly
-        counts[(sym + 1) % _Q] += 0.5
-        counts[(sym - 1) % _Q] += 0.5
-
-
-def _to_symbol(q: int, prev: int, mode: int) -> int:
-    return q if mode == _ABS or q >= _Q else (q - prev + _Q // 2) % _Q
-
-
-def _from_symbol(sym: int, prev: int, mode: int) -> int:
-    return sym if mode == _ABS or sym >= _Q else (sym + prev - _Q // 2) % _Q
+        counts[min(sym + 1, _Q - 1)] += 0.5
+        counts[max(sym - 1, 0)] += 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,74 +84,91 @@ def _contexts(mat: np.ndarray, lags: tuple[int, ...]) -> np.ndarray:
     return ctx
 
 
-def _base_odds(mat: np.ndarray, lags: tuple[int, ...], p0: float) -> np.ndarray:
-    """Odds of every position from the rows above it (encoder side, the whole matrix at once)."""
-    rows, cols = mat.shape
-    ones = np.zeros((rows, cols), dtype=np.float64)
-    np.cumsum(mat[:-1], axis=0, out=ones[1:])
-    seen = np.arange(rows, dtype=np.float64)[:, None]
-    odds = _col_odds(ones, seen, p0)
+def _block_odds(mat: np.ndarray, lags: tuple[int, ...], p0: float, start: int, stop: int,
+                state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple]:
+    """Odds of rows ``start:stop`` from the rows above them (encoder side, a block of rows at once).
+
+    ``state`` = (kept per column, kept per context, pruned per context) over rows ``:start``; the returned
+    state covers rows ``:stop``. Counts stay integers in float64, so the values equal the decoder's.
+    """
+    ones, n1, n0 = state
+    sub = mat[start:stop]
+    incl = np.cumsum(sub.view(np.uint8), axis=0, dtype=np.int32)
+    odds = _col_odds(ones + (incl - sub), np.arange(start, stop, dtype=np.float64)[:, None], p0)
+    new_ones = ones + incl[-1]
     if not lags:
-        return odds
+        return odds, (new_ones, n1, n0)
     k = 1 << len(lags)
-    ctx = _contexts(mat, lags)
-    flat = (np.arange(rows)[:, None] * k + ctx).reshape(-1)
-    n1 = np.bincount(flat, weights=mat.reshape(-1), minlength=rows * k).reshape(rows, k)
-    n_all = np.bincount(flat, minlength=rows * k).reshape(rows, k).astype(np.float64)
-    n1c = np.zeros((rows, k))
-    n0c = np.zeros((rows, k))
-    np.cumsum(n1[:-1], axis=0, out=n1c[1:])
-    np.cumsum((n_all - n1)[:-1], axis=0, out=n0c[1:])
-    ratio = _ctx_ratio(n1c, n0c, n1c.sum(1, keepdims=True), n0c.sum(1, keepdims=True), p0)
-    return odds * np.take_along_axis(ratio, ctx, axis=1)
+    ctx = _contexts(mat[max(0, start - max(lags)) : stop], lags)[-(stop - start) :]
+    n = stop - start
+    flat = (np.arange(n)[:, None] * k + ctx).reshape(-1)
+    hit = np.bincount(flat, weights=sub.reshape(-1), minlength=n * k).reshape(n, k)
+    miss = np.bincount(flat, minlength=n * k).reshape(n, k) - hit
+    c1 = n1 + (np.cumsum(hit, axis=0) - hit)
+    c0 = n0 + (np.cumsum(miss, axis=0) - miss)
+    ratio = _ctx_ratio(c1, c0, c1.sum(1, keepdims=True), c0.sum(1, keepdims=True), p0)
+    odds *= np.take_along_axis(ratio, ctx, axis=1)
+    return odds, (new_ones, c1[-1] + hit[-1], c0[-1] + miss[-1])
 
 
-def _row_levels(mat: np.ndarray, odds: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _blocks(mat: np.ndarray, lags: tuple[int, ...], p0: float):
+    """Yield (start, stop, odds, state at start) over blocks of about 2^16 positions."""
+    rows, cols = mat.shape
+    step = max(1, (1 << 16) // max(cols, 1))
+    k = 1 << len(lags)
+    state = (np.zeros(cols), np.zeros(k), np.zeros(k))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        odds, nxt = _block_odds(mat, lags, p0, start, stop, state)
+        yield start, stop, odds, state
+        state = nxt
+
+
+def _row_levels(sub: np.ndarray, odds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: the two grid levels around the count-matching multiplier, their bit costs, and the cost at λ=1.
 
-    Encoder only, so exp/log are fine here: they steer choices, never the decoder's probabilities.
+    Encoder only (float32, exp/log): these steer choices, never the decoder's probabilities.
     """
-    rows, cols = mat.shape
-    k = mat.sum(1).astype(np.float64)
-    ones_logodds = np.where(mat, np.log2(odds), 0.0).sum(1)
-    cost_one = np.log2(1.0 + odds).sum(1) - ones_logodds
-    # Newton on u = ln λ for sum_j sigmoid(u + ln o_ij) = k (rows that are neither empty nor full).
-    lo = np.log(odds)
+    cols = sub.shape[1]
+    o = odds.astype(np.float32)
+    k = sub.sum(1).astype(np.float32)
+    lo = np.log(o)
+    ones_lo = np.where(sub, lo, np.float32(0)).sum(1)
+    cost_one = (np.log1p(o).sum(1) - ones_lo) / np.log(2.0)
     kk = np.clip(k, 0.5, cols - 0.5)
-    u = np.log(kk / odds.sum(1))
-    for _ in range(6):
+    u = np.log(kk / o.sum(1))
+    for _ in range(4):  # Newton on u = ln λ for sum_j sigmoid(u + ln o_ij) = k
         p = 1.0 / (1.0 + np.exp(-(u[:, None] + lo)))
-        u = u - (p.sum(1) - kk) / np.maximum((p * (1.0 - p)).sum(1), 1e-9)
-        u = np.clip(u, -40.0, 40.0)
+        u = np.clip(u - (p.sum(1) - kk) / np.maximum((p * (1.0 - p)).sum(1), 1e-6), -30.0, 30.0)
     q_lo = np.clip(np.floor(u / np.log(2.0) * 4.0).astype(np.int64) + _Q // 2, 0, _Q - 2)
     qs = np.stack([q_lo, q_lo + 1], axis=1)
-    costs = np.empty((rows, 2))
+    costs = np.empty((sub.shape[0], 2))
     for t in range(2):
-        lam = levels[qs[:, t]]
-        costs[:, t] = np.log2(1.0 + lam[:, None] * odds).sum(1) - k * np.log2(lam) - ones_logodds
+        lam = _levels()[qs[:, t]].astype(np.float32)
+        costs[:, t] = (np.log1p(lam[:, None] * o).sum(1) - k * np.log(lam) - ones_lo) / np.log(2.0)
     return qs, costs, cost_one
 
 
-def _choose_symbols(k: np.ndarray, cols: int, qs: np.ndarray, costs: np.ndarray, mode: int
-                    ) -> tuple[float, list[int], np.ndarray]:
-    """Greedy row symbols under the adaptive symbol model: (estimated bits, levels, symbol probabilities)."""
+def _row_stats(mat: np.ndarray, lags: tuple[int, ...], p0: float):
+    parts = [(_row_levels(mat[a:b], odds)) for a, b, odds, _ in _blocks(mat, lags, p0)]
+    return tuple(np.concatenate([p[t] for p in parts]) for t in range(3))
+
+
+def _choose_symbols(k: np.ndarray, cols: int, qs: np.ndarray, costs: np.ndarray
+                    ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Greedy row symbols under the adaptive symbol model: (estimated bits, symbols, their probability rows)."""
     counts = _prior_counts()
-    total, chosen, table, prev = 0.0, [], np.empty((k.size, _Q + 2)), _Q // 2
+    total, chosen, table = 0.0, np.empty(k.size, dtype=np.int64), np.empty((k.size, _Q + 2))
     for i in range(k.size):
         table[i] = counts
         norm = counts.sum()
         if k[i] == 0 or k[i] == cols:
-            q = sym = _EMPTY if k[i] == 0 else _FULL
+            sym = _EMPTY if k[i] == 0 else _FULL
             total -= np.log2(counts[sym] / norm)
         else:
-            opts = []
-            for t in range(2):
-                s = _to_symbol(int(qs[i, t]), prev, mode)
-                opts.append((costs[i, t] - np.log2(counts[s] / norm), int(qs[i, t]), s))
-            cost, q, sym = min(opts)
+            cost, sym = min((costs[i, t] - np.log2(counts[qs[i, t]] / norm), int(qs[i, t])) for t in range(2))
             total += cost
-            prev = q
-        chosen.append(q)
+        chosen[i] = sym
         _update(counts, sym)
     return total, chosen, table
 
@@ -188,37 +197,41 @@ def encode(mask: np.ndarray) -> bytes:
     if nnz in (0, numel):
         return bytes([0])
     p0 = nnz / numel
-    levels = _levels()
     best = None
+    mats = (np.ascontiguousarray(mask), np.ascontiguousarray(mask.T))
     for transposed in (False, True):
-        mat = np.ascontiguousarray(mask.T if transposed else mask)
-        k = mat.sum(1)
+        mat = mats[transposed]
+        # Choose the variant on at most ~2^20 positions (every s-th column); bits scale by s.
+        stride = -(-numel // _SEARCH)
+        sub = mat[:, ::stride] if stride > 1 else mat
         lags = _lag_candidates(mat)
         for lag_set in [()] + [tuple(lags[:n]) for n in range(1, len(lags) + 1)]:
-            odds = _base_odds(mat, lag_set, p0)
-            qs, costs, cost_one = _row_levels(mat, odds, levels)
-            options = [(float(cost_one.sum()), _NONE, None, None)]
-            for mode in (_ABS, _DELTA):
-                total, chosen, table = _choose_symbols(k, mat.shape[1], qs, costs, mode)
-                options.append((total, mode, chosen, table))
-            for total, mode, chosen, table in options:
+            qs, costs, cost_one = _row_stats(sub, lag_set, p0)
+            k = sub.sum(1)
+            options = [(float(cost_one.sum()) * stride, _NONE),
+                       (_choose_symbols(k, sub.shape[1], qs, costs * stride)[0], _ABS)]
+            for total, mode in options:
                 if best is None or total < best[0]:
-                    best = (total, transposed, lag_set, mode, chosen, table, odds, mat)
-    _, transposed, lag_set, mode, chosen, table, odds, mat = best
-    rows = mat.shape[0]
-    q = np.full(rows, _Q // 2) if mode == _NONE else np.asarray(chosen)
-    coded = q < _Q
-    lam = levels[np.minimum(q, _Q - 1)][coded, None]
-    odds = lam * odds[coded]
-    coder = stream.stack.AnsCoder()
-    coder.encode_reverse(mat[coded].reshape(-1).astype(np.int32), stream.model.Bernoulli(perfect=False),
-                         (odds / (1.0 + odds)).reshape(-1))
+                    best = (total, transposed, lag_set, mode)
+    _, transposed, lag_set, mode = best
+    mat = mats[transposed]
+    rows, cols = mat.shape
+    blocks = list(_blocks(mat, lag_set, p0))
+    q = np.full(rows, _Q // 2)
     if mode != _NONE:
-        syms, prev = [], _Q // 2
-        for qi in q:
-            syms.append(_to_symbol(int(qi), prev, mode))
-            prev = int(qi) if qi < _Q else prev
-        coder.encode_reverse(np.asarray(syms, dtype=np.int32), stream.model.Categorical(perfect=False), table)
+        stats = [_row_levels(mat[a:b], odds) for a, b, odds, _ in blocks]
+        qs, costs, _ = (np.concatenate([st[t] for st in stats]) for t in range(3))
+        _, q, table = _choose_symbols(mat.sum(1), cols, qs, costs)
+    levels = _levels()
+    bern = stream.model.Bernoulli(perfect=False)
+    coder = stream.stack.AnsCoder()
+    for start, stop, odds, _ in reversed(blocks):  # ANS is a stack: last block first
+        coded = q[start:stop] < _Q
+        odds = levels[np.minimum(q[start:stop], _Q - 1)][coded, None] * odds[coded]
+        coder.encode_reverse(mat[start:stop][coded].reshape(-1).astype(np.int32), bern,
+                             (odds / (1.0 + odds)).reshape(-1))
+    if mode != _NONE:
+        coder.encode_reverse(q.astype(np.int32), stream.model.Categorical(perfect=False), table)
     head = bytes([int(transposed) | len(lag_set) << 1 | mode << 3])
     return head + np.asarray(lag_set, dtype="<u4").tobytes() + coder.get_compressed().astype("<u4").tobytes()
 
@@ -235,8 +248,8 @@ def decode(payload: bytes, rows: int, cols: int, nnz: int) -> np.ndarray:
     if not payload:
         raise StorageError("context payload truncated (no flag byte)")
     flags = payload[0]
-    transposed, n_lags, mode = flags & 1, (flags >> 1) & 3, (flags >> 3) & 3
-    if flags >> 5 or n_lags > _MAX_LAGS or mode > _DELTA:
+    transposed, n_lags, mode = flags & 1, (flags >> 1) & 3, (flags >> 3) & 1
+    if flags >> 4 or n_lags > _MAX_LAGS:
         raise StorageError(f"context payload has unknown flags {flags:#04x} (written by a newer version?)")
     if nnz in (0, numel):
         if len(payload) != 1 or flags:
@@ -269,14 +282,12 @@ def _decode_rows(words: np.ndarray, rows: int, cols: int, nnz: int, lags: tuple[
     decoder = stream.stack.AnsCoder(words)
     q = np.full(rows, _Q // 2, dtype=np.int64)
     if mode != _NONE:
-        counts, prev = _prior_counts(), _Q // 2
+        counts = _prior_counts()
         for i in range(rows):
-            sym = int(decoder.decode(stream.model.Categorical(counts, perfect=False)))
-            if not 0 <= sym < _Q + 2:
-                raise StorageError(f"context payload decodes to an impossible row symbol {sym}")
-            q[i] = _from_symbol(sym, prev, mode)
-            prev = int(q[i]) if q[i] < _Q else prev
-            _update(counts, sym)
+            q[i] = int(decoder.decode(stream.model.Categorical(counts, perfect=False)))
+            if not 0 <= q[i] < _Q + 2:
+                raise StorageError(f"context payload decodes to an impossible row symbol {q[i]}")
+            _update(counts, int(q[i]))
     mat = np.zeros((rows, cols), dtype=bool)
     ones = np.zeros(cols, dtype=np.float64)
     k = 1 << len(lags)
@@ -284,24 +295,21 @@ def _decode_rows(words: np.ndarray, rows: int, cols: int, nnz: int, lags: tuple[
     n0 = np.zeros(k)
     bern = stream.model.Bernoulli(perfect=False)
     for i in range(rows):
-        if q[i] >= _Q:
-            mat[i] = q[i] == _FULL
-        else:
-            odds = _col_odds(ones, float(i), p0)
-            if lags:
-                ctx = np.zeros(cols, dtype=np.int64)
-                for t, d in enumerate(lags):
-                    if i >= d:
-                        ctx |= mat[i - d].astype(np.int64) << t
-                odds = odds * _ctx_ratio(n1, n0, n1.sum(), n0.sum(), p0)[ctx]
-            odds = levels[q[i]] * odds
-            mat[i] = decoder.decode(bern, odds / (1.0 + odds)) != 0
-        ones += mat[i]
         if lags:
             ctx = np.zeros(cols, dtype=np.int64)
             for t, d in enumerate(lags):
                 if i >= d:
                     ctx |= mat[i - d].astype(np.int64) << t
+        if q[i] >= _Q:
+            mat[i] = q[i] == _FULL
+        else:
+            odds = _col_odds(ones, float(i), p0)
+            if lags:
+                odds = odds * _ctx_ratio(n1, n0, n1.sum(), n0.sum(), p0)[ctx]
+            odds = levels[q[i]] * odds
+            mat[i] = decoder.decode(bern, odds / (1.0 + odds)) != 0
+        ones += mat[i]
+        if lags:
             hit = np.bincount(ctx[mat[i]], minlength=k)
             n1 += hit
             n0 += np.bincount(ctx, minlength=k) - hit
