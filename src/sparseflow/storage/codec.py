@@ -317,7 +317,9 @@ def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
         if context and nm is None and block is None:
             from sparseflow.storage import context as _context  # imports codec: bound late
 
-            candidates.append(bytes([CONTEXT]) + _context.encode(mat))
+            coded = _context.encode(mat, budget_bits=8.0 * len(candidates[0]))
+            if coded is not None:
+                candidates.append(bytes([CONTEXT]) + coded)
     return min(candidates, key=len)  # stable: IID wins ties
 
 
