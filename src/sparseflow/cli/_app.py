@@ -32,9 +32,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as 
 QuickOpt = Annotated[bool, typer.Option("--quick", help="A reduced run that finishes within 60 s.")]
 
 
-def _console(as_json: bool) -> Console:
-    # With --json, stdout carries only the JSON object; tables go to stderr.
-    return Console(stderr=as_json, soft_wrap=False)
+def _console(as_json: bool, min_width: int | None = None) -> Console:
+    # With --json, stdout carries only the JSON object; tables go to stderr. A wide table asks for
+    # min_width columns: below that (80 when not a terminal) rich would elide its numbers.
+    if min_width is None:
+        return Console(stderr=as_json, soft_wrap=False)
+    return Console(stderr=as_json, soft_wrap=False, width=max(Console(stderr=as_json).width, min_width))
 
 
 def _emit_json(obj: dict[str, Any]) -> None:

@@ -9,9 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from rich.console import Console
-
-from sparseflow.cli._app import JsonOpt, QuickOpt, _emit_json, app
+from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, app
 from sparseflow.errors import SparseflowError
 
 
@@ -22,13 +20,6 @@ def _report_table(report, title: str) -> Table:  # noqa: ANN001  (a FileReport)
     for row in report.rows():
         table.add_row(*row)
     return table
-
-
-def _console(as_json: bool) -> Console:
-    # The per-tensor table needs about 110 columns; a narrower default (80 when not a terminal) would elide
-    # the numbers, so never go below that.
-    probe = Console(stderr=as_json)
-    return Console(stderr=as_json, soft_wrap=False, width=max(probe.width, 110))
 
 
 def _summary(report) -> str:  # noqa: ANN001
@@ -50,7 +41,7 @@ def inspect(
     from sparseflow.storage.report import inspect as inspect_file
 
     report = inspect_file(file)
-    console = _console(as_json)
+    console = _console(as_json, min_width=110)
     console.print(_report_table(report, f"{file}"))
     console.print(_summary(report), highlight=False)
     if as_json:
@@ -88,7 +79,7 @@ def export(
     rename = lambda n: loaded.names.get(n, n)  # noqa: E731  (keep the checkpoint's names for an inferred MLP)
     state = {rename(k): v for k, v in loaded.model.state_dict().items()}
     mask = {rename(k): v for k, v in loaded.mask.items()} if loaded.mask is not None else None
-    console = _console(as_json)
+    console = _console(as_json, min_width=110)
     if dense:
         target = DTYPES[dtype]
         atomic_write_bytes(out, st_save({k: (v.to(target) if v.is_floating_point() else v).contiguous()
