@@ -221,6 +221,9 @@ def _nm_detect(mat: np.ndarray) -> tuple[int, int] | None:
     for m in (2, 4, 8, 16, 3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15):
         if cols % m or mat.size == 0:
             continue
+        first = mat[0].reshape(-1, m).sum(axis=1)  # one row first: random masks fail here, cheaply
+        if not (0 < first[0] < m and bool((first == first[0]).all())):
+            continue
         counts = mat.reshape(-1, m).sum(axis=1)
         n = int(counts[0])
         if 0 < n < m and bool((counts == n).all()):
@@ -302,6 +305,22 @@ def _decode_block(body: memoryview, rows: int, cols: int, nnz: int) -> np.ndarra
 # Choosing and dispatching.
 
 
+def _overdispersed(mat: np.ndarray) -> bool:
+    """Whether row or column counts vary more than an i.i.d. mask's would (binomial variance), i.e. whether
+    the context model has density structure to learn. Its rank-1 part is what pays on trained masks; on a
+    mask without it the context coder cannot win, and trying costs ~10x the i.i.d. coding time."""
+    rows, cols = mat.shape
+    p = float(np.count_nonzero(mat)) / mat.size
+    if rows < 2 or cols < 2 or p in (0.0, 1.0):
+        return False
+    for axis, n, k in ((1, cols, rows), (0, rows, cols)):  # counts per row (k of them, n positions each)
+        counts = mat.sum(axis=axis, dtype=np.int64)
+        dispersion = float(counts.var()) / (n * p * (1.0 - p))
+        if dispersion > 1.0 + 4.0 * math.sqrt(2.0 / k):  # four standard errors above the i.i.d. value 1
+            return True
+    return False
+
+
 def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
     """The smallest payload among the codecs that apply to ``mask`` (any shape); first byte = codec id."""
     mask = np.ascontiguousarray(mask, dtype=bool)
@@ -314,7 +333,7 @@ def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
         block = _encode_block(mat)
         if block is not None:
             candidates.append(bytes([BLOCK]) + block)
-        if context and nm is None and block is None:
+        if context and nm is None and block is None and _overdispersed(mat):
             from sparseflow.storage import context as _context  # imports codec: bound late
 
             coded = _context.encode(mat, budget_bits=8.0 * len(candidates[0]))
