@@ -13,7 +13,7 @@ import sys
 
 from rich.console import Console
 
-from sparseflow.cli import analyze, bench, bench_masks, collapse, percolation, signal, sparse_init, storage, train  # noqa: F401  (registers commands)
+from sparseflow.cli import analyze, bench, bench_masks, bench_storage, collapse, percolation, signal, sparse_init, storage, train  # noqa: F401  (registers commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 

@@ -145,12 +145,11 @@ def encode_iid(flat: np.ndarray) -> bytes:
     gaps = np.diff(pos, prepend=-1) - 1
     k, model = _gap_model(numel, ones)
     esc = k - 1
-    if int(gaps.max()) >= esc:
-        reps = gaps // esc + 1  # escapes before each gap, plus the gap's own symbol
-        symbols = np.full(int(reps.sum()), esc, dtype=np.int32)
-        symbols[np.cumsum(reps) - 1] = gaps % esc
-    else:
-        symbols = gaps.astype(np.int32)
+    symbols = gaps.astype(np.int32)
+    long = np.flatnonzero(gaps >= esc)
+    if long.size:  # rare: gap g becomes g // esc escape symbols, then g % esc
+        symbols[long] = gaps[long] % esc
+        symbols = np.insert(symbols, np.repeat(long, gaps[long] // esc), esc)
     return ans_encode(symbols, model)
 
 
@@ -187,9 +186,13 @@ def decode_iid(payload: bytes | memoryview, numel: int, nnz: int) -> np.ndarray:
     symbols = np.concatenate(parts).astype(np.int64) if len(parts) > 1 else parts[0].astype(np.int64)
     if symbols.size and (symbols.min() < 0 or symbols.max() > esc):
         raise StorageError("mask payload decodes to an impossible gap")
-    is_res = symbols != esc
-    advance = np.where(is_res, symbols + 1, esc)
-    ends = np.cumsum(advance)[is_res] - 1
+    if symbols.size == ones:  # no escapes (the usual case): position = running sum of (gap + 1) - 1
+        symbols += 1
+        ends = np.cumsum(symbols)
+        ends -= 1
+    else:
+        is_res = symbols != esc
+        ends = np.cumsum(np.where(is_res, symbols + 1, esc))[is_res] - 1
     if ends.size != ones or (ends.size and ends[-1] >= numel):
         raise StorageError(f"mask payload decodes to positions beyond the tensor's {numel} entries")
     out = np.zeros(numel, dtype=bool)
@@ -271,6 +274,9 @@ def _largest_tile(mat: np.ndarray, axis: int) -> int:
     """Largest power of two t dividing mat.shape[axis] such that runs of t rows (axis 0) / cols are equal."""
     size = mat.shape[axis]
     t = 1
+    lead = mat[:2] if axis == 0 else mat[:, :2].T
+    if size % 2 or size < 2 or not bool((lead[0] == lead[1]).all()):  # the first pair already differs
+        return 1
     while size % (2 * t) == 0:
         groups = mat.reshape(size // (2 * t), 2 * t, -1) if axis == 0 else mat.T.reshape(size // (2 * t), 2 * t, -1)
         if not bool((groups == groups[:, :1, :]).all()):
