@@ -10,6 +10,7 @@ store them at their information content and run them fast. The public API is fla
 from sparseflow.analysis.connectivity import Connectivity, LayerConnectivity, connectivity
 from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_, repair_mask
 from sparseflow.analysis.signal import LayerSignal, SignalReport, signal
+from sparseflow.analysis.size import SizeReport, TensorSize, size_report
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
@@ -39,6 +40,9 @@ __all__ = [
     "LayerSignal",
     "SignalReport",
     "signal",
+    "SizeReport",
+    "TensorSize",
+    "size_report",
     "VarianceRatios",
     "calibrate_",
     "rescale_",
