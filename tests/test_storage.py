@@ -332,3 +332,34 @@ def test_file_size_beats_every_dense_format_at_high_sparsity(tmp_path: Path) -> 
     assert size < 0.16 * 4 * n
     kept = sum(int(m.sum()) for m in mask.values())
     assert size > 4 * kept  # can't be below the values themselves
+
+
+def test_mutated_mask_sequence_files_are_refused_or_identical(tmp_path: Path) -> None:
+    # Bit flips, byte edits and truncations of a .sfm file: a StorageError or the very same masks, never
+    # another exception or different masks (the .sfz fuzzing lives in test_storage_reliability.py).
+    levels = nested_levels(4)
+    save_masks(tmp_path / "seq.sfm", levels)
+    data = (tmp_path / "seq.sfm").read_bytes()
+    rng = np.random.default_rng(0)
+    target = tmp_path / "mutated.sfm"
+    outcomes = {"refused": 0, "identical": 0}
+    for case in range(300):
+        b = bytearray(data)
+        kind = case % 3
+        if kind == 0:
+            pos = int(rng.integers(0, len(b)))
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:
+            pos = int(rng.integers(0, len(b)))
+            b[pos] = int(rng.integers(0, 256))
+        else:
+            b = b[: int(rng.integers(0, len(b)))]
+        target.write_bytes(bytes(b))
+        try:
+            back = load_masks(target)
+        except StorageError:
+            outcomes["refused"] += 1
+            continue
+        assert back == levels, f"case {case} decoded to different masks"
+        outcomes["identical"] += 1
+    assert outcomes["refused"] > 200

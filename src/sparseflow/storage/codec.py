@@ -170,18 +170,22 @@ def decode_iid(payload: bytes | memoryview, numel: int, nnz: int) -> np.ndarray:
         raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions")
     k, model = _gap_model(numel, ones)
     esc = k - 1
+    # Each escape moves esc positions, all inside the tensor: this bounds the loop (and the list of parts)
+    # where escapes cost under a bit (p near 1e-5), so a payload's length alone would allow millions.
+    max_escapes = numel // esc
     parts, residuals, decoded = [], 0, 0
     try:
         decoder = stream.stack.AnsCoder(words)
-        while residuals < ones:  # each escape symbol stands for one more symbol to read
-            if decoded >= capacity:
-                raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions")
+        while residuals < ones and decoded < capacity and decoded - residuals <= max_escapes:
             more = decoder.decode(model, min(ones - residuals, capacity - decoded))
             decoded += more.size
             parts.append(more)
             residuals += int(np.count_nonzero(more != esc))
     except (ValueError, RuntimeError, OverflowError) as e:
         raise StorageError(f"mask payload does not decode ({e})") from None
+    if residuals < ones:
+        raise StorageError(f"mask payload of {len(payload)} bytes cannot hold {ones} kept positions in "
+                           f"{numel} entries")
     ans_finish(decoder, "mask")
     symbols = np.concatenate(parts).astype(np.int64) if len(parts) > 1 else parts[0].astype(np.int64)
     if symbols.size and (symbols.min() < 0 or symbols.max() > esc):

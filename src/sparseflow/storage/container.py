@@ -107,8 +107,10 @@ def _fold_torch_prune(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _crc(t: Tensor) -> int:
-    return zlib.crc32(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+def _crc(t: Tensor, e: Mapping[str, Any]) -> int:
+    """CRC-32 of the tensor's description (kind, shape, dtypes) then its bytes: an edit to either fails it."""
+    desc = json.dumps([e["kind"], list(e["shape"]), e["dtype"], e["stored"]]).encode()
+    return zlib.crc32(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), zlib.crc32(desc))
 
 
 def save(
@@ -175,10 +177,11 @@ def save(
                 tensors[name + VALUES_SUFFIX] = kept.contiguous()
                 canonical = torch.zeros_like(value)  # as decoded: +0.0 outside the mask (a masked w*0 may be -0.0)
                 canonical[m] = kept
-                entry["crc32"] = _crc(canonical)
+                entry["crc32"] = _crc(canonical, entry)
                 info[name] = entry
                 continue
-        entry |= {"kind": "dense", "crc32": _crc(value)}
+        entry["kind"] = "dense"
+        entry["crc32"] = _crc(value, entry)
         tensors[name] = value
         info[name] = entry
     header = {"format": FORMAT, "version": VERSION, "tensors": json.dumps(info), "meta": meta_json}
@@ -200,7 +203,7 @@ def _header(data: bytes, where: str) -> dict[str, Any]:
                            "field (truncated or not a safetensors file)")
     try:
         header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # also 5000-digit ints (ValueError) and deep nesting
         raise StorageError(f"{where}: header is not valid JSON ({e}); the file is corrupted") from None
     if not isinstance(header, dict):
         raise StorageError(f"{where}: header is not a JSON object; the file is corrupted")
@@ -226,7 +229,7 @@ def _entry(name: str, e: object, where: str, max_numel: int) -> dict[str, Any]:
     if not isinstance(shape, list) or len(shape) > 8 or not all(type(s) is int and s >= 0 for s in shape):
         raise bad(f"shape {shape!r} is not a list of at most 8 non-negative ints")
     numel = math.prod(shape)
-    if numel > max_numel:
+    if numel > max_numel or any(s > max_numel for s in shape):  # [0, 2**70] has no elements but no array either
         raise bad(f"shape {shape} has {numel} elements, over the limit of {max_numel} (pass a larger "
                   "max_numel to load a tensor this large)")
     for key in ("dtype", "stored"):
@@ -263,7 +266,7 @@ def read_bytes(data: bytes, *, where: str = "<bytes>", max_numel: int = MAX_NUME
     try:
         entries = json.loads(meta["tensors"])
         user_meta = json.loads(meta.get("meta", "{}"))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
         raise StorageError(f"{where}: header metadata is not valid JSON ({e}); the file is corrupted") from None
     if not isinstance(entries, dict) or not isinstance(user_meta, dict):
         raise StorageError(f"{where}: header metadata has the wrong structure; the file is corrupted")
@@ -301,7 +304,7 @@ def _decode_tensor(name: str, e: dict[str, Any], raw: dict[str, Tensor], where: 
         value = raw[name]
         if value.dtype != stored or tuple(value.shape) != shape:
             raise bad(f"stored as {value.dtype} {tuple(value.shape)}, header says {stored} {shape}")
-        if _crc(value) != e["crc32"]:
+        if _crc(value, e) != e["crc32"]:
             raise bad("checksum mismatch: the stored values are corrupted")
         return value.to(dtype), None, {"mask_bytes": 0, "values_bytes": value.numel() * value.element_size()}
     payload, kept = raw[name + MASK_SUFFIX], raw[name + VALUES_SUFFIX]
@@ -318,7 +321,7 @@ def _decode_tensor(name: str, e: dict[str, Any], raw: dict[str, Tensor], where: 
         raise bad(f"codec {e.get('codec')!r} in the header differs from the payload's")
     value = torch.zeros(shape, dtype=stored)
     value[m] = kept
-    if _crc(value) != e["crc32"]:
+    if _crc(value, e) != e["crc32"]:
         raise bad("checksum mismatch: the decoded tensor differs from the one saved (corrupted values or mask)")
     return value.to(dtype), m, {"mask_bytes": payload.numel(), "values_bytes": kept.numel() * kept.element_size()}
 

@@ -25,7 +25,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,8 +86,8 @@ class FuzzResult:
 
 
 def same_model(a: Stored, b: Stored) -> bool:
-    """Same tensor names, dtypes, shapes and bytes, and the same masks (meta and info may differ)."""
-    if list(a.tensors) != list(b.tensors) or sorted(a.mask) != sorted(b.mask):
+    """Same tensor names, dtypes, shapes and bytes, and the same masks (meta, info and order may differ)."""
+    if sorted(a.tensors) != sorted(b.tensors) or sorted(a.mask) != sorted(b.mask):
         return False
     for name, t in a.tensors.items():
         u = b.tensors[name]
@@ -108,12 +108,8 @@ def case_bytes(seed: int, index: int, pool: list[bytes] | None = None) -> tuple[
     return mutate(base, rng, pool)
 
 
-class _Hang(Exception):
-    pass
-
-
-def _raise_hang(signum: int, frame: object) -> None:
-    raise _Hang
+class _Hang(BaseException):
+    """Raised by the alarm; a BaseException so the reader's own ``except Exception`` cannot swallow it."""
 
 
 def fuzz(
@@ -124,7 +120,7 @@ def fuzz(
     time_limit: float = 1.0,
     progress: Callable[[int], None] | None = None,
 ) -> FuzzResult:
-    """Decode ``n`` mutated files (plus the unmutated bases, which must decode to themselves) and count outcomes.
+    """Decode ``n`` mutated files and count outcomes; each is compared with its unmutated base as decoded.
 
     A case is stopped after ``10 * time_limit`` (SIGALRM, main thread only) and counted ``slow``. Peak memory is
     measured with :mod:`tracemalloc`, which sees numpy and Python allocations but not torch's; torch's are
@@ -140,7 +136,13 @@ def fuzz(
     failures: list[Failure] = []
     max_s, max_ratio = 0.0, 0.0
     alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    old = signal.signal(signal.SIGALRM, _raise_hang) if alarm else None
+    armed = [False]  # a late SIGALRM (delivered after the case ended) must not hit the next statement
+
+    def on_alarm(signum: int, frame: object) -> None:
+        if armed[0]:
+            raise _Hang
+
+    old = signal.signal(signal.SIGALRM, on_alarm) if alarm else None
     tracing = tracemalloc.is_tracing()
     if not tracing:
         tracemalloc.start()
@@ -152,7 +154,7 @@ def fuzz(
             # Budget: the file itself a few times over, plus 24 bytes per element the header claims
             # (bool mask + int64 positions + values), plus fixed slack for the decoder's tables.
             budget = 4 * len(data) + 24 * claimed_numel(data, max_numel) + 2**21
-            outcome, detail, secs, peak = _run_case(data, refs[b], max_numel, time_limit, alarm)
+            outcome, detail, secs, peak = _run_case(data, refs[b], max_numel, time_limit, armed if alarm else None)
             if outcome not in FAILURES and peak > budget:
                 outcome, detail = "over-allocation", f"peak {peak} bytes > budget {budget}"
             max_s, max_ratio = max(max_s, secs), max(max_ratio, peak / budget)
@@ -174,28 +176,29 @@ def fuzz(
                       time.perf_counter() - start)
 
 
-def _run_case(data: bytes, ref: Stored, max_numel: int, time_limit: float, alarm: bool
+def _run_case(data: bytes, ref: Stored, max_numel: int, time_limit: float, armed: list[bool] | None
               ) -> tuple[str, str, float, int]:
     """(outcome, detail, seconds, peak traced bytes) of decoding one file."""
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
-    if alarm:
-        signal.setitimer(signal.ITIMER_REAL, 10 * time_limit)
     try:
-        got = read_bytes(data, max_numel=max_numel)
+        try:
+            if armed is not None:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, 10 * time_limit)
+            got = read_bytes(data, max_numel=max_numel)
+        finally:
+            if armed is not None:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
         outcome, detail = "decoded", ""
     except StorageError as e:
         outcome, detail = "rejected", str(e)[:300]
     except _Hang:
         outcome, detail = "slow", f"stopped after {10 * time_limit:g} s"
-    except BaseException as e:  # noqa: BLE001  (the point: anything but StorageError is a crash)
-        if isinstance(e, KeyboardInterrupt):
-            raise
+    except Exception as e:  # noqa: BLE001  (the point: anything but StorageError is a crash)
         outcome, detail = "crash", f"{type(e).__name__}: {str(e)[:300]}"
-    finally:
-        if alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
     secs = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1] - base
     if outcome == "decoded":
@@ -212,8 +215,8 @@ def _run_case(data: bytes, ref: Stored, max_numel: int, time_limit: float, alarm
 
 
 def _diff(a: Stored, b: Stored) -> str:
-    if list(a.tensors) != list(b.tensors):
-        return f"tensor names {list(a.tensors)[:4]} became {list(b.tensors)[:4]}"
+    if sorted(a.tensors) != sorted(b.tensors):
+        return f"tensor names {sorted(a.tensors)[:4]} became {sorted(b.tensors)[:4]}"
     for name, t in a.tensors.items():
         u = b.tensors[name]
         if t.dtype != u.dtype or t.shape != u.shape:

@@ -47,7 +47,8 @@ _FULL, _DELTA = 0, 1
 
 
 def _crc(m: np.ndarray) -> int:
-    return zlib.crc32(np.packbits(m.reshape(-1)).tobytes())
+    """CRC-32 of the shape, then the packed bits: a reshaped mask fails it too."""
+    return zlib.crc32(np.packbits(m.reshape(-1)).tobytes(), zlib.crc32(json.dumps(list(m.shape)).encode()))
 
 
 def _encode_delta(prev: np.ndarray, cur: np.ndarray) -> tuple[bytes, int]:
@@ -160,7 +161,8 @@ def _decode_level(where: str, e: Any, payload: torch.Tensor | None, prev: np.nda
     if not isinstance(e, dict) or not isinstance(e.get("shape"), list) or type(e.get("nnz")) is not int:
         raise StorageError(f"{where}: metadata entry is malformed")
     shape = tuple(e["shape"])
-    if len(shape) > 8 or not all(type(s) is int and s >= 0 for s in shape) or math.prod(shape) > max_numel:
+    if (len(shape) > 8 or not all(type(s) is int and 0 <= s <= max_numel for s in shape)
+            or math.prod(shape) > max_numel):
         raise StorageError(f"{where}: shape {list(shape)} is invalid or over the limit of {max_numel} elements")
     if payload is None or payload.dtype != torch.uint8 or payload.dim() != 1 or payload.numel() < 1:
         raise StorageError(f"{where}: coded mask entry is missing or not 1-D uint8")
