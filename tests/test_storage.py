@@ -7,7 +7,6 @@ buffers, log2 C(N, n) for sizes. Corruption and fuzzing live in test_storage_rel
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
