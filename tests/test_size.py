@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparseflow.analysis.size import binary_entropy, size_report
+from sparseflow.analysis.size import size_report
+from sparseflow.storage.codec import binary_entropy
 from sparseflow.errors import StorageError
 from sparseflow.mask import Mask
 from sparseflow.storage.container import read, save

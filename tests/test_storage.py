@@ -20,7 +20,8 @@ import sparseflow as sf
 from sparseflow.errors import StorageError
 from sparseflow.storage.codec import iid_bound_bits
 from sparseflow.storage.container import load, load_mask, read, save
-from sparseflow.storage.report import binary_entropy, inspect
+from sparseflow.storage.codec import binary_entropy
+from sparseflow.storage.report import inspect
 from sparseflow.storage.interop import from_torch_prune, remove_torch_prune_, to_torch_prune_
 from sparseflow.storage.sequence import append_mask, load_masks, mask_sequence_bits, save_masks
 

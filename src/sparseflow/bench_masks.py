@@ -24,7 +24,7 @@ from sparseflow.distributions import GLOBAL
 from sparseflow.methods import MagnitudePruning
 from sparseflow.models import build_model
 from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask, iid_bound_bits
-from sparseflow.storage.report import binary_entropy
+from sparseflow.storage.codec import binary_entropy
 
 SPARSITIES = (0.9, 0.964)
 GOAL = 0.90

@@ -19,7 +19,6 @@ must be zero); other floating tensors count as sparse when storing their nonzero
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,16 +29,10 @@ from torch import Tensor, nn
 from sparseflow.errors import StorageError
 from sparseflow.mask import Mask
 from sparseflow.storage.codec import CODEC_NAMES, encode_mask
-from sparseflow.storage.container import _resolve_dtype, _state_of
+from sparseflow.storage.codec import binary_entropy
+from sparseflow.storage.container import _resolve_dtype, state_and_masks
 
-__all__ = ["TensorSize", "SizeReport", "size_report", "binary_entropy"]
-
-
-def binary_entropy(p: float) -> float:
-    """``H(p) = -p log2 p - (1-p) log2 (1-p)`` in bits; 0 at p = 0 and p = 1."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
+__all__ = ["TensorSize", "SizeReport", "size_report"]
 
 
 @dataclass(frozen=True)
@@ -138,20 +131,6 @@ class SizeReport:
         return json.dumps(self.to_json(), indent=1)
 
 
-def _masks(state: dict[str, Tensor], mask: Mask | Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    """Folded torch.nn.utils.prune masks plus ``mask``'s entries, checked as ``save`` checks them."""
-    masks = {n[: -len("\0mask")]: state.pop(n) for n in list(state) if n.endswith("\0mask")}
-    for name, m in (mask or {}).items():
-        if name not in state:
-            raise StorageError(f"mask names {name!r}, which is not a tensor of the model; tensors: "
-                               f"{list(state)[:8]}{'...' if len(state) > 8 else ''}")
-        if tuple(m.shape) != tuple(state[name].shape):
-            raise StorageError(f"mask for {name!r} has shape {tuple(m.shape)} but the tensor has shape "
-                               f"{tuple(state[name].shape)}")
-        masks[name] = m.detach().to("cpu", torch.bool)
-    return masks
-
-
 def _one(name: str, t: Tensor, m: Tensor | None, given: bool, target: torch.dtype) -> TensorSize:
     value = t.detach().to("cpu").to(target)
     numel, item = value.numel(), value.element_size()
@@ -195,8 +174,7 @@ def size_report(
     Raises StorageError for a mask that names no tensor, has the wrong shape, or leaves nonzeros outside it.
     """
     stored = _resolve_dtype(dtype)
-    state = _state_of(model)
-    masks = _masks(state, mask)
+    state, masks = state_and_masks(model, mask)
     given = set(masks)
     rows = []
     for name, t in state.items():

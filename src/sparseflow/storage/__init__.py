@@ -7,7 +7,8 @@ see :mod:`sparseflow.storage.container`), ``save_masks``/``load_masks`` a sequen
 """
 
 from sparseflow.storage.container import Stored, load, load_mask, read, save
-from sparseflow.storage.report import FileReport, binary_entropy, inspect
+from sparseflow.storage.codec import binary_entropy
+from sparseflow.storage.report import FileReport, inspect
 from sparseflow.storage.interop import from_torch_prune, remove_torch_prune_, to_torch_prune_
 from sparseflow.storage.sequence import append_mask, load_masks, mask_sequence_bits, save_masks
 

@@ -36,13 +36,20 @@ from constriction import stream
 from sparseflow.errors import StorageError
 
 __all__ = ["IID", "NM", "BLOCK", "CONTEXT", "CODEC_NAMES", "encode_mask", "decode_mask",
-           "encode_iid", "decode_iid", "matrix_view", "from_matrix_view", "iid_bound_bits"]
+           "encode_iid", "decode_iid", "matrix_view", "from_matrix_view", "iid_bound_bits", "binary_entropy"]
 
 IID, NM, BLOCK, CONTEXT = 1, 2, 3, 4
 CODEC_NAMES = {IID: "iid", NM: "nm", BLOCK: "block", CONTEXT: "context"}
 _TAIL = 2.0**-20  # escape probability target: small enough to cost nothing, large enough to quantise well
 _MAX_K = 1 << 16  # alphabet cap (reached only below p ≈ 2e-4, where escapes then carry the long gaps)
 _MAX_NM_M = 16  # N:M pattern tables have 2**m entries
+
+
+def binary_entropy(p: float) -> float:
+    """``H(p) = -p log2 p - (1-p) log2 (1-p)`` in bits (0 at p = 0 or 1): an i.i.d. mask's bits per position."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
 
 
 def iid_bound_bits(numel: int, nnz: int) -> float:

@@ -107,6 +107,23 @@ def _fold_torch_prune(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def state_and_masks(model: nn.Module | Mapping[str, Tensor], mask: Mask | Mapping[str, Tensor] | None
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The tensors :func:`save` stores and the masks it was given (torch.nn.utils.prune ones folded in),
+    each mask checked against its tensor's name and shape."""
+    state = _state_of(model)
+    masks = {n[: -len("\0mask")]: state.pop(n) for n in list(state) if n.endswith("\0mask")}
+    for name, m in (mask or {}).items():
+        if name not in state:
+            raise StorageError(f"mask names {name!r}, which is not a tensor of the model; tensors: "
+                               f"{list(state)[:8]}{'...' if len(state) > 8 else ''}")
+        if tuple(m.shape) != tuple(state[name].shape):
+            raise StorageError(f"mask for {name!r} has shape {tuple(m.shape)} but the tensor has shape "
+                               f"{tuple(state[name].shape)}")
+        masks[name] = m.detach().to("cpu", torch.bool)
+    return state, masks
+
+
 def _crc(t: Tensor, e: Mapping[str, Any]) -> int:
     """CRC-32 of the tensor's description (kind, shape, dtypes) then its bytes: an edit to either fails it."""
     desc = json.dumps([e["kind"], list(e["shape"]), e["dtype"], e["stored"]]).encode()
@@ -133,17 +150,7 @@ def save(
     Returns the per-tensor metadata written (see :func:`read`).
     """
     stored_dtype = _resolve_dtype(dtype)
-    state = _state_of(model)
-    masks = {n[: -len("\0mask")]: state.pop(n) for n in list(state) if n.endswith("\0mask")}
-    if mask is not None:
-        for name, m in mask.items():
-            if name not in state:
-                raise StorageError(f"mask names {name!r}, which is not a tensor of the model; tensors: "
-                                   f"{list(state)[:8]}{'...' if len(state) > 8 else ''}")
-            if tuple(m.shape) != tuple(state[name].shape):
-                raise StorageError(f"mask for {name!r} has shape {tuple(m.shape)} but the tensor has shape "
-                                   f"{tuple(state[name].shape)}")
-            masks[name] = m.detach().to("cpu", torch.bool)
+    state, masks = state_and_masks(model, mask)
     try:
         meta_json = json.dumps(dict(meta or {}), allow_nan=False)
     except (TypeError, ValueError) as e:

@@ -13,18 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sparseflow.storage.codec import binary_entropy
 from sparseflow.storage.container import MAX_NUMEL, read
 
 __all__ = ["TensorEntry", "FileReport", "inspect", "binary_entropy"]
 
 _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
-
-
-def binary_entropy(p: float) -> float:
-    """``H(p) = -p log2 p - (1-p) log2 (1-p)`` in bits (0 at p = 0 or 1)."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
 
 
 @dataclass(frozen=True)
