@@ -8,7 +8,6 @@ import math
 
 import pytest
 
-import sparseflow.cli.bench_storage  # noqa: F401  (registers `bench storage`)
 from sparseflow.bench_storage import LAYER_FORMATS, RIGL_MB, resnet50_shapes
 
 RESNET50_PARAMS = 25_557_032  # sum(p.numel() for p in torchvision.models.resnet50().parameters())

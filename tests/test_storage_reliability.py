@@ -376,8 +376,6 @@ def test_round_trip_is_bitwise_exact(tmp_path: Path, case) -> None:
 
 
 def test_bench_fuzz_command(run_cli: RunCli, tmp_path: Path) -> None:
-    import sparseflow.cli.bench_fuzz  # noqa: F401  (registers the command)
-
     code, out, _ = run_cli(["bench", "fuzz", "--n", "30", "--seed", "2", "--json", "--out", str(tmp_path)])
     assert code == 0
     obj = json.loads(out.strip().splitlines()[-1])
