@@ -128,6 +128,9 @@ def test_weights_outside_the_mask_are_refused_not_dropped(tmp_path: Path) -> Non
 
 def test_save_rejects_bad_arguments(tmp_path: Path) -> None:
     model = lenet()
+    with pytest.raises(StorageError, match=r"'w' has 1 finite values that overflow torch.float16"):
+        save(tmp_path / "m.sfz", {"w": torch.tensor([1.0, 1e6])}, dtype="fp16")
+    save(tmp_path / "m.sfz", {"w": torch.tensor([1.0, 1e6])}, dtype="bf16")  # bf16 has fp32's range
     with pytest.raises(StorageError, match="dtype"):
         save(tmp_path / "m.sfz", model, dtype="fp8")
     with pytest.raises(StorageError, match="not a tensor of the model"):

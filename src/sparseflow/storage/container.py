@@ -162,6 +162,11 @@ def save(
         t = t.detach().to("cpu")
         target = stored_dtype if (stored_dtype is not None and t.is_floating_point()) else t.dtype
         value = t.to(target).contiguous()
+        if target != t.dtype and value.is_floating_point():
+            overflow = int(torch.count_nonzero(torch.isfinite(t) & ~torch.isfinite(value)))
+            if overflow:
+                raise StorageError(f"tensor {name!r} has {overflow} finite values that overflow {target} "
+                                   f"(largest |value| {t.abs().max().item():.4g}); store it with dtype='fp32' or 'bf16'")
         entry: dict[str, Any] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
                                  "stored": str(target).removeprefix("torch.")}
         m = masks.get(name)
