@@ -366,3 +366,35 @@ def test_mutated_mask_sequence_files_are_refused_or_identical(tmp_path: Path) ->
         assert back == levels, f"case {case} decoded to different masks"
         outcomes["identical"] += 1
     assert outcomes["refused"] > 200
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_compressed_values_round_trip_bitwise_and_shrink(tmp_path: Path, dtype: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(512, 512, generator=g)
+    m = torch.rand(512, 512, generator=g) < 0.2
+    state = {"w": w * m, "b": torch.randn(8192, generator=g), "tiny": torch.randn(7, generator=g)}
+    save(tmp_path / "raw.sfz", state, mask={"w": m}, dtype=dtype)
+    info = save(tmp_path / "coded.sfz", state, mask={"w": m}, dtype=dtype, compress_values=True)
+    assert info["w"]["values"] == info["b"]["values"] == "planes" and "values" not in info["tiny"]
+    raw, coded = read(tmp_path / "raw.sfz"), read(tmp_path / "coded.sfz")
+    for name in state:  # lossless: the very same bits as the uncompressed file
+        assert torch.equal(coded.tensors[name].view(torch.uint8), raw.tensors[name].view(torch.uint8))
+    assert coded.mask == raw.mask
+    # Gaussian values: the sign+exponent byte carries far less than 8 bits
+    assert coded.info["w"]["values_bytes"] < 0.9 * raw.info["w"]["values_bytes"]
+    assert (tmp_path / "coded.sfz").stat().st_size < (tmp_path / "raw.sfz").stat().st_size
+
+
+def test_compressed_values_refuse_corruption(tmp_path: Path) -> None:
+    from sparseflow.storage.values import decode_values, encode_values
+
+    v = torch.randn(10_000, generator=torch.Generator().manual_seed(1))
+    payload = encode_values(v)
+    assert torch.equal(decode_values(payload, v.numel(), torch.float32), v)
+    for bad in (payload[:-4], payload + b"\0", bytes([9]) + payload[1:], payload[:2] + bytes([7]) + payload[3:]):
+        with pytest.raises(StorageError):
+            decode_values(bad, v.numel(), torch.float32)
+    with pytest.raises(StorageError, match="histogram counts"):
+        decode_values(payload, v.numel() + 1, torch.float32)
+    assert encode_values(torch.randn(100)) is None  # too few values to pay for the histograms

@@ -1,7 +1,7 @@
 """Seeded valid ``.sfz`` files and the mutations :mod:`sparseflow.storage.fuzz` applies to them.
 
-Valid files come from :func:`~sparseflow.storage.container.save` on small random state dicts whose masks are
-shaped to select every codec: i.i.d. random (any density, including empty and full), N:M along the input
+Valid files come from :func:`~sparseflow.storage.container.save` (half of them with ``compress_values``, so the
+byte-plane value decoder is fuzzed too) on small random state dicts whose masks are shaped to select every codec: i.i.d. random (any density, including empty and full), N:M along the input
 dimension, r x c blocks, and trained-like masks (magnitude pruning of a rank-1-scaled matrix, the structure the
 context coder models). Mutations are plain functions ``(data, rng, pool) -> data``; the header-level ones
 parse the safetensors header, edit it, and re-frame the file so the reader's deeper checks are reached.
@@ -85,6 +85,8 @@ def random_state(rng: np.random.Generator) -> tuple[dict[str, torch.Tensor], dic
             masks[f"layer{i}.weight"] = m  # else saved without a mask: sparse iff that is smaller
         if len(shape) >= 1 and rng.random() < 0.5:
             state[f"layer{i}.bias"] = torch.randn(shape[0], generator=gen)
+    if rng.random() < 0.3:  # enough values for byte-plane coding (compress_values) to apply
+        state["emb.weight"] = torch.randn(4096 + int(rng.integers(0, 2048)), generator=gen)
     if rng.random() < 0.3:
         state["bn.num_batches_tracked"] = torch.tensor(int(rng.integers(1000)))
         state["buf.flag"] = torch.from_numpy(rng.random(int(rng.integers(1, 9))) < 0.5)
@@ -101,7 +103,7 @@ def make_pool(seed: int, k: int) -> list[bytes]:
         path = os.path.join(tmp, "m.sfz")
         for _ in range(k):
             state, masks, dtype, meta = random_state(rng)
-            save(path, state, mask=masks, dtype=dtype, meta=meta)
+            save(path, state, mask=masks, dtype=dtype, meta=meta, compress_values=bool(rng.random() < 0.5))
             with open(path, "rb") as f:
                 h, body = split(f.read())  # type: ignore[misc]
             # safetensors writes the metadata keys in hash order; sorted keys make the bytes a function of seed
