@@ -305,6 +305,13 @@ def test_export_and_inspect_commands(tmp_path: Path, run_cli: RunCli) -> None:
     code, out, err = run_cli(["analyze", str(tmp_path / "m.sfz"), "--json"])  # rebuilt from the stored config
     assert code == 0, out
 
+    code, out, err = run_cli(["export", str(run), "--out", str(tmp_path / "c.sfz"), "--dtype", "fp16",
+                              "--compress-values", "--json"])
+    assert code == 0, err
+    packed = read(tmp_path / "c.sfz")
+    assert all(torch.equal(packed.tensors[k], v) for k, v in stored.tensors.items())
+    assert json.loads(out.strip().splitlines()[-1])["values_bytes"] <= result["values_bytes"]  # small layers stay raw
+
     code, out, err = run_cli(["export", str(run), "--out", str(tmp_path / "d.safetensors"), "--dense", "--json"])
     assert code == 0
     from safetensors.torch import load_file

@@ -36,7 +36,7 @@ from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask, iid_
 from sparseflow.storage.container import save
 
 MB = 1e6
-LAYER_FORMATS = ("ours (.sfz)", "bound", "torch.save dense", "safetensors dense", "torch.save CSR",
+LAYER_FORMATS = ("ours (.sfz)", "ours, values coded", "bound", "torch.save dense", "safetensors dense", "torch.save CSR",
                  "CSR int32 raw", "scipy save_npz", "zstd bitmap+values", "zstd bitmap, raw values")
 # RigL README, "Model Size (Bytes)" column (MB): 32-bit values, 1-bit masks, a 32-bit bias per output channel.
 RIGL_MB = {("dense", 0.0): 102.122, ("erk", 0.8): 23.683, ("uniform", 0.8): 23.685, ("erk", 0.9): 13.499,
@@ -134,10 +134,11 @@ def resnet50_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _file_bytes(state: dict[str, Tensor], mask: dict[str, Tensor] | None, dtype: str) -> int:
+def _file_bytes(state: dict[str, Tensor], mask: dict[str, Tensor] | None, dtype: str,
+                compress_values: bool = False) -> int:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.sfz"
-        save(path, state, mask=mask, dtype=dtype)
+        save(path, state, mask=mask, dtype=dtype, compress_values=compress_values)
         return path.stat().st_size
 
 
@@ -165,6 +166,7 @@ def _layer_row(side: int, sparsity: float, level: int, g: torch.Generator) -> La
     dense = dense.reshape(side, side)
     out: dict[str, float] = {}
     out["ours (.sfz)"] = _file_bytes({"weight": dense}, {"weight": torch.from_numpy(m)}, "fp32")
+    out["ours, values coded"] = _file_bytes({"weight": dense}, {"weight": torch.from_numpy(m)}, "fp32", True)
     out["bound"] = pos.size * 4 + iid_bound_bits(numel, pos.size) / 8
     out["torch.save dense"] = _torch_bytes(dense)
     out["safetensors dense"] = len(st_save({"weight": dense}))
