@@ -15,10 +15,11 @@ from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
+from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
 from sparseflow.methods import SNIP, GraSP, SynFlow
-from sparseflow.methods import SET, RigL
+from sparseflow.methods import SET, FixedMask, RigL
 from sparseflow.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
@@ -66,6 +67,10 @@ __all__ = [
     "DataError",
     "Global",
     "MagnitudePruning",
+    "LotteryJob",
+    "LotteryResult",
+    "run_lottery",
+    "FixedMask",
     "Mask",
     "MaskError",
     "Method",

@@ -13,8 +13,8 @@ import sys
 
 from rich.console import Console
 
-from sparseflow.cli import (analyze, bench, bench_fuzz, bench_masks, bench_storage, collapse, percolation,  # noqa: F401
-                           signal, sparse_init, storage, train)  # (importing a module registers its commands)
+from sparseflow.cli import (analyze, bench, bench_fuzz, bench_masks, bench_storage, collapse, lottery,  # noqa: F401
+                           percolation, signal, sparse_init, storage, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
