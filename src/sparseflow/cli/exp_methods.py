@@ -1,0 +1,1 @@
+"""``sparseflow exp_methods`` (being written)."""

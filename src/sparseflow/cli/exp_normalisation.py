@@ -1,0 +1,1 @@
+"""``sparseflow exp_normalisation`` (being written)."""

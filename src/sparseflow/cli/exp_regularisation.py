@@ -1,0 +1,1 @@
+"""``sparseflow exp_regularisation`` (being written)."""

@@ -1,0 +1,1 @@
+"""``sparseflow stain`` (being written)."""
