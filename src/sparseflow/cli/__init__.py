@@ -13,7 +13,7 @@ import sys
 
 from rich.console import Console
 
-from sparseflow.cli import (analyze, bench, bench_fuzz, bench_masks, bench_storage, collapse, percolation,  # noqa: F401
+from sparseflow.cli import (analyze, bench, bench_fuzz, bench_inference, bench_masks, bench_storage, collapse, percolation,  # noqa: F401
                            signal, sparse_init, storage, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
