@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseflow.errors import SparseflowError
-from sparseflow.kernels import Backend, CsrWeight, Isa, available_backend, best_isa, csr_from_dense, spmm
-from sparseflow.kernels import torch_chunk_spmm
+from sparseflow.kernels import Backend, CsrWeight, Isa, available_backend, best_isa, csr_from_dense
 from sparseflow.kernels.modules import Choice, Kernel, SparseConv2d, SparseLinear
 
 __all__ = ["COST_MODEL_DENSITY", "LayerReport", "convert", "deconvert", "inference_report", "unsupported_reason"]
@@ -87,7 +86,7 @@ def _candidates(batch: int, backend: Backend) -> list[tuple[Kernel, Isa | None, 
     return out
 
 
-def _plan(csr: CsrWeight, w: torch.Tensor, batches: tuple[int, ...], backend: Backend, measure: bool,
+def _plan(csr: CsrWeight, w: torch.Tensor, bias: torch.Tensor | None, batches: tuple[int, ...], backend: Backend, measure: bool,
           repeats: int) -> tuple[Choice, ...]:
     density = csr.nnz / max(1, w.numel())
     if not measure or density > 0.7:  # above 70 % density no CSR kernel can win (bytes moved)
@@ -96,17 +95,15 @@ def _plan(csr: CsrWeight, w: torch.Tensor, batches: tuple[int, ...], backend: Ba
         isa = best_isa() if kern is Kernel.CSR else None
         return tuple(Choice(b, kern, isa, 0 if b < 2 or isa is None else max(1, 16 // isa.width)) for b in batches)
     gen = torch.Generator().manual_seed(0)
-    tcsr = csr.torch_csr() if backend is Backend.TORCH else None
     plan = []
     for b in batches:
         x = torch.randn(b, w.shape[1], generator=gen)
         cands = _candidates(b, backend)
-        fns = [lambda: F.linear(x, w)]
+        # time whole modules, so the per-call overhead of the sparse module counts against it
+        fns = [lambda: F.linear(x, w, bias)]
         for kern, isa, tile in cands:
-            if kern is Kernel.CSR:
-                fns.append(lambda isa=isa, tile=tile: spmm(csr, x, isa=isa, tile=tile))
-            else:
-                fns.append(lambda: torch_chunk_spmm(tcsr, x))
+            mod = SparseLinear(csr, bias, (Choice(b, kern, isa, tile),))
+            fns.append(lambda mod=mod: mod(x))
         ms = _time(fns, repeats)
         i = min(range(1, len(ms)), key=lambda j: ms[j])
         if ms[i] < ms[0]:
@@ -146,7 +143,7 @@ def convert(model: nn.Module, *, batch_sizes: Iterable[int] = DEFAULT_BATCHES, b
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1).contiguous()
         csr = csr_from_dense(w)
         with torch.no_grad():
-            plan = _plan(csr, w, batches, use, measure, repeats)
+            plan = _plan(csr, w, mod.bias, batches, use, measure, repeats)
         if all(c.kernel is Kernel.DENSE for c in plan):
             continue  # dense wins everywhere: keep the original module
         dense = w if any(c.kernel is Kernel.DENSE for c in plan) else None

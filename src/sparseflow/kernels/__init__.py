@@ -152,6 +152,16 @@ def spmm(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa
     return y
 
 
+def spmm_checked_inputs(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None, isa: Isa, tile: int) -> torch.Tensor:
+    """``spmm`` for callers that already checked x ([B, in] fp32 contiguous CPU), bias and isa (SparseLinear)."""
+    batch, rows = x.shape[0], w.shape[0]
+    y = torch.empty(batch, rows, dtype=torch.float32)
+    _spmm.spmm(int(isa), int(w.index_bytes == 4), w.rowptr.data_ptr(), w.col.data_ptr(), w.values.data_ptr(),
+               rows, w.shape[1], x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(),
+               torch.get_num_threads(), tile)
+    return y
+
+
 def torch_chunk_spmm(w_csr: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
                      chunk: int = TORCH_CHUNK) -> torch.Tensor:
     """Fallback ``x @ W.T + bias`` with a torch CSR tensor, batch cut into ``chunk`` columns."""

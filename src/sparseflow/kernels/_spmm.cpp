@@ -179,6 +179,9 @@ static void parallel(int nt, const std::vector<int32_t>& bounds, F fn) {
 static void run(const Call& c, int threads) {
     int nt = threads < 1 ? 1 : threads;
     if (nt > c.nrows) nt = c.nrows > 0 ? c.nrows : 1;
+    // a thread costs tens of microseconds to start: give each at least ~128k multiply-adds
+    const int64_t work = (int64_t)c.rp[c.nrows] * (c.B > 0 ? c.B : 1);
+    if (nt > 1 && work / nt < (1 << 17)) nt = (int)(work >> 17) > 1 ? (int)(work >> 17) : 1;
     // rows split so that every thread gets about the same number of nonzeros
     std::vector<int32_t> rows(nt + 1);
     const int64_t nnz = c.rp[c.nrows];

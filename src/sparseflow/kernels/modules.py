@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseflow.errors import SparseflowError
-from sparseflow.kernels import CsrWeight, Isa, spmm, torch_chunk_spmm
+from sparseflow.kernels import CsrWeight, Isa, spmm_checked_inputs, torch_chunk_spmm
 
 __all__ = ["Choice", "Kernel", "SparseConv2d", "SparseLinear"]
 
@@ -88,7 +88,8 @@ class SparseLinear(nn.Module):
         if c.kernel is Kernel.DENSE:
             y = F.linear(x2, self.dense_weight, self.bias)
         elif c.kernel is Kernel.CSR:
-            y = spmm(self.csr, x2, self.bias, isa=c.isa, tile=c.tile)
+            # shape, dtype and device were checked above; the plan's isa was checked by convert
+            y = spmm_checked_inputs(self.csr, x2.contiguous(), self.bias, c.isa, c.tile)
         else:
             if self._torch_csr is None:
                 self._torch_csr = self.csr.torch_csr()
