@@ -14,6 +14,7 @@ from sparseflow.analysis.size import SizeReport, TensorSize, size_report
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
+from sparseflow.inference import LayerReport, convert, deconvert, inference_report
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
 from sparseflow.mask import Mask
@@ -31,6 +32,10 @@ from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "LayerReport",
+    "convert",
+    "deconvert",
+    "inference_report",
     "Connectivity",
     "LayerConnectivity",
     "connectivity",

@@ -13,9 +13,9 @@ import sys
 
 from rich.console import Console
 
-from sparseflow.cli import (analyze, bench, bench_fuzz, bench_masks, bench_storage, collapse,  # noqa: F401
-                           exp_hopfield, exp_methods, exp_normalisation, exp_regularisation, lottery, percolation,
-                           signal, sparse_init, stain, storage, train)  # (importing a module registers its commands)
+from sparseflow.cli import (analyze, bench, bench_fuzz, bench_inference, bench_masks, bench_storage,  # noqa: F401
+                           collapse, exp_hopfield, exp_methods, exp_normalisation, exp_regularisation, lottery,
+                           percolation, signal, sparse_init, stain, storage, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
