@@ -137,11 +137,10 @@ def plot(b: StorageBench, path: Path) -> None:
 
 def write_report(b: StorageBench, out: Path, *, command: str | None = None) -> None:
     """OUT/report.md, OUT/storage.png and OUT/result.json."""
-    import json
-
-    from sparseflow.io import atomic_write_text, json_safe
+    from sparseflow.experiments.rundir import write_results
+    from sparseflow.io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     plot(b, out / "storage.png")
     atomic_write_text(out / "report.md", markdown(b, command=command))
-    atomic_write_text(out / "result.json", json.dumps(json_safe(to_json(b)), indent=2) + "\n")
+    write_results(out, "bench-storage", to_json(b), "result.json")

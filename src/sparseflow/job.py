@@ -34,7 +34,8 @@ from sparseflow.analysis.signal import SignalReport, signal
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import DISTRIBUTIONS, GLOBAL, check_sparsity
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe, load_state
+from sparseflow.experiments.rundir import write_results
+from sparseflow.io import load_state
 from sparseflow.methods import GMP, MagnitudePruning, Method, RandomSparse
 from sparseflow.models import MODELS, NORMS, build_model
 from sparseflow.patterns import NM, Block, Pattern, Unstructured
@@ -365,6 +366,6 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         wall_s=time.perf_counter() - t0, schedule=schedule,
     )
     write_train_report(result, out, command=command)
-    atomic_write_text(out / "result.json", json.dumps(json_safe(result.to_json()), indent=2) + "\n")
+    write_results(out, "train", result.to_json(), "result.json")
     return result
 

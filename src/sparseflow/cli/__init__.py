@@ -15,7 +15,7 @@ from rich.console import Console
 
 from sparseflow.cli import (analyze, bench, bench_fuzz, bench_inference, bench_masks, bench_storage,  # noqa: F401
                            collapse, exp_hopfield, exp_methods, exp_normalisation, exp_regularisation, lottery,
-                           percolation, signal, sparse_init, stain, storage, train)  # (importing a module registers its commands)
+                           percolation, report, signal, sparse_init, stain, storage, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
@@ -25,7 +25,18 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning user mistakes into one 'error:' line and exit status 2."""
     try:
+        _check_experiment_name(sys.argv[1:] if argv is None else list(argv))
         app(args=argv)
     except SparseflowError as e:
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True)
         sys.exit(2)
+
+
+def _check_experiment_name(args: list[str]) -> None:
+    # "sparseflow experiment NAME": an unknown NAME is answered with the list of known experiments.
+    if len(args) >= 2 and args[0] == "experiment" and not args[1].startswith("-"):
+        from sparseflow.cli._app import experiment_app
+
+        known = sorted(c.name or c.callback.__name__ for c in experiment_app.registered_commands if c.callback)
+        if args[1] not in known:
+            raise SparseflowError(f"unknown experiment {args[1]!r}; known experiments: {', '.join(known)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
-from sparseflow.io import json_safe
+from sparseflow.experiments.rundir import write_results
 
 
 @bench_app.command("overhead")
@@ -78,7 +77,6 @@ def bench_methods(
     from sparseflow.bench_dynamic import rigl_overhead
     from sparseflow.bench_methods import VARIANTS, MethodsConfig, criteria, find_row, methods_benchmark
     from sparseflow.distributions import check_sparsity
-    from sparseflow.io import atomic_write_text
 
     try:
         values = [float(x) for x in sparsities.split(",")]
@@ -134,6 +132,6 @@ def bench_methods(
     console.print(crit)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
+        write_results(out, "bench-methods", result, "result.json")
     if as_json:
         _emit_json({"command": "bench methods", **result})

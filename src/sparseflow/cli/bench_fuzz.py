@@ -7,7 +7,6 @@ time limit, no allocation beyond what the file's header shapes justify.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
+from sparseflow.experiments.rundir import write_results
 
 _QUICK_N = 5000
 
@@ -33,7 +33,6 @@ def bench_fuzz(
     as_json: JsonOpt = False,
 ) -> None:
     """Fuzz the .sfz reader with seeded valid files and structure-aware mutations."""
-    from sparseflow.io import atomic_write_text, json_safe
     from sparseflow.storage.fuzz import FAILURES, OUTCOMES, fuzz
 
     if n < 1 or max_numel < 1 or time_limit <= 0:
@@ -76,6 +75,6 @@ def bench_fuzz(
                       markup=False)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "result.json", json.dumps(json_safe(result.to_json()), indent=2) + "\n")
+        write_results(out, "bench-fuzz", result.to_json(), "result.json")
     if as_json:
         _emit_json({"command": "bench fuzz", **result.to_json()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
-from sparseflow.io import json_safe
+from sparseflow.experiments.rundir import write_results
 
 
 def _criteria(cells: list, cold: list, mlp: list) -> dict[str, dict[str, Any]]:
@@ -107,9 +106,8 @@ def bench_inference(
               "load_average": os.getloadavg(), "cells": [c.__dict__ for c in cells], "cold_cells": [c.__dict__ for c in cold],
               "mlp": mlp, "criteria": crit}
     if out is not None:
-        from sparseflow.io import atomic_write_text
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=1))
+        write_results(out, "bench-inference", result, "result.json")
         Console(file=open(out / "table.md", "w"), width=200).print(table)
     if as_json:
         _emit_json(result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
+from sparseflow.experiments.rundir import write_results
 
 
 @bench_app.command("masks")
@@ -29,7 +29,7 @@ def bench_masks_cmd(
     import torch
 
     from sparseflow.bench_masks import SPARSITIES, bench_masks
-    from sparseflow.io import atomic_write_text, json_safe
+    from sparseflow.io import atomic_write_text
     from sparseflow.report import md_table
 
     if data_dir is None:
@@ -63,7 +63,7 @@ def bench_masks_cmd(
     crit_rows = [[n, f"{c['value']:.4f}", c["target"], c["pass"]] for n, c in crit.items()]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
+        write_results(out, "bench-masks", result, "result.json")
         atomic_write_text(out / "report.md", (
             "# Trained masks against the i.i.d. bound\n\n"
             f"LeNet-300-100 on MNIST, Adam 1e-3, {b.epochs} epochs ({b.train_examples:,} examples, test accuracy "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, experiment_app
 from sparseflow.errors import SparseflowError
-from sparseflow.io import json_safe
+from sparseflow.experiments.rundir import write_results
 
 
 @experiment_app.command("collapse")
@@ -55,6 +54,6 @@ def experiment_collapse(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "report.md", "# Layer collapse at initialisation\n\n" + table.markdown())
-        atomic_write_text(out / "result.json", json.dumps(json_safe(result), indent=2) + "\n")
+        write_results(out, "collapse", result, "result.json")
     if as_json:
         _emit_json(result)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 
 from sparseflow.experiments.meanfield import SPREAD_MAX, MeanfieldResult, slope_target
-from sparseflow.io import atomic_write_text, json_safe
+from sparseflow.experiments.rundir import write_results
+from sparseflow.io import atomic_write_text
 from sparseflow.report import md_table, save_figure
 
 
@@ -116,5 +116,5 @@ line; the slope averages it out, the max/min spread does not, so (b) has the sma
 ![chi](chi.png)
 """
     atomic_write_text(out / "report.md", text)
-    atomic_write_text(out / "results.json", json.dumps(json_safe(data), indent=2) + "\n")
+    write_results(out, "meanfield", data)
     return data

@@ -7,7 +7,6 @@ Theory, models and the p_c estimator: :mod:`sparseflow.experiments.percolation`;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from sparseflow.experiments.percolation import (
     surviving_fraction,
 )
 from sparseflow.experiments.percolation_train import TrainSweep, train_sweep
+from sparseflow.experiments.rundir import write_results
 
 CRITERION_C = 1.5  # the surviving-fraction criterion covers c in [1.5, 10]
 RHO_TOL, PC_TOL, CHANCE_TOL = 0.03, 0.02, 0.05
@@ -185,12 +185,12 @@ def work_units(cfg: PercolationConfig) -> int:
 def write_outputs(result: PercolationResult, out: Path) -> None:
     """results.json, report.md and the PNGs into ``out`` (created if missing)."""
     from sparseflow.experiments.percolation_plots import plot_surviving, plot_threshold, plot_training, report_markdown
-    from sparseflow.io import atomic_write_text, json_safe
+    from sparseflow.io import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     plot_surviving(result, out / "surviving.png")
     plot_threshold(result, out / "threshold.png")
     if result.train is not None:
         plot_training(result, out / "training.png")
-    atomic_write_text(out / "results.json", json.dumps(json_safe(result.to_json()), indent=2) + "\n")
+    write_results(out, "percolation", result.to_json())
     atomic_write_text(out / "report.md", report_markdown(result))

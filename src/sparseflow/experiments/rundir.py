@@ -32,21 +32,39 @@ def _version() -> str:
     return __version__
 
 
+def stamp(results: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """``results`` with the experiment's name, the run format and the sparseflow version in front."""
+    return {"experiment": experiment, "format": RUN_FORMAT, "sparseflow_version": _version(), **results}
+
+
+def write_results(out: Path, experiment: str, results: dict[str, Any], name: str = RESULTS) -> Path:
+    """Write the stamped ``results`` as JSON to ``out/name`` atomically (``out`` is created if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / name, json.dumps(json_safe(stamp(results, experiment)), indent=2) + "\n")
+    return out / name
+
+
 def write_run(out: Path, experiment: str, results: dict[str, Any], report_md: str) -> Path:
     """Write ``results.json`` (stamped) and ``report.md`` into ``out`` atomically; figures are written by the caller."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamped = {"experiment": experiment, "format": RUN_FORMAT, "sparseflow_version": _version(), **results}
-    atomic_write_text(out / RESULTS, json.dumps(json_safe(stamped), indent=2) + "\n")
+    write_results(out, experiment, results)
     atomic_write_text(out / REPORT, report_md)
     return out
 
 
+def results_path(out: Path) -> Path | None:
+    """The results file of a run directory (``results.json``, or ``result.json`` for benchmarks and training)."""
+    for name in (RESULTS, "result.json"):
+        if (Path(out) / name).is_file():
+            return Path(out) / name
+    return None
+
+
 def read_run(out: Path, experiment: str | None = None) -> dict[str, Any]:
     """The stamped results of a run directory; refuses another format, version or experiment, naming it."""
-    path = Path(out) / RESULTS
-    if not path.is_file():
-        raise SparseflowError(f"{str(out)!r} is not an experiment run directory: it has no {RESULTS}; "
-                              "pass the --out folder of a 'sparseflow experiment' run")
+    path = results_path(out)
+    if path is None:
+        raise SparseflowError(f"{str(out)!r} is not a run directory: it has no {RESULTS}; "
+                              "pass the --out folder of a 'sparseflow experiment', 'bench' or 'train' run")
     try:
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

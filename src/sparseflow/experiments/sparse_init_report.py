@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sparseflow.experiments.rundir import write_results
 from sparseflow.experiments.sparse_init import INITS, InitResult, theory_moments
 from sparseflow.io import atomic_write_text, json_safe
 from sparseflow.report import md_table, save_figure
@@ -89,7 +90,7 @@ def write_outputs(result: InitResult, crit: dict[str, Any], out: Path) -> dict[s
     obj = to_json(result, crit)
     figures = _plots(result, out)
     obj["figures"] = figures
-    atomic_write_text(out / "results.json", json.dumps(obj, indent=2) + "\n")
+    write_results(out, "init", obj)
     atomic_write_text(out / "report.md", markdown(result, crit, figures))
     return obj
 

@@ -8,11 +8,11 @@ above random reinitialisation. Every figure is computed from the level records, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from sparseflow.io import atomic_write_text, json_safe
+from sparseflow.experiments.rundir import write_results
+from sparseflow.io import atomic_write_text
 from sparseflow.lottery.run import ARMS, LotteryResult
 from sparseflow.report import md_table, save_figure
 
@@ -158,5 +158,5 @@ Run `{job.run_name()}`, {result.wall_s:.0f} s this session. Masks per seed: `see
     atomic_write_text(out / "report.md", text)
     obj = {"command": "lottery", "run_dir": str(out), "run": job.run_name(), "job": job.to_dict(), "dense_acc": dense,
            "levels": rows, "criteria": crit, "wall_s": result.wall_s, "figures": ["accuracy.png", "early_stop.png"]}
-    atomic_write_text(out / "results.json", json.dumps(json_safe(obj), indent=1) + "\n")
+    write_results(out, "lottery", obj)
     return obj

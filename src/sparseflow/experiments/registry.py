@@ -1,0 +1,135 @@
+"""Every experiment the project has, and ``sparseflow experiment all``: run them one after another.
+
+Each entry is a command line of the ``sparseflow`` tool (an experiment, the lottery ticket run or the
+storage benchmark) that writes a run directory; :func:`run_all` runs each in its own process (so one that
+fails does not take the others down, and each starts from a clean interpreter: same seeds, same results as
+running it alone), collects the JSON object it prints, and writes ``OUT/results.json`` (stamped, with a
+row per experiment) and ``OUT/report.html`` (:mod:`sparseflow.experiments.html`).
+
+``full_s`` is the wall time of each full run measured on a 2-core x86-64 (README); it sizes the
+``--yes`` check of a full ``experiment all``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparseflow.errors import SparseflowError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One experiment: its name, its command line (without --quick/--out/--json) and its data needs."""
+
+    name: str
+    argv: tuple[str, ...]
+    summary: str
+    full_s: float
+    data: tuple[str, ...] = ()  # sub-folders of --data-dir it needs ("mnist", "fashion-mnist"), each as a flag
+    data_flags: tuple[str, ...] = ()  # the flag passing each of them
+
+    def command(self, quick: bool, out: Path, data_root: Path | None) -> list[str] | str:
+        """The argument list, or a reason to skip (data it needs but was not given)."""
+        argv = list(self.argv)
+        for sub, flag in zip(self.data, self.data_flags):
+            if data_root is None or not (data_root / sub).is_dir():
+                return f"needs {sub} data: pass --data-dir with a {sub}/ folder"
+            argv += [flag, str(data_root / sub)]
+        return argv + (["--quick"] if quick else []) + ["--out", str(out), "--json"]
+
+
+EXPERIMENTS: tuple[Entry, ...] = (
+    Entry("collapse", ("experiment", "collapse"), "layer collapse at initialisation", 120),
+    Entry("percolation", ("experiment", "percolation"), "percolation threshold p_c = 1 - 1/b", 900),
+    Entry("meanfield", ("experiment", "meanfield"), "mean-field variance through depth", 300),
+    Entry("init", ("experiment", "init"), "dense vs sparsity-aware initialisation", 600),
+    Entry("regularisation", ("experiment", "regularisation"), "sparsity as a regulariser vs data size", 3600),
+    Entry("hopfield", ("experiment", "hopfield"), "sparse Hopfield memory capacity", 3600),
+    Entry("normalisation", ("experiment", "normalisation"), "BatchNorm vs Group/LayerNorm with small batches",
+          3600, ("fashion-mnist",), ("--data-dir",)),
+    Entry("methods", ("experiment", "methods"), "dense-to-sparse vs from-scratch vs dynamic", 3600,
+          ("mnist", "fashion-mnist"), ("--mnist-dir", "--fashion-dir")),
+    Entry("golgi", ("experiment", "golgi"), "Golgi stain: trained vs random masks", 300),
+    Entry("lottery", ("lottery",), "lottery tickets with reinit and random-mask controls", 1600),
+    Entry("storage", ("bench", "storage"), "mask storage at the entropy bound", 120),
+)
+NAMES = tuple(e.name for e in EXPERIMENTS)
+
+
+def select(only: str | None) -> list[Entry]:
+    """The entries named in ``only`` (comma-separated, in registry order), or all of them."""
+    if only is None:
+        return list(EXPERIMENTS)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names:
+        raise SparseflowError(f"unknown experiment {', '.join(map(repr, unknown)) or repr(only)}; "
+                              f"known experiments: {', '.join(NAMES)}")
+    return [e for e in EXPERIMENTS if e.name in names]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one experiment did: status ok / failed / skipped, its JSON object, criteria and time."""
+
+    name: str
+    status: str
+    wall_s: float
+    criteria: dict[str, Any]
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        passed = sum(bool(c.get("pass")) for c in self.criteria.values())
+        return {"name": self.name, "status": self.status, "wall_s": self.wall_s, "criteria": self.criteria,
+                "criteria_passed": passed, "criteria_total": len(self.criteria), "detail": self.detail}
+
+
+def run_one(entry: Entry, quick: bool, out: Path, data_root: Path | None) -> Outcome:
+    """Run one entry in a fresh interpreter; its stderr goes to ``out/log.txt``."""
+    cmd = entry.command(quick, out, data_root)
+    if isinstance(cmd, str):
+        return Outcome(entry.name, "skipped", 0.0, {}, cmd)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out / "log.txt", "wb") as log:
+        proc = subprocess.run([sys.executable, "-m", "sparseflow.cli", *cmd], stdout=subprocess.PIPE, stderr=log)
+    wall = time.perf_counter() - t0
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    obj: dict[str, Any] = {}
+    if lines:
+        try:
+            obj = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            obj = {}
+    if proc.returncode != 0 or not isinstance(obj, dict):
+        tail = (out / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        return Outcome(entry.name, "failed", wall, {}, f"exit status {proc.returncode}: {tail[0][:300]}")
+    crit = obj.get("criteria") if isinstance(obj.get("criteria"), dict) else {}
+    return Outcome(entry.name, "ok", wall, crit, "sparseflow " + " ".join(cmd))
+
+
+def run_all(entries: list[Entry], quick: bool, out: Path, data_root: Path | None,
+            progress: Callable[[str], None] = lambda _: None) -> list[Outcome]:
+    """Run ``entries`` one by one into ``out/NAME``; then write the stamped summary and the HTML page."""
+    from sparseflow.experiments.html import write_html
+    from sparseflow.experiments.rundir import write_results
+
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    t0 = time.perf_counter()
+    for entry in entries:
+        progress(entry.name)
+        outcomes.append(run_one(entry, quick, out / entry.name, data_root))
+    crit = {f"{o.name}.{k}": v for o in outcomes for k, v in o.criteria.items()}
+    write_results(out, "all", {"quick": quick, "runs": [o.to_json() for o in outcomes], "criteria": crit,
+                               "wall_s": time.perf_counter() - t0})
+    if any(o.status == "ok" for o in outcomes):
+        write_html(out)
+    return outcomes
