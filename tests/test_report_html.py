@@ -134,3 +134,15 @@ def test_run_all_runs_each_in_its_own_process_and_reports(tmp_path: Path, monkey
     assert summary["criteria"] == {f"collapse.{k}": v for k, v in sub["criteria"].items()}
     assert "exit status 2" in outcomes[2].detail and "needs mnist" in outcomes[1].detail
     assert (tmp_path / "report.html").is_file()
+
+
+def test_optional_data_is_passed_when_present_and_left_out_when_not(tmp_path: Path) -> None:
+    (tmp_path / "mnist").mkdir()
+    entry = registry.Entry("golgi", ("experiment", "golgi"), "stain", 60, ("mnist",), ("--data-dir",),
+                           data_optional=True)
+    out = tmp_path / "out"
+    assert entry.command(True, out, tmp_path) == ["experiment", "golgi", "--data-dir", str(tmp_path / "mnist"),
+                                                  "--quick", "--out", str(out), "--json"]
+    assert entry.command(False, out, None) == ["experiment", "golgi", "--out", str(out), "--json"]
+    required = registry.Entry("n", ("experiment", "n"), "n", 60, ("fashion-mnist",), ("--data-dir",))
+    assert "needs fashion-mnist" in required.command(True, out, tmp_path)

@@ -11,6 +11,7 @@ from sparseflow.analysis.connectivity import Connectivity, LayerConnectivity, co
 from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_, repair_mask
 from sparseflow.analysis.signal import LayerSignal, SignalReport, signal
 from sparseflow.analysis.size import SizeReport, TensorSize, size_report
+from sparseflow.analysis.stain import Stain, stain
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
@@ -49,6 +50,8 @@ __all__ = [
     "SizeReport",
     "TensorSize",
     "size_report",
+    "Stain",
+    "stain",
     "VarianceRatios",
     "calibrate_",
     "rescale_",
