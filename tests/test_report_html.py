@@ -146,3 +146,18 @@ def test_optional_data_is_passed_when_present_and_left_out_when_not(tmp_path: Pa
     assert entry.command(False, out, None) == ["experiment", "golgi", "--out", str(out), "--json"]
     required = registry.Entry("n", ("experiment", "n"), "n", 60, ("fashion-mnist",), ("--data-dir",))
     assert "needs fashion-mnist" in required.command(True, out, tmp_path)
+
+
+def test_any_of_several_datasets_runs_on_those_present_and_skips_with_none(tmp_path: Path) -> None:
+    entry = registry.Entry("methods", ("experiment", "methods"), "m", 60, ("mnist", "fashion-mnist"),
+                           ("--mnist-dir", "--fashion-dir"), data_any=True)
+    out = tmp_path / "out"
+    (tmp_path / "fashion-mnist").mkdir()
+    assert entry.command(False, out, tmp_path) == ["experiment", "methods", "--fashion-dir",
+                                                   str(tmp_path / "fashion-mnist"), "--out", str(out), "--json"]
+    (tmp_path / "mnist").mkdir()
+    assert entry.command(False, out, tmp_path)[2:6] == ["--mnist-dir", str(tmp_path / "mnist"), "--fashion-dir",
+                                                        str(tmp_path / "fashion-mnist")]
+    reason = entry.command(False, out, None)
+    assert isinstance(reason, str) and "mnist or fashion-mnist" in reason
+    assert registry.EXPERIMENTS[registry.NAMES.index("methods")].data_any

@@ -15,6 +15,7 @@ from sparseflow.analysis.stain import Stain, stain
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
+from sparseflow.hopfield import Hopfield, Recall, corrupt, optimal_threshold, random_patterns
 from sparseflow.inference import LayerReport, convert, deconvert, inference_report
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
@@ -52,6 +53,11 @@ __all__ = [
     "size_report",
     "Stain",
     "stain",
+    "Hopfield",
+    "Recall",
+    "corrupt",
+    "optimal_threshold",
+    "random_patterns",
     "VarianceRatios",
     "calibrate_",
     "rescale_",
