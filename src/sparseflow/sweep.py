@@ -212,7 +212,7 @@ class LocalExecutor:
     def __init__(self, workers: int | None = None, threads: int | None = None) -> None:
         for name, v in (("workers", workers), ("threads", threads)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise SparseflowError(f"{name} must be a positive integer, got {v!r}")
+                raise SparseflowError(f"{name} must be a positive integer (--{name}), got {v!r}")
         self.workers, self.threads = workers, threads
 
     def parallel(self, n_cells: int) -> int:

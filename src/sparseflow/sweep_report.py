@@ -76,7 +76,8 @@ def table_md(result: SweepResult, command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(result: SweepResult, path: Path) -> None:
+def accuracy_figure(result: SweepResult) -> Any:
+    """The matplotlib figure of accuracy.png (one panel per dataset, one line per method)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +106,13 @@ def plot_accuracy(result: SweepResult, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("test accuracy vs sparsity, mean ± 95 % t-interval over seeds", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy(result: SweepResult, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(result)
     save_figure(fig, path)
     plt.close(fig)
 
