@@ -118,19 +118,22 @@ def test_only_cells_without_a_valid_result_rerun(tiny, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     jobs = TINY.cells()
-    gone, stale = jobs[2], jobs[5]
+    gone, stale, broken = jobs[2], jobs[5], jobs[7]
     (cell_dir(out, gone) / "result.json").unlink()  # interrupted after its last checkpoint: resumes from it
     path = cell_dir(out, stale) / "result.json"  # written by another version: cleared and trained again
     path.write_text(path.read_text().replace('"sparseflow_version": "', '"sparseflow_version": "0.0.0-'))
+    (cell_dir(out, broken) / "result.json").unlink()  # interrupted while writing its checkpoint: starts over
+    (cell_dir(out, broken) / "checkpoint.safetensors").write_bytes(b"\x00" * 100)
     before = _stamps(out)
     ex = Counting()
     again = run_sweep(TINY, out, ex)
-    assert sorted(ex.given) == sorted([gone.run_name(), stale.run_name()])
-    assert [r["status"] for r in again.rows] == ["skipped"] * 2 + ["ran"] + ["skipped"] * 2 + ["ran"] + ["skipped"] * 2
+    rerun = [gone.run_name(), stale.run_name(), broken.run_name()]
+    assert sorted(ex.given) == sorted(rerun)
+    assert [r["status"] for r in again.rows] == ["ran" if r["cell"] in rerun else "skipped" for r in first.rows]
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in first.rows]
     assert read_run(cell_dir(out, stale), "train")["sparseflow_version"] == sparseflow.__version__
     after = _stamps(out)
-    untouched = {k: v for k, v in before.items() if not k.startswith((gone.run_name(), stale.run_name()))}
+    untouched = {k: v for k, v in before.items() if not k.startswith(tuple(rerun))}
     assert {k: after[k] for k in untouched} == untouched
 
 
