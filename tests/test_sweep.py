@@ -23,7 +23,8 @@ import sparseflow
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.rundir import read_run
 from sparseflow.job import TrainJob, run_train_job
-from sparseflow.sweep import LocalExecutor, RayExecutor, Sweep, cell_dir, run_sweep
+from sparseflow.sweep import Sweep, cell_dir, run_sweep
+from sparseflow.sweep_executors import LocalExecutor, RayExecutor
 from sparseflow.sweep_report import accuracy_figure, table
 
 from conftest import RunCli
