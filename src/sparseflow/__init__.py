@@ -28,6 +28,8 @@ from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
                                 load_mask, load_masks, mask_sequence_bits, read, remove_torch_prune_, save,
                                 save_masks, to_torch_prune_)
+from sparseflow.sweep import Sweep, SweepResult, run_sweep
+from sparseflow.sweep_executors import LocalExecutor, RayExecutor
 from sparseflow.targets import Targets, prunable
 from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
 
@@ -112,6 +114,11 @@ __all__ = [
     "save",
     "save_masks",
     "to_torch_prune_",
+    "LocalExecutor",
+    "RayExecutor",
+    "Sweep",
+    "SweepResult",
+    "run_sweep",
     "Targets",
     "Unstructured",
     "__version__",

@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from sparseflow.cli import (analyze, bench, bench_fuzz, bench_inference, bench_masks, bench_storage,  # noqa: F401
                            collapse, exp_hopfield, exp_methods, exp_normalisation, exp_regularisation, lottery,
-                           percolation, report, signal, sparse_init, stain, storage, train)  # (importing a module registers its commands)
+                           percolation, report, signal, sparse_init, stain, storage, sweep, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         _check_experiment_name(sys.argv[1:] if argv is None else list(argv))
         app(args=argv)
     except SparseflowError as e:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {e}", markup=True)
+        # escaped: a message may hold brackets, e.g. pip install 'sparseflow[ray]'
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", markup=True)
         sys.exit(2)
 
 
