@@ -112,7 +112,7 @@ def load_checkpoint(run_dir: str | Path, *, quarantine: bool = False, quiet: boo
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist; pass a directory written by "
                               "`sparseflow train` (or sparseflow.train.fit with run_dir)")
     if not latest.is_file() and not prev.is_file():
-        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint ({CHECKPOINT_FILE} is missing); "
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no {CHECKPOINT_FILE} (nor {PREVIOUS_FILE}); "
                               "pass a directory written by `sparseflow train`, or train it first")
     try:
         state, meta = load_state(latest)
