@@ -207,7 +207,7 @@ def test_run_dir_refuses_overwrite_and_changed_config(data: Data, tmp_path: Path
     fit(make_model(), *make_loaders(*data), cfg, run_dir=tmp_path, progress=False)
     with pytest.raises(SparseflowError, match="already holds a checkpoint"):
         fit(make_model(), *make_loaders(*data), cfg, run_dir=tmp_path, progress=False)
-    with pytest.raises(SparseflowError, match="changed: lr"):
+    with pytest.raises(SparseflowError, match=r"lr: 0.05 in the run directory, 0.1 now"):
         other = TrainConfig(epochs=1, lr=0.1)
         fit(make_model(), *make_loaders(*data), other, run_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(SparseflowError, match="without a sparsity method"):

@@ -22,3 +22,7 @@ class MaskError(SparseflowError):
 
 class StorageError(SparseflowError):
     """A stored file is unreadable, corrupted or does not fit the model it is loaded into."""
+
+
+class CheckpointError(StorageError):
+    """A run's checkpoint cannot be written (full disk, no permission) or no valid one can be read."""

@@ -9,7 +9,9 @@ The file layout is a plain safetensors file:
 * tensors under generated names ``t0``, ``t1``, ... (in depth-first order of the structure);
 * the header metadata ``{"format": "sparseflow-state", "version": "1", "skeleton": <json>,
   "meta": <json>}``, where the skeleton is the structure with each tensor replaced by
-  ``{"__tensor__": "t0"}``.
+  ``{"__tensor__": "t0"}``; with ``save_state(..., checksum=True)`` also ``"sha256"``: a SHA-256 over
+  every tensor (name, dtype, shape, bytes, in name order), the skeleton and the meta, which
+  :func:`load_state` verifies whenever it is present.
 
 The skeleton survives JSON exactly: dicts with a non-str key (optimizer states use int keys) become
 ``{"__dict__": [[key, value], ...]}``, tuples ``{"__tuple__": [...]}`` and non-finite floats
@@ -20,6 +22,7 @@ twice comes back as two equal tensors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +44,7 @@ __all__ = [
     "unflatten_state",
     "save_state",
     "load_state",
+    "payload_sha256",
 ]
 
 FORMAT = "sparseflow-state"
@@ -199,10 +203,13 @@ def _decode(node: Any, tensors: dict[str, torch.Tensor] | None) -> Any:
 # Files.
 
 
-def save_state(path: str | os.PathLike[str], obj: Any, *, meta: dict[str, Any] | None = None) -> None:
+def save_state(
+    path: str | os.PathLike[str], obj: Any, *, meta: dict[str, Any] | None = None, checksum: bool = False
+) -> None:
     """Save a nested structure of tensors and plain values to ``path`` (safetensors, atomically).
 
     ``meta`` is a small JSON-able dict (no tensors) stored in the header, readable without the tensors.
+    ``checksum=True`` stores a SHA-256 of the payload in the header; :func:`load_state` verifies it.
     """
     tensors, skeleton = flatten_state(obj)
     meta_skeleton = _encode(meta if meta is not None else {}, "meta", None, active=set())
@@ -223,7 +230,23 @@ def save_state(path: str | os.PathLike[str], obj: Any, *, meta: dict[str, Any] |
         "skeleton": json.dumps(skeleton, allow_nan=False),
         "meta": json.dumps(meta_skeleton, allow_nan=False),
     }
+    if checksum:
+        metadata["sha256"] = payload_sha256(stored, metadata["skeleton"], metadata["meta"])
     atomic_write_bytes(path, _safetensors_save(stored, metadata=metadata))
+
+
+def payload_sha256(tensors: dict[str, torch.Tensor], skeleton: str, meta: str) -> str:
+    """SHA-256 over the tensors (name, dtype, shape and bytes, in name order), the skeleton and the meta."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, no copy
+    h.update(skeleton.encode())
+    h.update(b"|")
+    h.update(meta.encode())
+    return h.hexdigest()
 
 
 def load_state(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
@@ -243,6 +266,11 @@ def load_state(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
             f"{str(path)!r} is not a readable sparseflow state file: the tensor data is damaged or "
             f"truncated ({e}); restore it from a copy or re-create it"
         ) from e
+    if "sha256" in metadata and payload_sha256(tensors, metadata["skeleton"], metadata["meta"]) != metadata["sha256"]:
+        raise SparseflowError(
+            f"{str(path)!r} is damaged: its SHA-256 checksum does not match its contents (a torn or corrupted "
+            "write); restore it from a copy or re-create it"
+        )
     try:
         obj = unflatten_state(tensors, json.loads(metadata["skeleton"]))
         meta = _decode(json.loads(metadata["meta"]), None)

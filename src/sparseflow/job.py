@@ -5,7 +5,9 @@ pinned by a test) and the report. :func:`run_train_job` writes a run directory::
 
     OUT/config.json            the TrainJob, the derived method schedule and the command
     OUT/metrics.jsonl          one line per epoch of the sparse run
-    OUT/checkpoint.safetensors model, optimizer, method (mask, step) of the sparse run; no pickle
+    OUT/checkpoint.safetensors model, optimizer, method (mask, step), RNG and data position of the sparse
+                               run; no pickle (OUT/checkpoint.prev.safetensors: the one before; see
+                               sparseflow.checkpoints)
     OUT/dense/...              the same for the dense baseline
     OUT/model.sfz              the sparse model alone: entropy-coded masks and kept values (sparseflow.save)
     OUT/report.md, curves.png  tables and learning curves
@@ -13,6 +15,11 @@ pinned by a test) and the report. :func:`run_train_job` writes a run directory::
 
 The reported sparsity and per-layer counts are measured from the saved checkpoint, not taken from the
 target.
+
+``resume=True`` continues an interrupted job wherever it stopped: in the sparse run (from its newest
+checkpoint), between the two runs, or in the dense baseline; a finished job is reported again without
+training. The TrainJob must be the one in ``OUT/config.json`` (:func:`read_job` reads it back); a
+different one is refused, naming each differing setting.
 """
 
 from __future__ import annotations
@@ -31,11 +38,11 @@ from torch import nn
 
 from sparseflow.analysis.connectivity import Connectivity, connectivity
 from sparseflow.analysis.signal import SignalReport, signal
+from sparseflow.checkpoints import load_checkpoint
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import DISTRIBUTIONS, GLOBAL, check_sparsity
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.rundir import write_results
-from sparseflow.io import load_state
 from sparseflow.methods import GMP, MagnitudePruning, Method, RandomSparse
 from sparseflow.models import MODELS, NORMS, build_model
 from sparseflow.patterns import NM, Block, Pattern, Unstructured
@@ -130,6 +137,36 @@ class TrainJob:
 
     def run_name(self) -> str:
         return f"train-{self.dataset}-{self.model}-{self.method}-s{self.sparsity:g}-{self.digest()}"
+
+
+def read_job(run_dir: Path) -> TrainJob:
+    """The TrainJob ``run_dir`` (a directory written by :func:`run_train_job`) was started with."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise SparseflowError(f"run directory {str(run_dir)!r} does not exist; pass the directory of an earlier "
+                              "`sparseflow train` run")
+    if not path.is_file():
+        raise SparseflowError(f"{str(run_dir)!r} holds no training run (no config.json); pass the directory of an "
+                              "earlier `sparseflow train` run, or start a new one with --out")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise SparseflowError(f"{str(path)!r} is not valid JSON ({e}); restore it or start a new run") from None
+    saved = config.get("job") if isinstance(config, dict) else None
+    if not isinstance(saved, dict):
+        raise SparseflowError(f"{str(path)!r} is not the config of a `sparseflow train` run (it has no 'job' entry)")
+    try:
+        return TrainJob(**saved)
+    except TypeError as e:
+        raise SparseflowError(f"{str(path)!r} holds settings this version of sparseflow does not know ({e}); "
+                              "resume it with the version that wrote it, or start a new run") from None
+
+
+def job_differences(saved: TrainJob, now: TrainJob, names: tuple[str, ...] | None = None) -> list[str]:
+    """``"epochs: 3 in the run directory, 5 now"`` for every setting (of ``names``, default all) that differs."""
+    a, b = saved.to_dict(), now.to_dict()
+    return [f"{k}: {json.dumps(a[k])} in the run directory, {json.dumps(b[k])} now"
+            for k in (names if names is not None else tuple(a)) if a[k] != b[k]]
 
 
 def first_batch(ds: Dataset, job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +264,8 @@ class JobResult:
 
     @property
     def warnings(self) -> list[str]:
-        return health_warnings(self.connectivity, self.signal)
+        notes = [*self.sparse.notes, *(self.dense.notes if self.dense is not None else ())]
+        return health_warnings(self.connectivity, self.signal) + notes
 
     def to_json(self) -> dict[str, Any]:
         target = self.job.sparsity
@@ -312,16 +350,25 @@ def _store(model: nn.Module, method: Method | None, out: Path) -> dict[str, Any]
 
 
 def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
-                  progress: bool = True, command: str | None = None, resume: bool = False) -> JobResult:
-    """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget."""
+                  progress: bool = True, command: str | None = None, resume: bool = False,
+                  checkpoint_every: int | None = None) -> JobResult:
+    """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget.
+
+    ``checkpoint_every``: also checkpoint every that many steps (always at every epoch's end).
+    """
     from sparseflow.report import write_train_report  # matplotlib is imported only when reporting
 
     t0 = time.perf_counter()
+    if resume and (out / "config.json").is_file():
+        differ = job_differences(read_job(out), job)
+        if differ:
+            raise SparseflowError(f"run directory {str(out)!r} holds a run with another configuration ("
+                                  + "; ".join(differ) + "); resume with its settings, or choose a new directory")
     ds = load_dataset(job.dataset, data_dir, download=download, subset=job.subset, seed=job.seed)
     if job.test_subset is not None:  # the first examples of the fixed test split: the same for every seed
         ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[: job.test_subset], ds.y_test[: job.test_subset],
                      ds.num_classes)
-    cfg = TrainConfig(**job.train_config_kwargs())
+    cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
     out.mkdir(parents=True, exist_ok=True)
 
     probe = SignalProbe(first_batch(ds, job))
@@ -344,7 +391,7 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     sparse, method, model, schedule = one_run(job.method, out)
     dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
 
-    ckpt, _ = load_state(out / "checkpoint.safetensors")
+    ckpt = load_checkpoint(out, quiet=True).state  # fit has just written it (and said so if it fell back)
     targets = set(method.mask) if method is not None else set()
     layers = layer_stats(ckpt["model"], list(Targets().select(model)), targets)  # every weight layer
     nnz = sum(layer.nonzeros for layer in layers if layer.target or method is None)

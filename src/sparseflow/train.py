@@ -8,10 +8,25 @@ Per batch: forward, cross-entropy, backward, ``optimizer.step()``, ``method.step
 re-applied to the weights after each step, not to the gradients), so a method's
 ``needs_dense_grad`` is satisfied without the loop having to look at it.
 
-A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch) and
-``checkpoint.safetensors`` (written atomically with :func:`sparseflow.io.save_state` after every
-epoch). ``resume=True`` restores model, optimizer, scheduler, method and RNG states and continues
-from the next epoch; the result equals the uninterrupted run bit-for-bit.
+A run directory holds::
+
+    config.json                     what the run was started with (``config``, default ``cfg``)
+    metrics.jsonl                   one line per finished epoch (rewritten from the checkpoint on resume)
+    checkpoint.safetensors          the newest checkpoint
+    checkpoint.prev.safetensors     the one before it (see :mod:`sparseflow.checkpoints`)
+
+A checkpoint is written every ``cfg.checkpoint_every`` steps (if set), at the end of every epoch and so
+at the end of training; atomically, with a SHA-256 checksum, keeping the previous one. It holds the
+model, optimizer, LR scheduler and method state (mask, step counter, the method's random generator),
+torch's RNG and the train loader's generators, the data position (within an epoch: the RNG as the
+epoch began and the number of batches trained on, so a resume re-draws the same order and skips
+exactly those batches), the history, the running loss sums of the epoch and the elapsed time.
+
+``resume=True`` restores all of it from the newest valid checkpoint (the previous one, with a warning,
+if the newest is damaged) and continues from the very next batch; the result equals the uninterrupted
+run bit-for-bit, wherever the run was stopped. A finished run resumes to its result without training.
+Resuming with another configuration is refused, naming the settings that differ
+(``checkpoint_every``, ``log_every`` and the display options may change).
 """
 
 from __future__ import annotations
@@ -33,14 +48,25 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from sparseflow.checkpoints import (  # CHECKPOINT_FILE: also imported from here
+    CHECKPOINT_FILE,  # noqa: F401
+    Checkpoint,
+    epoch_batches,
+    has_checkpoint,
+    load_checkpoint,
+    rng_snapshot,
+    save_checkpoint,
+    set_rng,
+)
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe, load_state, save_state
+from sparseflow.io import atomic_write_text, json_safe
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.safetensors"
+# Settings that do not change the result: a run may be resumed with other values.
+RESUMABLE_CHANGES = ("checkpoint_every", "log_every")
 
 
 @runtime_checkable
@@ -76,6 +102,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "cosine" | "constant"
     log_every: int = 0  # print a line every n steps; 0 = only the per-epoch summary
     eval_every_epoch: bool = True  # the last epoch is always evaluated
+    checkpoint_every: int | None = None  # also checkpoint every n steps (with a run_dir); None: epoch ends only
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, want: str) -> None:
@@ -99,6 +126,8 @@ class TrainConfig:
         check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {', '.join(LR_SCHEDULES)}")
         check(is_int(self.log_every) and self.log_every >= 0, "log_every", "an integer >= 0")
         check(isinstance(self.eval_every_epoch, bool), "eval_every_epoch", "True or False")
+        check(self.checkpoint_every is None or (is_int(self.checkpoint_every) and self.checkpoint_every >= 1),
+              "checkpoint_every", "None (checkpoint at epoch ends only) or an integer >= 1")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -169,6 +198,7 @@ class TrainResult:
     history: tuple[dict[str, Any], ...]
     steps: int
     wall_s: float  # training time summed over resumed sessions
+    notes: tuple[str, ...] = ()  # e.g. that the newest checkpoint was damaged and the previous one used
 
 
 @torch.no_grad()
@@ -231,19 +261,23 @@ def fit(
         method.prepare(model, optimizer)
     state = TrainState(model, optimizer, method, step=0, epoch=0, total_steps=total_steps)
     elapsed_before = 0.0
+    resume_at: _EpochPosition | None = None  # set when the checkpoint is in the middle of an epoch
+    notes: list[str] = []
 
     if run_dir is not None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = run_dir / CHECKPOINT_FILE
-        resumed = resume and checkpoint.exists()
-        if checkpoint.exists() and not resume:
+        resumed = resume and has_checkpoint(run_dir)
+        if has_checkpoint(run_dir) and not resume:
             raise SparseflowError(
                 f"run directory {str(run_dir)!r} already holds a checkpoint; pass resume=True to continue "
                 "that run, or choose a new directory"
             )
         if resumed:
-            elapsed_before = _restore(checkpoint, state, scheduler, train_loader, cfg, steps_per_epoch, device)
+            checkpoint = load_checkpoint(run_dir, quarantine=True)  # prints a fallback on stderr
+            notes += [checkpoint.fallback] if checkpoint.fallback else []
+            elapsed_before, resume_at = _restore(checkpoint, state, scheduler, train_loader, cfg, steps_per_epoch,
+                                                 device)
             _write_metrics(run_dir, state.history)  # drop a line written after the last checkpoint
         if not resumed or not (run_dir / CONFIG_FILE).exists():
             text = json.dumps(config if config is not None else dataclasses.asdict(cfg), indent=2)
@@ -264,11 +298,15 @@ def fit(
         cb.on_train_start(state)
     with bar:
         task = bar.add_task("train", total=total_steps, completed=state.step, epoch="-", loss=math.nan, acc="-")
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        for epoch in range(state.epoch if resume_at is not None else state.epoch + 1, cfg.epochs + 1):
             state.epoch = epoch
             model.train()
-            loss_sum, seen = 0.0, 0
-            for x, y in train_loader:
+            # Where this epoch starts: at batch 0 with the RNG as it is, or where a checkpoint left it.
+            pos, resume_at = resume_at or _EpochPosition(rng_snapshot(train_loader, device)), None
+            loss_sum, seen, lr = pos.loss_sum, pos.seen, pos.lr
+            batches = epoch_batches(train_loader, epoch, device, start=pos.start_rng if pos.resume else None,
+                                    skip=pos.batches, now=pos.resume)
+            for x, y in batches:
                 x, y = x.to(device), y.to(device)
                 loss = F.cross_entropy(model(x), y)
                 value = loss.item()
@@ -294,6 +332,12 @@ def fit(
                     console.print(f"step {state.step}/{total_steps}  loss {value:.4f}  lr {lr:.3g}")
                 for cb in callbacks:
                     cb.on_step_end(state)
+                pos.batches += 1
+                every = cfg.checkpoint_every  # (not on an epoch's last batch: the epoch-end checkpoint follows)
+                if run_dir is not None and every and state.step % every == 0 and pos.batches < steps_per_epoch:
+                    pos.loss_sum, pos.seen, pos.lr = loss_sum, seen, lr
+                    elapsed = elapsed_before + time.perf_counter() - start
+                    _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, elapsed, pos)
 
             test_acc: float | None = None
             test_loss: float | None = None
@@ -314,7 +358,7 @@ def fit(
             state.metrics = dict(record)
             if run_dir is not None:
                 # Checkpoint first: metrics.jsonl is rebuilt from the checkpoint's history on resume.
-                _save_checkpoint(run_dir / CHECKPOINT_FILE, state, scheduler, train_loader, cfg, device, record)
+                _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, record["elapsed_s"], None)
                 _write_metrics(run_dir, state.history)
             if progress:
                 acc_text = "-" if test_acc is None else f"{test_acc:.4f}"
@@ -333,6 +377,7 @@ def fit(
         history=tuple(state.history),
         steps=state.step,
         wall_s=elapsed_before + time.perf_counter() - start,
+        notes=tuple(notes),
     )
 
 
@@ -355,28 +400,30 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / METRICS_FILE, "".join(lines))
 
 
-def _generators(loader: DataLoader) -> list[torch.Generator]:
-    # The shuffling order comes from the loader's generator (or, if it has none, torch's global RNG).
-    gens: list[torch.Generator] = []
-    for g in (getattr(loader, "generator", None), getattr(loader.sampler, "generator", None)):
-        if isinstance(g, torch.Generator) and all(g is not h for h in gens):
-            gens.append(g)
-    return gens
+@dataclass
+class _EpochPosition:
+    """How far an epoch is: the RNG when it began, batches trained on, the running loss sums, the last LR."""
+
+    start_rng: dict[str, Any]
+    batches: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    lr: float = math.nan
+    resume: dict[str, Any] | None = None  # restored from a checkpoint: the RNG at that checkpoint
 
 
 def _save_checkpoint(
-    path: Path,
+    run_dir: Path,
     state: TrainState,
     scheduler: LambdaLR,
     loader: DataLoader,
     cfg: TrainConfig,
     device: torch.device,
-    record: dict[str, Any],
+    elapsed_s: float,
+    pos: _EpochPosition | None,  # None: at the end of state.epoch (evaluated, in the history)
 ) -> None:
-    rng: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "loader": [g.get_state() for g in _generators(loader)],
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    position = None if pos is None else {
+        "batches": pos.batches, "loss_sum": pos.loss_sum, "seen": pos.seen, "lr": pos.lr, "epoch_rng": pos.start_rng,
     }
     checkpoint = {
         "model": state.model.state_dict(),
@@ -385,60 +432,59 @@ def _save_checkpoint(
         "method": state.method.state_dict() if state.method is not None else None,
         "epoch": state.epoch,
         "step": state.step,
-        "rng": rng,
+        "position": position,
+        "rng": rng_snapshot(loader, device),
         "history": state.history,
-        "elapsed_s": record["elapsed_s"],
+        "elapsed_s": elapsed_s,
         "config": dataclasses.asdict(cfg),
     }
-    save_state(path, checkpoint, meta={"kind": "train-checkpoint", "epoch": state.epoch, "step": state.step})
+    meta = {"kind": "train-checkpoint", "epoch": state.epoch, "step": state.step, "epoch_done": pos is None}
+    save_checkpoint(run_dir, checkpoint, meta=meta)
 
 
 def _restore(
-    path: Path,
+    checkpoint: Checkpoint,
     state: TrainState,
     scheduler: LambdaLR,
     loader: DataLoader,
     cfg: TrainConfig,
     steps_per_epoch: int,
     device: torch.device,
-) -> float:
-    """Load the checkpoint into ``state`` (after ``method.prepare``); returns the elapsed seconds so far."""
-    ckpt, _ = load_state(path)
+) -> tuple[float, _EpochPosition | None]:
+    """Load ``checkpoint`` into ``state`` (after ``method.prepare``): (elapsed seconds so far, mid-epoch position)."""
+    ckpt, path = checkpoint.state, checkpoint.path
     now = dataclasses.asdict(cfg)
-    if ckpt["config"] != now:
-        changed = sorted(k for k in now if ckpt["config"].get(k) != now[k])
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and ckpt["config"].get(k) != now[k]]
+    if changed:
+        diffs = "; ".join(f"{k}: {ckpt['config'].get(k)!r} in the run directory, {now[k]!r} now" for k in changed)
         raise SparseflowError(
-            f"{str(path)!r} was written with a different TrainConfig (changed: {', '.join(changed)}); "
-            "resume with the same config, or start a new run directory"
+            f"{str(path)!r} was written with another configuration ({diffs}); resume with the same settings, "
+            "or start a new run directory"
         )
     if (ckpt["method"] is None) != (state.method is None):
         raise SparseflowError(
             f"{str(path)!r} was written {'without' if ckpt['method'] is None else 'with'} a sparsity method; "
             "resume with the same method argument"
         )
-    if ckpt["step"] != ckpt["epoch"] * steps_per_epoch:
+    position = ckpt.get("position")  # None: at an epoch's end (and in checkpoints of earlier versions)
+    batches = steps_per_epoch if position is None else position["batches"]
+    if ckpt["step"] != (ckpt["epoch"] - 1) * steps_per_epoch + batches:
         raise SparseflowError(
-            f"{str(path)!r} has {ckpt['step']} steps after {ckpt['epoch']} epochs, but train_loader has "
-            f"{steps_per_epoch} batches per epoch; resume with the same data and batch size"
+            f"{str(path)!r} has {ckpt['step']} steps after {batches} batches of epoch {ckpt['epoch']}, but "
+            f"train_loader has {steps_per_epoch} batches per epoch; resume with the same data and batch size"
         )
-    gens = _generators(loader)
-    if len(gens) != len(ckpt["rng"]["loader"]):
-        raise SparseflowError(
-            f"{str(path)!r} stored {len(ckpt['rng']['loader'])} train-loader generators, the loader has "
-            f"{len(gens)}; resume with a loader built the same way"
-        )
+    set_rng(loader, ckpt["rng"], device)  # checks the loader has as many generators as were saved
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if state.method is not None:
         state.method.load_state_dict(_to_device(ckpt["method"], device))
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    for g, s in zip(gens, ckpt["rng"]["loader"]):
-        g.set_state(s)
-    if ckpt["rng"]["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-    return float(ckpt["elapsed_s"])
+    resume_at = None
+    if position is not None:
+        resume_at = _EpochPosition(position["epoch_rng"], position["batches"], float(position["loss_sum"]),
+                                   int(position["seen"]), float(position["lr"]), resume=ckpt["rng"])
+    return float(ckpt["elapsed_s"]), resume_at
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

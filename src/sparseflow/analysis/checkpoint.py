@@ -1,7 +1,8 @@
 """Rebuild a model from a run directory or a checkpoint file, for analysis (no pickle, no training state).
 
 Accepted:
-- a run directory written by ``sparseflow train`` (``config.json`` + ``checkpoint.safetensors``): the model is
+- a run directory written by ``sparseflow train`` (``config.json`` + its newest valid checkpoint, see
+  :func:`sparseflow.checkpoints.load_checkpoint`): the model is
   rebuilt from the TrainJob in the config, its weights loaded, and the method's saved mask used as structure;
 - an ``.sfz`` file written by ``sparseflow.save`` or ``sparseflow export`` (its masks are the structure);
 - a ``.safetensors`` file: a sparseflow state file (a train checkpoint, or a repaired file written by
@@ -24,6 +25,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from torch import Tensor, nn
 
+from sparseflow.checkpoints import load_checkpoint
 from sparseflow.errors import SparseflowError
 from sparseflow.io import load_state, save_state
 from sparseflow.mask import Mask
@@ -53,13 +55,11 @@ def load_for_analysis(path: str | Path) -> Loaded:
         raise SparseflowError(f"{str(path)!r} does not exist; pass a run directory written by `sparseflow train` "
                               "or a .safetensors checkpoint")
     config: dict[str, Any] | None = None
-    if path.is_dir():
-        ckpt = path / "checkpoint.safetensors"
-        if not ckpt.is_file():
-            raise SparseflowError(f"run directory {str(path)!r} has no checkpoint.safetensors; pass a directory "
-                                  "written by `sparseflow train` or a checkpoint file")
-        path = ckpt
-    state, meta = _read(path)
+    if path.is_dir():  # its newest valid checkpoint (the previous one, with a warning, if the newest is damaged)
+        ckpt = load_checkpoint(path)
+        state, meta, path = ckpt.state, ckpt.meta, ckpt.path
+    else:
+        state, meta = _read(path)
     if (path.parent / "config.json").is_file():
         try:
             config = json.loads((path.parent / "config.json").read_text())

@@ -26,8 +26,9 @@ __all__ = ["app", "main"]
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning user mistakes into one 'error:' line and exit status 2."""
     try:
-        _check_experiment_name(sys.argv[1:] if argv is None else list(argv))
-        app(args=argv)
+        args = sys.argv[1:] if argv is None else list(argv)
+        _check_experiment_name(args)
+        app(args=train.legacy_resume_args(args))
     except SparseflowError as e:
         # escaped: a message may hold brackets, e.g. pip install 'sparseflow[ray]'
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", markup=True)

@@ -22,7 +22,9 @@ def _load(path: Path) -> Any:
     """A run directory (its checkpoint, or model.sfz when there is none) or a checkpoint / .sfz file."""
     from sparseflow.analysis.checkpoint import load_for_analysis
 
-    if path.is_dir() and not (path / "checkpoint.safetensors").is_file() and (path / "model.sfz").is_file():
+    from sparseflow.checkpoints import has_checkpoint
+
+    if path.is_dir() and not has_checkpoint(path) and (path / "model.sfz").is_file():
         path = path / "model.sfz"
     return load_for_analysis(path)
 

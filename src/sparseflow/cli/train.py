@@ -1,4 +1,9 @@
-"""``sparseflow train``: one sparse run and its dense baseline."""
+"""``sparseflow train``: one sparse run and its dense baseline.
+
+``--resume RUN_DIR`` continues the run in RUN_DIR with the settings of its ``config.json``; options given
+on the command line must agree with them (a difference is refused, naming the setting). ``--out DIR
+--resume`` (no value) is the older spelling of ``--resume DIR``; :func:`legacy_resume_args` rewrites it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, _parse_
 
 @app.command()
 def train(
+    ctx: typer.Context,
     method: Annotated[str, typer.Option(help="dense | magnitude | gmp | random | snip | grasp | synflow | set | rigl")] = "gmp",
     sparsity: Annotated[float, typer.Option(help="Fraction of target weights that are zero, in [0, 1).")] = 0.9,
     distribution: Annotated[Optional[str], typer.Option(help="uniform | er | erk | global (default: the method's paper)")] = None,
@@ -37,7 +43,11 @@ def train(
     prune_first: Annotated[bool, typer.Option(help="Prune the first (input) layer; --no-prune-first keeps it dense.")] = True,
     prune_last: Annotated[bool, typer.Option(help="Prune the last (output) layer; --no-prune-last keeps it dense.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<config hash>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        metavar="RUN_DIR", help="Continue the run in RUN_DIR (killed, or finished: then only reported) with the "
+        "settings of its config.json; options given must agree. `--out DIR --resume` also works.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(
+        metavar="K", help="Also checkpoint every K steps (always at every epoch's end).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
     quick: QuickOpt = False,
     as_json: JsonOpt = False,
@@ -46,8 +56,14 @@ def train(
 
     With no options: an MLP on scikit-learn's embedded digits at 90 % sparsity (gradual magnitude pruning).
     """
-    from sparseflow.job import TrainJob, run_train_job
+    from sparseflow.errors import SparseflowError
+    from sparseflow.job import TrainJob, job_differences, read_job, run_train_job
 
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise SparseflowError(f"--checkpoint-every must be a number of steps >= 1, got {checkpoint_every}")
+    # The options given on the command line (the source's name, not the enum: typer vendors its own click).
+    given = {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    before_quick = {"epochs": epochs, "subset": subset, "test_subset": test_subset}
     if quick:  # sized to finish within 60 s on 2 cores for every model and dataset
         convolutional = model.startswith("conv") or model == "resnet"
         epochs = min(epochs, 10)
@@ -62,14 +78,26 @@ def train(
         batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
         baseline=baseline, prune_first=prune_first, prune_last=prune_last,
     )
-    if out is None:
+    if resume is not None:
+        if out is not None and out != resume:
+            raise SparseflowError(f"--out {out} and --resume {resume} name different run directories; pass one")
+        out, saved = resume, read_job(resume)
+        # Only the settings given on this command line are compared (with --quick: those it reduces too).
+        given |= {k for k, v in before_quick.items() if getattr(job, k) != v}
+        names = tuple(k for k in saved.to_dict() if k in given)
+        differ = job_differences(saved, job, names)
+        if differ:
+            raise SparseflowError(f"--resume {resume}: the run there has other settings (" + "; ".join(differ)
+                                  + "); leave those options out to continue it, or start a new run with --out")
+        job = saved
+    elif out is None:
         # The default directory is named by the config hash, so an existing one holds this very run:
         # continue it (a finished run is reused as it is, an interrupted one resumes).
         out = Path("runs") / job.run_name()
-        resume = True
+        resume = out
     command = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
-                           command=command, resume=resume)
+                           command=command, resume=resume is not None, checkpoint_every=checkpoint_every)
 
     console = _console(as_json)
     table = Table(title=f"{job.model} on {job.dataset}: {job.method}, per-layer (measured from the checkpoint)")
@@ -97,3 +125,20 @@ def train(
                   f"{result.wall_s:.1f} s")
     if as_json:
         _emit_json(result.to_json())
+
+
+def legacy_resume_args(args: list[str]) -> list[str]:
+    """``train ... --out DIR --resume`` (a bare flag, as before --resume took a path) -> ``--resume DIR``."""
+    if not args or args[0] != "train" or "--resume" not in args:
+        return args
+    i = args.index("--resume")
+    if i + 1 < len(args) and not args[i + 1].startswith("-"):
+        return args  # --resume RUN_DIR
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("--out=")), None)
+    if out is None and "--out" in args and args.index("--out") + 1 < len(args):
+        out = args[args.index("--out") + 1]
+    if out is None:
+        from sparseflow.errors import SparseflowError
+
+        raise SparseflowError("--resume takes the run directory to continue: sparseflow train --resume RUN_DIR")
+    return [*args[: i + 1], out, *args[i + 1 :]]
