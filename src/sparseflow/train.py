@@ -33,6 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from sparseflow import distributed
 from sparseflow.errors import SparseflowError
 from sparseflow.io import atomic_write_text, json_safe, load_state, save_state
 
@@ -210,6 +211,10 @@ def fit(
     """Train ``model`` for ``cfg.epochs`` epochs; see the module docstring for the loop and run dir.
 
     ``config`` is written to ``run_dir/config.json`` (default: ``cfg`` as a dict).
+
+    Under torch.distributed (see :mod:`sparseflow.distributed`) the model is trained with
+    DistributedDataParallel, masks are compared across ranks after every update, and only rank 0 writes
+    files and shows progress; pass a ``train_loader`` made by :func:`sparseflow.distributed.shard`.
     """
     if method is not None and not isinstance(method, SparsityMethod):
         raise SparseflowError(
@@ -229,6 +234,14 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     if method is not None:
         method.prepare(model, optimizer)
+    # --- distributed (1/4): DDP averages gradients at the end of backward, after the method's gradient hooks
+    # saw the local ones; so the method masks them (and RigL reads them) after backward instead.
+    ddp = distributed.active()
+    main = distributed.is_main()
+    progress = progress and main
+    manual_grads = ddp and method is not None and hasattr(method, "mask_grads_")
+    if manual_grads:
+        method.remove()  # type: ignore[union-attr]
     state = TrainState(model, optimizer, method, step=0, epoch=0, total_steps=total_steps)
     elapsed_before = 0.0
 
@@ -244,10 +257,16 @@ def fit(
             )
         if resumed:
             elapsed_before = _restore(checkpoint, state, scheduler, train_loader, cfg, steps_per_epoch, device)
-            _write_metrics(run_dir, state.history)  # drop a line written after the last checkpoint
-        if not resumed or not (run_dir / CONFIG_FILE).exists():
+            if main:
+                _write_metrics(run_dir, state.history)  # drop a line written after the last checkpoint
+        if main and (not resumed or not (run_dir / CONFIG_FILE).exists()):
             text = json.dumps(config if config is not None else dataclasses.asdict(cfg), indent=2)
             atomic_write_text(run_dir / CONFIG_FILE, text + "\n")
+
+    # --- distributed (2/4): wrap after prepare/restore (DDP broadcasts rank 0's weights) and compare masks.
+    net = distributed.wrap(model) if ddp else model
+    with distributed.collective_errors(lambda: "before training"):
+        _check_masks(method, "after prepare" if state.step == 0 else f"after resuming at step {state.step}")
 
     console = Console(stderr=True)  # stdout stays clean for --json output
     bar = Progress(
@@ -262,26 +281,38 @@ def fit(
     start = time.perf_counter()
     for cb in callbacks:
         cb.on_train_start(state)
-    with bar:
+    where = lambda: f"at step {state.step + 1} (epoch {state.epoch})"  # noqa: E731 (for error messages)
+    with bar, distributed.collective_errors(where):
         task = bar.add_task("train", total=total_steps, completed=state.step, epoch="-", loss=math.nan, acc="-")
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             state.epoch = epoch
             model.train()
             loss_sum, seen = 0.0, 0
-            for x, y in train_loader:
+            for i, (x, y) in enumerate(train_loader):
                 x, y = x.to(device), y.to(device)
-                loss = F.cross_entropy(model(x), y)
-                value = loss.item()
+                scale = distributed.loss_scale(train_loader, i) if ddp else None
+                if scale is None:
+                    loss = F.cross_entropy(net(x), y)
+                    value = loss.item()
+                else:  # distributed (3/4): summed loss scaled so that DDP's average is the global batch's mean
+                    summed = F.cross_entropy(net(x), y, reduction="sum")
+                    loss = summed * scale
+                    value = summed.item() / max(len(y), 1)
                 if not math.isfinite(value):
                     raise SparseflowError(
                         f"training loss is {value} at step {state.step + 1} (epoch {epoch}): the run diverged; "
                         f"use a smaller lr than {cfg.lr} or check the inputs for inf/NaN"
                     )
                 loss.backward()
+                if manual_grads:
+                    method.mask_grads_()  # type: ignore[union-attr]
                 lr = optimizer.param_groups[0]["lr"]  # the LR this step used
                 optimizer.step()
                 if method is not None:
+                    version = getattr(method, "mask_version", None)
                     method.step()  # re-applies the mask after the optimizer moved the weights
+                    if ddp and (version is None or getattr(method, "mask_version", None) != version):
+                        _check_masks(method, f"after the mask update at step {state.step + 1}")
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -295,6 +326,9 @@ def fit(
                 for cb in callbacks:
                     cb.on_step_end(state)
 
+            if ddp:  # distributed (4/4): epoch figures over all ranks; masks compared once more; rank 0 writes
+                loss_sum, seen = distributed.all_reduce_sum([loss_sum, float(seen)])
+                _check_masks(method, f"at the end of epoch {epoch}")
             test_acc: float | None = None
             test_loss: float | None = None
             if cfg.eval_every_epoch or epoch == cfg.epochs:
@@ -312,10 +346,11 @@ def fit(
             }
             state.history.append(record)
             state.metrics = dict(record)
-            if run_dir is not None:
+            if run_dir is not None and main:
                 # Checkpoint first: metrics.jsonl is rebuilt from the checkpoint's history on resume.
                 _save_checkpoint(run_dir / CHECKPOINT_FILE, state, scheduler, train_loader, cfg, device, record)
                 _write_metrics(run_dir, state.history)
+            distributed.barrier()  # every rank continues only once the epoch's checkpoint is on disk
             if progress:
                 acc_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 train_text = f"{record['train_loss']:.4f}"
@@ -347,6 +382,12 @@ def _density(model: nn.Module) -> float:
             nonzero += int(torch.count_nonzero(p).item())
             total += p.numel()
     return nonzero / total if total else 1.0
+
+
+def _check_masks(method: SparsityMethod | None, when: str) -> None:
+    mask = getattr(method, "mask", None)
+    if mask is not None and distributed.active():
+        distributed.check_masks(mask, when=when)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
