@@ -200,7 +200,8 @@ class ShardedBatches(Sampler[list[int]]):
 
     The global batches are those of ``DataLoader(dataset, world * batch_size, shuffle=True,
     generator=g)``: same generator draws, same order. Each is cut into ``world`` contiguous parts whose
-    sizes differ by at most one (a short last batch may leave a rank with none).
+    sizes differ by at most one. A last global batch with fewer examples than ranks is dropped (every rank
+    needs at least one example per step); that is the only case where the steps differ from one process.
     """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, rank: int, world: int) -> None:
@@ -208,11 +209,14 @@ class ShardedBatches(Sampler[list[int]]):
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return len(self.global_batches)
+        n, size = len(self.global_batches.sampler), self.global_batches.batch_size  # type: ignore[arg-type]
+        return n // size + (n % size >= self.world)
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches:
             m = len(batch)
+            if m < self.world:
+                continue  # the short last batch: too few examples to give every rank one
             lo, hi = self.rank * m // self.world, (self.rank + 1) * m // self.world
             yield batch[lo:hi]
 

@@ -1,8 +1,15 @@
-"""``sparseflow train``: one sparse run and its dense baseline."""
+"""``sparseflow train``: one sparse run and its dense baseline.
+
+Data-parallel over N processes: ``torchrun --nproc-per-node N -m sparseflow train ...``, or
+``sparseflow train --nproc N ...``, which starts that torchrun command (without ``--nproc``) and relays its
+output and exit status. ``--batch-size`` is per process; see :mod:`sparseflow.distributed`.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,10 +18,12 @@ import typer
 from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, _parse_hidden, app
+from sparseflow.errors import SparseflowError
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     method: Annotated[str, typer.Option(help="dense | magnitude | gmp | random | snip | grasp | synflow | set | rigl")] = "gmp",
     sparsity: Annotated[float, typer.Option(help="Fraction of target weights that are zero, in [0, 1).")] = 0.9,
     distribution: Annotated[Optional[str], typer.Option(help="uniform | er | erk | global (default: the method's paper)")] = None,
@@ -39,14 +48,28 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<name>-<config hash>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
+    nproc: Annotated[Optional[int], typer.Option(help="Train data-parallel on N processes (starts torchrun).")] = None,
+    dist_timeout: Annotated[float, typer.Option(help="Seconds a collective may wait for another process before the run stops.")] = 300.0,
+    backend: Annotated[str, typer.Option(help="Distributed backend: auto (nccl with CUDA, else gloo) | gloo | nccl")] = "auto",
     quick: QuickOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a sparse network and its dense baseline; print per-layer density and both accuracies.
 
     With no options: an MLP on scikit-learn's embedded digits at 90 % sparsity (gradual magnitude pruning).
+    Under torchrun (or with --nproc N) it trains data-parallel; --batch-size is then per process.
     """
+    from sparseflow import distributed
     from sparseflow.job import TrainJob, run_train_job
+
+    distributed.check_timeout(dist_timeout)
+    distributed.resolve_backend(backend)  # refuses nccl without CUDA before anything starts
+    if nproc is not None:
+        if isinstance(nproc, bool) or nproc < 1:
+            raise SparseflowError(f"--nproc must be an integer >= 1, got {nproc!r}")
+        if distributed.launched():
+            raise SparseflowError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
+    world = nproc if nproc is not None else (int(os.environ["WORLD_SIZE"]) if distributed.launched() else 1)
 
     if quick:  # sized to finish within 60 s on 2 cores for every model and dataset
         convolutional = model.startswith("conv") or model == "resnet"
@@ -60,16 +83,26 @@ def train(
         method=method, sparsity=sparsity, distribution=distribution, pattern=pattern, model=model,
         hidden=_parse_hidden(hidden), norm=norm, dataset=dataset, subset=subset, test_subset=test_subset, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-        baseline=baseline, prune_first=prune_first, prune_last=prune_last,
+        baseline=baseline, prune_first=prune_first, prune_last=prune_last, world_size=world,
     )
+    if nproc is not None:  # validated above; the processes build the same job
+        _launch(ctx, nproc, out if out is not None else Path("runs") / job.run_name())
+        return
     if out is None:
         # The default directory is named by the config hash, so an existing one holds this very run:
         # continue it (a finished run is reused as it is, an interrupted one resumes).
         out = Path("runs") / job.run_name()
         resume = True
     command = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
-                           command=command, resume=resume)
+    if distributed.launched():
+        with distributed.session(backend=backend, timeout_s=dist_timeout):
+            result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
+                                   command=command, resume=resume)
+        if result is None:  # not rank 0: rank 0 prints
+            return
+    else:
+        result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
+                               command=command, resume=resume)
 
     console = _console(as_json)
     table = Table(title=f"{job.model} on {job.dataset}: {job.method}, per-layer (measured from the checkpoint)")
@@ -97,3 +130,40 @@ def train(
                   f"{result.wall_s:.1f} s")
     if as_json:
         _emit_json(result.to_json())
+
+
+def _launch(ctx: typer.Context, nproc: int, out: Path) -> None:
+    """Run this command under ``torchrun --nproc-per-node nproc`` (without --nproc); relay stdout and status.
+
+    The arguments are rebuilt from the options the user gave (defaults stay defaults), so every process
+    parses exactly what this one did.
+    """
+    args = ["train"]
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name == "nproc" or not param.opts[0].startswith("--"):
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":  # only what the user gave
+            continue
+        value = ctx.params[name]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "sparseflow", *args]
+    # stderr (progress, errors of every rank) passes straight through; stdout (rank 0's tables or JSON) is
+    # relayed through this process's sys.stdout.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    sys.stdout.flush()
+    if proc.returncode != 0:
+        _console(True).print(
+            f"[bold red]error:[/] distributed training on {nproc} processes failed (torchrun exit status "
+            f"{proc.returncode}; the processes' errors are above). The last checkpoint in {out} stays valid: "
+            "rerun the same command with --resume to continue", highlight=False)
+        raise typer.Exit(proc.returncode)
