@@ -277,11 +277,11 @@ def test_a_rank_that_hangs_stops_the_other_after_the_timeout(tmp_path: Path) -> 
     assert load_state(tmp_path / "run" / "checkpoint.safetensors")[0]["epoch"] == 1
 
 
-def test_cli_nproc_2_trains_end_to_end(run_cli, tmp_path: Path) -> None:
+def test_cli_nproc_2_trains_end_to_end(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sparseflow.storage import load as load_sfz
 
     out = tmp_path / "run"
-    os.environ["PYTHONPATH"] = _env()["PYTHONPATH"]  # the torchrun processes import this checkout
+    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # the torchrun processes import this checkout
     code, stdout, err = run_cli(["train", "--nproc", "2", "--quick", "--json", "--method", "rigl", "--no-baseline",
                                  "--no-progress", "--out", str(out)])
     assert code == 0, err
