@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sparseflow.errors import CheckpointError, SparseflowError
-from sparseflow.io import atomic_write_bytes, load_state, save_state
+from sparseflow.io import load_state, save_state
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 PREVIOUS_FILE = "checkpoint.prev.safetensors"

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from sparseflow.analysis.connectivity import Connectivity, connectivity
+from sparseflow import distributed
 from sparseflow.analysis.signal import SignalReport, signal
 from sparseflow.checkpoints import load_checkpoint
 from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
@@ -92,6 +93,9 @@ class TrainJob:
     baseline: bool = True
     prune_first: bool = True
     prune_last: bool = True
+    # Data-parallel processes (torchrun): each takes batch_size examples of every global batch of
+    # world_size * batch_size, so the run equals one process with that global batch.
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         def one_of(name: str, choices: tuple[str, ...]) -> None:
@@ -113,6 +117,8 @@ class TrainJob:
             object.__setattr__(self, "sparsity", 0.0)  # a dense run has no sparsity to speak of
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise SparseflowError(f"world_size (number of processes) must be an integer >= 1, got {self.world_size!r}")
         for name in ("subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -128,6 +134,8 @@ class TrainJob:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden) if self.hidden is not None else None
+        if self.world_size == 1:  # single-process runs keep the names (hashes) they had before world_size existed
+            del d["world_size"]
         return d
 
     def digest(self) -> str:
@@ -170,9 +178,10 @@ def job_differences(saved: TrainJob, now: TrainJob, names: tuple[str, ...] | Non
 
 
 def first_batch(ds: Dataset, job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random training batch of ``job.batch_size`` examples (the data SNIP and GraSP score on)."""
+    """A seeded random training batch of ``job.batch_size * job.world_size`` examples (one global batch: the
+    data SNIP and GraSP score on; every rank draws the same one)."""
     g = torch.Generator().manual_seed(job.seed)
-    idx = torch.randperm(len(ds.x_train), generator=g)[: job.batch_size]
+    idx = torch.randperm(len(ds.x_train), generator=g)[: job.batch_size * job.world_size]
     return ds.x_train[idx], ds.y_train[idx]
 
 
@@ -319,7 +328,8 @@ class SignalProbe(Callback):
 
     def on_train_start(self, state: TrainState) -> None:
         if state.step == 0:  # a resumed run has moved on from its initialisation
-            self.report = signal(state.model, self.batch[0], self.batch[1])
+            dev = next((p.device for p in state.model.parameters()), torch.device("cpu"))
+            self.report = signal(state.model, self.batch[0].to(dev), self.batch[1].to(dev))
 
 
 def health_warnings(conn: Connectivity | None, sig: SignalReport | None) -> list[str]:
@@ -351,10 +361,12 @@ def _store(model: nn.Module, method: Method | None, out: Path) -> dict[str, Any]
 
 def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
                   progress: bool = True, command: str | None = None, resume: bool = False,
-                  checkpoint_every: int | None = None) -> JobResult:
+                  checkpoint_every: int | None = None) -> JobResult | None:
     """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget.
 
     ``checkpoint_every``: also checkpoint every that many steps (always at every epoch's end).
+    Under torch.distributed (``job.world_size`` processes) every rank trains; rank 0 alone measures, stores
+    and reports, and the other ranks return None.
     """
     from sparseflow.report import write_train_report  # matplotlib is imported only when reporting
 
@@ -364,6 +376,12 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         if differ:
             raise SparseflowError(f"run directory {str(out)!r} holds a run with another configuration ("
                                   + "; ".join(differ) + "); resume with its settings, or choose a new directory")
+    if job.world_size != distributed.world_size():
+        raise SparseflowError(
+            f"the job asks for world_size={job.world_size} processes, but {distributed.world_size()} are running; "
+            "launch with torchrun --nproc-per-node N (or sparseflow train --nproc N) and pass the same N"
+        )
+    device = distributed.device()
     ds = load_dataset(job.dataset, data_dir, download=download, subset=job.subset, seed=job.seed)
     if job.test_subset is not None:  # the first examples of the fixed test split: the same for every seed
         ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[: job.test_subset], ds.y_test[: job.test_subset],
@@ -377,6 +395,8 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         sub = dataclasses.replace(job, method=method_name)
         model = build_model(job.model, ds.input_shape, ds.num_classes, norm=job.norm, hidden=job.hidden, seed=job.seed)
         train_loader, test_loader = loaders(ds, job.batch_size, seed=job.seed)
+        if distributed.active():  # each rank takes its part of every global batch of world_size * batch_size
+            train_loader = distributed.shard(train_loader)
         method = build_method(sub, cfg.epochs * len(train_loader), batch=first_batch(ds, sub),
                               input_shape=ds.input_shape)
         schedule = {} if method is None else {
@@ -385,11 +405,14 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
         config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
         result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
-                     progress=progress, config=config, callbacks=[probe] if method_name == job.method else [])
-        return result, method, model, schedule
+                     progress=progress, config=config, callbacks=[probe] if method_name == job.method else [],
+                     device=device)
+        return result, method, model.to("cpu"), schedule
 
     sparse, method, model, schedule = one_run(job.method, out)
     dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
+    if not distributed.is_main():
+        return None  # fit has synchronised the ranks at every checkpoint; rank 0 measures and reports
 
     ckpt = load_checkpoint(out, quiet=True).state  # fit has just written it (and said so if it fell back)
     targets = set(method.mask) if method is not None else set()

@@ -58,6 +58,7 @@ from sparseflow.checkpoints import (  # CHECKPOINT_FILE: also imported from here
     save_checkpoint,
     set_rng,
 )
+from sparseflow import distributed
 from sparseflow.errors import SparseflowError
 from sparseflow.io import atomic_write_text, json_safe
 
@@ -240,6 +241,10 @@ def fit(
     """Train ``model`` for ``cfg.epochs`` epochs; see the module docstring for the loop and run dir.
 
     ``config`` is written to ``run_dir/config.json`` (default: ``cfg`` as a dict).
+
+    Under torch.distributed (see :mod:`sparseflow.distributed`) the model is trained with
+    DistributedDataParallel, masks are compared across ranks after every update, and only rank 0 writes
+    files and shows progress; pass a ``train_loader`` made by :func:`sparseflow.distributed.shard`.
     """
     if method is not None and not isinstance(method, SparsityMethod):
         raise SparseflowError(
@@ -259,6 +264,14 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     if method is not None:
         method.prepare(model, optimizer)
+    # --- distributed (1/4): DDP averages gradients at the end of backward, after the method's gradient hooks
+    # saw the local ones; so the method masks them (and RigL reads them) after backward instead.
+    ddp = distributed.active()
+    main = distributed.is_main()
+    progress = progress and main
+    manual_grads = ddp and method is not None and hasattr(method, "mask_grads_")
+    if manual_grads:
+        method.remove()  # type: ignore[union-attr]
     state = TrainState(model, optimizer, method, step=0, epoch=0, total_steps=total_steps)
     elapsed_before = 0.0
     resume_at: _EpochPosition | None = None  # set when the checkpoint is in the middle of an epoch
@@ -278,10 +291,18 @@ def fit(
             notes += [checkpoint.fallback] if checkpoint.fallback else []
             elapsed_before, resume_at = _restore(checkpoint, state, scheduler, train_loader, cfg, steps_per_epoch,
                                                  device)
-            _write_metrics(run_dir, state.history)  # drop a line written after the last checkpoint
-        if not resumed or not (run_dir / CONFIG_FILE).exists():
+            if resume_at is not None and ddp and not main:
+                resume_at.loss_sum, resume_at.seen = 0.0, 0  # the stored sums are over all ranks: rank 0 holds them
+            if main:
+                _write_metrics(run_dir, state.history)  # drop a line written after the last checkpoint
+        if main and (not resumed or not (run_dir / CONFIG_FILE).exists()):
             text = json.dumps(config if config is not None else dataclasses.asdict(cfg), indent=2)
             atomic_write_text(run_dir / CONFIG_FILE, text + "\n")
+
+    # --- distributed (2/4): wrap after prepare/restore (DDP broadcasts rank 0's weights) and compare masks.
+    net = distributed.wrap(model) if ddp else model
+    with distributed.collective_errors(lambda: "before training"):
+        _check_masks(method, "after prepare" if state.step == 0 else f"after resuming at step {state.step}")
 
     console = Console(stderr=True)  # stdout stays clean for --json output
     bar = Progress(
@@ -296,7 +317,8 @@ def fit(
     start = time.perf_counter()
     for cb in callbacks:
         cb.on_train_start(state)
-    with bar:
+    where = lambda: f"at step {state.step + 1} (epoch {state.epoch})"  # noqa: E731 (for error messages)
+    with bar, distributed.collective_errors(where):
         task = bar.add_task("train", total=total_steps, completed=state.step, epoch="-", loss=math.nan, acc="-")
         for epoch in range(state.epoch if resume_at is not None else state.epoch + 1, cfg.epochs + 1):
             state.epoch = epoch
@@ -306,20 +328,31 @@ def fit(
             loss_sum, seen, lr = pos.loss_sum, pos.seen, pos.lr
             batches = epoch_batches(train_loader, epoch, device, start=pos.start_rng if pos.resume else None,
                                     skip=pos.batches, now=pos.resume)
-            for x, y in batches:
+            for i, (x, y) in enumerate(batches, start=pos.batches):
                 x, y = x.to(device), y.to(device)
-                loss = F.cross_entropy(model(x), y)
-                value = loss.item()
+                scale = distributed.loss_scale(train_loader, i) if ddp else None
+                if scale is None:
+                    loss = F.cross_entropy(net(x), y)
+                    value = loss.item()
+                else:  # distributed (3/4): summed loss scaled so that DDP's average is the global batch's mean
+                    summed = F.cross_entropy(net(x), y, reduction="sum")
+                    loss = summed * scale
+                    value = summed.item() / max(len(y), 1)
                 if not math.isfinite(value):
                     raise SparseflowError(
                         f"training loss is {value} at step {state.step + 1} (epoch {epoch}): the run diverged; "
                         f"use a smaller lr than {cfg.lr} or check the inputs for inf/NaN"
                     )
                 loss.backward()
+                if manual_grads:
+                    method.mask_grads_()  # type: ignore[union-attr]
                 lr = optimizer.param_groups[0]["lr"]  # the LR this step used
                 optimizer.step()
                 if method is not None:
+                    version = getattr(method, "mask_version", None)
                     method.step()  # re-applies the mask after the optimizer moved the weights
+                    if ddp and (version is None or getattr(method, "mask_version", None) != version):
+                        _check_masks(method, f"after the mask update at step {state.step + 1}")
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -336,9 +369,18 @@ def fit(
                 every = cfg.checkpoint_every  # (not on an epoch's last batch: the epoch-end checkpoint follows)
                 if run_dir is not None and every and state.step % every == 0 and pos.batches < steps_per_epoch:
                     pos.loss_sum, pos.seen, pos.lr = loss_sum, seen, lr
+                    if ddp:  # the epoch's running sums over all ranks (rank 0 stores them)
+                        pos.loss_sum, g_seen = distributed.all_reduce_sum([loss_sum, float(seen)])
+                        pos.seen = int(g_seen)
                     elapsed = elapsed_before + time.perf_counter() - start
-                    _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, elapsed, pos)
+                    if main:
+                        _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, elapsed, pos)
+                    distributed.barrier()
+                    pos.loss_sum, pos.seen = loss_sum, seen  # this rank's own sums go on
 
+            if ddp:  # distributed (4/4): epoch figures over all ranks; masks compared once more; rank 0 writes
+                loss_sum, seen = distributed.all_reduce_sum([loss_sum, float(seen)])
+                _check_masks(method, f"at the end of epoch {epoch}")
             test_acc: float | None = None
             test_loss: float | None = None
             if cfg.eval_every_epoch or epoch == cfg.epochs:
@@ -356,10 +398,11 @@ def fit(
             }
             state.history.append(record)
             state.metrics = dict(record)
-            if run_dir is not None:
+            if run_dir is not None and main:
                 # Checkpoint first: metrics.jsonl is rebuilt from the checkpoint's history on resume.
                 _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, record["elapsed_s"], None)
                 _write_metrics(run_dir, state.history)
+            distributed.barrier()  # every rank continues only once the epoch's checkpoint is on disk
             if progress:
                 acc_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 train_text = f"{record['train_loss']:.4f}"
@@ -392,6 +435,12 @@ def _density(model: nn.Module) -> float:
             nonzero += int(torch.count_nonzero(p).item())
             total += p.numel()
     return nonzero / total if total else 1.0
+
+
+def _check_masks(method: SparsityMethod | None, when: str) -> None:
+    mask = getattr(method, "mask", None)
+    if mask is not None and distributed.active():
+        distributed.check_masks(mask, when=when)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -3,11 +3,17 @@
 ``--resume RUN_DIR`` continues the run in RUN_DIR with the settings of its ``config.json``; options given
 on the command line must agree with them (a difference is refused, naming the setting). ``--out DIR
 --resume`` (no value) is the older spelling of ``--resume DIR``; :func:`legacy_resume_args` rewrites it.
+
+Data-parallel over N processes: ``torchrun --nproc-per-node N -m sparseflow train ...``, or
+``sparseflow train --nproc N ...``, which starts that torchrun command (without ``--nproc``) and relays its
+output and exit status. ``--batch-size`` is per process; see :mod:`sparseflow.distributed`.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +22,7 @@ import typer
 from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, _parse_hidden, app
+from sparseflow.errors import SparseflowError
 
 
 @app.command()
@@ -49,14 +56,18 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option(
         metavar="K", help="Also checkpoint every K steps (always at every epoch's end).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
+    nproc: Annotated[Optional[int], typer.Option(help="Train data-parallel on N processes (starts torchrun).")] = None,
+    dist_timeout: Annotated[float, typer.Option(help="Seconds a collective may wait for another process before the run stops.")] = 300.0,
+    backend: Annotated[str, typer.Option(help="Distributed backend: auto (nccl with CUDA, else gloo) | gloo | nccl")] = "auto",
     quick: QuickOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a sparse network and its dense baseline; print per-layer density and both accuracies.
 
     With no options: an MLP on scikit-learn's embedded digits at 90 % sparsity (gradual magnitude pruning).
+    Under torchrun (or with --nproc N) it trains data-parallel; --batch-size is then per process.
     """
-    from sparseflow.errors import SparseflowError
+    from sparseflow import distributed
     from sparseflow.job import TrainJob, job_differences, read_job, run_train_job
 
     if checkpoint_every is not None and checkpoint_every < 1:
@@ -64,6 +75,15 @@ def train(
     # The options given on the command line (the source's name, not the enum: typer vendors its own click).
     given = {p for p in ctx.params if getattr(ctx.get_parameter_source(p), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
     before_quick = {"epochs": epochs, "subset": subset, "test_subset": test_subset}
+    distributed.check_timeout(dist_timeout)
+    distributed.resolve_backend(backend)  # refuses nccl without CUDA before anything starts
+    if nproc is not None:
+        if isinstance(nproc, bool) or nproc < 1:
+            raise SparseflowError(f"--nproc must be an integer >= 1, got {nproc!r}")
+        if distributed.launched():
+            raise SparseflowError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
+    world = nproc if nproc is not None else (int(os.environ["WORLD_SIZE"]) if distributed.launched() else 1)
+
     if quick:  # sized to finish within 60 s on 2 cores for every model and dataset
         convolutional = model.startswith("conv") or model == "resnet"
         epochs = min(epochs, 10)
@@ -76,8 +96,11 @@ def train(
         method=method, sparsity=sparsity, distribution=distribution, pattern=pattern, model=model,
         hidden=_parse_hidden(hidden), norm=norm, dataset=dataset, subset=subset, test_subset=test_subset, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed,
-        baseline=baseline, prune_first=prune_first, prune_last=prune_last,
+        baseline=baseline, prune_first=prune_first, prune_last=prune_last, world_size=world,
     )
+    if nproc is not None:  # validated above; the processes build the same job
+        _launch(ctx, nproc, resume if resume is not None else out if out is not None else Path("runs") / job.run_name())
+        return
     if resume is not None:
         if out is not None and out != resume:
             raise SparseflowError(f"--out {out} and --resume {resume} name different run directories; pass one")
@@ -96,8 +119,15 @@ def train(
         out = Path("runs") / job.run_name()
         resume = out
     command = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
-                           command=command, resume=resume is not None, checkpoint_every=checkpoint_every)
+    if distributed.launched():
+        with distributed.session(backend=backend, timeout_s=dist_timeout):
+            result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
+                                   command=command, resume=resume is not None, checkpoint_every=checkpoint_every)
+        if result is None:  # not rank 0: rank 0 prints
+            return
+    else:
+        result = run_train_job(job, out, data_dir=data_dir, download=download, progress=progress,
+                               command=command, resume=resume is not None, checkpoint_every=checkpoint_every)
 
     console = _console(as_json)
     table = Table(title=f"{job.model} on {job.dataset}: {job.method}, per-layer (measured from the checkpoint)")
@@ -138,7 +168,42 @@ def legacy_resume_args(args: list[str]) -> list[str]:
     if out is None and "--out" in args and args.index("--out") + 1 < len(args):
         out = args[args.index("--out") + 1]
     if out is None:
-        from sparseflow.errors import SparseflowError
-
         raise SparseflowError("--resume takes the run directory to continue: sparseflow train --resume RUN_DIR")
     return [*args[: i + 1], out, *args[i + 1 :]]
+
+
+def _launch(ctx: typer.Context, nproc: int, out: Path) -> None:
+    """Run this command under ``torchrun --nproc-per-node nproc`` (without --nproc); relay stdout and status.
+
+    The arguments are rebuilt from the options the user gave (defaults stay defaults), so every process
+    parses exactly what this one did.
+    """
+    args = ["train"]
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name == "nproc" or not param.opts[0].startswith("--"):
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":  # only what the user gave
+            continue
+        value = ctx.params[name]
+        if getattr(param, "is_flag", False):
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "sparseflow", *args]
+    # stderr (progress, errors of every rank) passes straight through; stdout (rank 0's tables or JSON) is
+    # relayed through this process's sys.stdout.
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    sys.stdout.flush()
+    if proc.returncode != 0:
+        _console(True).print(
+            f"[bold red]error:[/] distributed training on {nproc} processes failed (torchrun exit status "
+            f"{proc.returncode}; the processes' errors are above). The last checkpoint in {out} stays valid: "
+            "rerun the same command with --resume to continue", highlight=False)
+        raise typer.Exit(proc.returncode)

@@ -118,6 +118,7 @@ class Method:
         self._hooks: list[Any] = []
         self._step = 0
         self._strict = True
+        self._mask_version = 0
 
     # --- what subclasses define ---------------------------------------------------------------
     def target_sparsity(self, step: int) -> float | None:
@@ -138,6 +139,11 @@ class Method:
     def step_count(self) -> int:
         """Optimizer steps taken since ``prepare`` (restored by ``load_state_dict``)."""
         return self._step
+
+    @property
+    def mask_version(self) -> int:
+        """Counts mask changes (every prune, regrowth, ``set_mask``): a loop compares it to see an update."""
+        return self._mask_version
 
     @property
     def model(self) -> nn.Module:
@@ -199,6 +205,22 @@ class Method:
         for name, p in self._params.items():
             self._mask[name] = mask[name].to(p.device)
         self._refresh()
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        """Do by hand what the gradient hooks do: hand each target's dense gradient to the method, then mask it.
+
+        For loops whose gradients are final only after ``backward()`` returns, such as DistributedDataParallel
+        (it averages them over ranks at the end of backward, after the hooks ran on the local gradient):
+        call :meth:`remove` after ``prepare``, then this after every backward. RigL then grows from the
+        averaged gradient, and the mask is applied to it.
+        """
+        self._require_prepared()
+        for name, p in self._params.items():
+            fm = self._fmask.get(name)
+            if fm is not None and p.grad is not None:
+                self._on_grad(name, p.grad)
+                p.grad.mul_(fm)
 
     def remove(self) -> None:
         """Detach the gradient hooks (the mask and weights stay as they are)."""
@@ -325,6 +347,7 @@ class Method:
     @torch.no_grad()
     def _refresh(self) -> None:
         """Rebuild the float masks and zero weights and optimizer state outside the mask."""
+        self._mask_version += 1
         self._fmask = {}
         for name, p in self._params.items():
             m = self._mask[name]
