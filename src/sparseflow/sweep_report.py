@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparseflow.experiments.regularisation_report import t_interval
+from sparseflow.stats import t_interval
 from sparseflow.experiments.rundir import write_results
 from sparseflow.io import atomic_write_text
 from sparseflow.report import md_table, save_figure

@@ -55,3 +55,18 @@ def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
     if not widths or min(widths) < 1:
         raise SparseflowError(f"--hidden needs positive widths such as 300,100, got {text!r}")
     return widths
+
+
+def parse_numbers(flag: str, text: str, kind: type) -> tuple:
+    """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option; one clear error naming ``flag`` otherwise."""
+    from sparseflow.errors import SparseflowError
+
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        example = "500,1000" if kind is int else "0.5,0.1,0.02"
+        raise SparseflowError(f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'} "
+                              f"such as {example}, got {text!r}") from None
+    if not values:
+        raise SparseflowError(f"{flag} needs at least one value, got {text!r}")
+    return values

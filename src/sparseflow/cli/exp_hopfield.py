@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, experiment_app
-from sparseflow.errors import SparseflowError
+from sparseflow.cli._app import parse_numbers as _numbers
 
 
 @experiment_app.command("hopfield")
@@ -93,14 +93,3 @@ def experiment_hopfield(
             obj["out"] = str(out)
         _emit_json(obj)
 
-
-def _numbers(flag: str, text: str, kind: type) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        example = "500,1000" if kind is int else "0.5,0.1,0.02"
-        raise SparseflowError(f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'} "
-                              f"such as {example}, got {text!r}") from None
-    if not values:
-        raise SparseflowError(f"{flag} needs at least one value, got {text!r}")
-    return values

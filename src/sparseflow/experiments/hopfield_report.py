@@ -19,6 +19,7 @@ import numpy as np
 
 from sparseflow.experiments.hopfield import HopResult, tf_capacity
 from sparseflow.report import md_table, save_figure
+from sparseflow.stats import t_interval
 
 AGS = 0.138
 DENSE_BAND = (0.12, 0.16)
@@ -26,14 +27,6 @@ SPARSE_CODINGS = (0.1, 0.05, 0.02)
 SPREAD_TARGET = 0.25
 
 
-def t_interval(values: Any) -> tuple[float, float]:
-    """(mean, half-width of the 95 % Student-t interval) of ``values`` (at least two)."""
-    from scipy.stats import t
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        raise ValueError(f"a t-interval needs at least 2 values, got {v.size}")
-    return float(v.mean()), float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
 def product(alpha: float, a: float) -> float:

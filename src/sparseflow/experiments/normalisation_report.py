@@ -20,7 +20,6 @@ has 64x fewer steps) cannot do.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 
 from sparseflow.experiments.normalisation import Cell, NormConfig
 from sparseflow.report import md_table, save_figure
+from sparseflow.stats import t_interval as _t_interval
 
 BN_DROP_PP, RANGE_PP = 3.0, 1.0
 LABEL = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
@@ -36,14 +36,7 @@ LABEL = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none
 
 def t_interval(values: Any) -> tuple[float, float]:
     """(mean, half-width of the 95 % Student-t interval) of ``values``; half-width 0 for a single value."""
-    from scipy.stats import t
-
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        raise ValueError("a t-interval needs at least one value")
-    if v.size == 1:
-        return float(v[0]), 0.0
-    return float(v.mean()), float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return _t_interval(values, single=True)
 
 
 @dataclass(frozen=True)

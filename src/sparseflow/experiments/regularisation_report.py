@@ -22,18 +22,11 @@ import numpy as np
 
 from sparseflow.experiments.regularisation import RegResult
 from sparseflow.report import md_table, save_figure
+from sparseflow.stats import t_interval
 
 GAP_TARGET_PP = 1.5
 
 
-def t_interval(values: Any) -> tuple[float, float]:
-    """(mean, half-width of the 95 % Student-t interval) of ``values`` (at least two)."""
-    from scipy.stats import t
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        raise ValueError(f"a t-interval needs at least 2 values, got {v.size}")
-    return float(v.mean()), float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
 
 
 def best_index(acc: np.ndarray) -> np.ndarray:
