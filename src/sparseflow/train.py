@@ -368,15 +368,13 @@ def fit(
                 pos.batches += 1
                 every = cfg.checkpoint_every  # (not on an epoch's last batch: the epoch-end checkpoint follows)
                 if run_dir is not None and every and state.step % every == 0 and pos.batches < steps_per_epoch:
-                    pos.loss_sum, pos.seen, pos.lr = loss_sum, seen, lr
-                    if ddp:  # the epoch's running sums over all ranks (rank 0 stores them)
-                        pos.loss_sum, g_seen = distributed.all_reduce_sum([loss_sum, float(seen)])
-                        pos.seen = int(g_seen)
-                    elapsed = elapsed_before + time.perf_counter() - start
+                    # The epoch's running sums over all ranks (a no-op in one process); rank 0 stores them.
+                    total_loss, total_seen = distributed.all_reduce_sum([loss_sum, float(seen)])
                     if main:
+                        pos.loss_sum, pos.seen, pos.lr = total_loss, int(total_seen), lr
+                        elapsed = elapsed_before + time.perf_counter() - start
                         _save_checkpoint(run_dir, state, scheduler, train_loader, cfg, device, elapsed, pos)
                     distributed.barrier()
-                    pos.loss_sum, pos.seen = loss_sum, seen  # this rank's own sums go on
 
             if ddp:  # distributed (4/4): epoch figures over all ranks; masks compared once more; rank 0 writes
                 loss_sum, seen = distributed.all_reduce_sum([loss_sum, float(seen)])
