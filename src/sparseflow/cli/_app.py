@@ -57,14 +57,15 @@ def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
     return widths
 
 
-def parse_numbers(flag: str, text: str, kind: type) -> tuple:
-    """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option; one clear error naming ``flag`` otherwise."""
+def parse_numbers(flag: str, text: str, kind: type, example: str | None = None) -> tuple:
+    """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option (``kind`` int, float or str); one clear
+    error naming ``flag`` otherwise."""
     from sparseflow.errors import SparseflowError
 
     try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:
-        example = "500,1000" if kind is int else "0.5,0.1,0.02"
+        example = example or ("500,1000" if kind is int else "0.5,0.1,0.02")
         raise SparseflowError(f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'} "
                               f"such as {example}, got {text!r}") from None
     if not values:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, experiment_app
+from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, experiment_app, parse_numbers
 from sparseflow.errors import SparseflowError
 
 JOURNAL = "runs.partial.jsonl"  # finished tasks of an unfinished run: rerunning the same command resumes
@@ -73,7 +73,7 @@ def experiment_methods(
             raise SparseflowError(f"{str(folder)!r} is not a folder; pass the folder holding {d}'s four IDX .gz files "
                                   f"({_DIR_FLAGS[d]}) or their parent (--data-dir)")
         dirs[d] = str(folder)
-    levels = cfg.sparsities if sparsities is None else _floats(sparsities)
+    levels = cfg.sparsities if sparsities is None else parse_numbers("--sparsities", sparsities, float, "0.8,0.9")
     cfg = dataclasses.replace(cfg, settings=settings, sparsities=levels, data_dirs=tuple(dirs.items()), workers=workers)
     cfg.check()
     check_budget(cfg.estimate_s(), yes, "experiment methods")
@@ -128,12 +128,3 @@ def experiment_methods(
             obj["out"] = str(out)
         _emit_json(obj)
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SparseflowError(f"--sparsities takes comma-separated numbers in (0, 1) such as 0.8,0.9, got {text!r}") from None
-    if not values:
-        raise SparseflowError(f"--sparsities needs at least one value in (0, 1), got {text!r}")
-    return values

@@ -12,22 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, _parse_hidden, app
-from sparseflow.errors import SparseflowError
+from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, _parse_hidden, app, parse_numbers
 
 QUICK = {"methods": "gmp,rigl", "sparsities": "0.8,0.9", "seeds": "0,1"}
 DEFAULT = {"methods": "gmp,rigl", "sparsities": "0.8,0.9", "seeds": "0,1,2", "datasets": "digits"}
 
-
-def _list(flag: str, text: str, kind: type) -> tuple:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise SparseflowError(f"--{flag} needs at least one value, got {text!r}")
-    try:
-        return tuple(kind(t) for t in items)
-    except ValueError:
-        raise SparseflowError(f"--{flag} takes comma-separated {'integers' if kind is int else 'numbers'}, "
-                              f"got {text!r}") from None
 
 
 @app.command()
@@ -74,10 +63,10 @@ def sweep(
         if any(d.strip() in ("mnist", "fashion-mnist") for d in dsets) and subset is None:
             subset, test_subset = 2000, 1000
     grid = Sweep(
-        methods=_list("methods", methods or DEFAULT["methods"], str),
-        sparsities=_list("sparsities", sparsities or DEFAULT["sparsities"], float),
-        seeds=_list("seeds", seeds or DEFAULT["seeds"], int),
-        datasets=_list("datasets", datasets or DEFAULT["datasets"], str),
+        methods=parse_numbers("--methods", methods or DEFAULT["methods"], str),
+        sparsities=parse_numbers("--sparsities", sparsities or DEFAULT["sparsities"], float),
+        seeds=parse_numbers("--seeds", seeds or DEFAULT["seeds"], int),
+        datasets=parse_numbers("--datasets", datasets or DEFAULT["datasets"], str),
         distribution=distribution,
         base=TrainJob(model=model, hidden=_parse_hidden(hidden), pattern=pattern, norm=norm, subset=subset,
                       test_subset=test_subset, epochs=30 if epochs is None else epochs, batch_size=batch_size,
