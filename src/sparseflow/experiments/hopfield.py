@@ -224,6 +224,11 @@ def capacity(a: float, n: int, seed: int, cfg: HopConfig, c: float | None = None
         net.store(stream.get(0, p))
         return net
 
+    def extend(base: Hopfield, p: int) -> Hopfield:  # base with the next stored patterns up to p (base kept)
+        net = base.copy()
+        net.store(stream.get(base.p, p))
+        return net
+
     def test(net: Hopfield) -> bool:
         trials.append(try_load(net, stream, cfg, seed))
         return trials[-1].success
@@ -235,8 +240,7 @@ def capacity(a: float, n: int, seed: int, cfg: HopConfig, c: float | None = None
         lo_net = net
         while hi is None:
             nxt = max(lo_net.p + 1, math.ceil(1.25 * lo_net.p))
-            net = lo_net.copy()
-            net.store(stream.get(lo_net.p, nxt))
+            net = extend(lo_net, nxt)
             if test(net):
                 lo_net = net
             else:
@@ -254,8 +258,7 @@ def capacity(a: float, n: int, seed: int, cfg: HopConfig, c: float | None = None
                 hi = p
     while hi - lo_net.p > max(1, cfg.tol * lo_net.p):
         mid = (lo_net.p + hi) // 2
-        net = lo_net.copy()
-        net.store(stream.get(lo_net.p, mid))
+        net = extend(lo_net, mid)
         if test(net):
             lo_net = net
         else:
