@@ -1,4 +1,4 @@
-"""Builds the optional C++ kernel extension sparseflow.kernels._spmm (plain CPython API, no build deps
+"""Builds the optional C++ kernel extension sparseflow.inference.kernels._spmm (plain CPython API, no build deps
 beyond setuptools). Instruction sets are selected at run time, so the build uses no -march flag.
 If the compiler is missing the package still installs and falls back to torch's CSR kernels."""
 
@@ -22,9 +22,9 @@ class OptionalBuildExt(build_ext):
 
 setup(
     ext_modules=[Extension(
-        "sparseflow.kernels._spmm",
-        sources=["src/sparseflow/kernels/_spmm.cpp"],
-        depends=["src/sparseflow/kernels/impl.h"],
+        "sparseflow.inference.kernels._spmm",
+        sources=["src/sparseflow/inference/kernels/_spmm.cpp"],
+        depends=["src/sparseflow/inference/kernels/impl.h"],
         extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
         language="c++",
     )],

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseflow.data import load_dataset
+from sparseflow.training.data import load_dataset
 from sparseflow.storage import context
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from torch import nn
 from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.init import calibrate_, rescale_, sparse_init_, sparse_std, unit_fan_in, variance_ratios
 from sparseflow.methods import GMP, SET, SNIP, MagnitudePruning, RandomSparse, RigL, SynFlow
-from sparseflow.models import MLP
+from sparseflow.training.models import MLP
 from sparseflow.targets import prunable
 
 

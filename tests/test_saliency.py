@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 import sparseflow as sf
 from sparseflow import GLOBAL, SNIP, GraSP, MagnitudePruning, MaskError, SparseflowError, SynFlow
-from sparseflow.models import build_model
+from sparseflow.training.models import build_model
 
 from conftest import build_tiny_convnet, build_tiny_mlp
 

@@ -12,26 +12,26 @@ from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_,
 from sparseflow.analysis.signal import LayerSignal, SignalReport, signal
 from sparseflow.analysis.size import SizeReport, TensorSize, size_report
 from sparseflow.analysis.stain import Stain, stain
-from sparseflow.data import DATASETS, Dataset, load_dataset, loaders
+from sparseflow.training.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
 from sparseflow.hopfield import Hopfield, Recall, corrupt, optimal_threshold, random_patterns
-from sparseflow.inference import LayerReport, convert, deconvert, inference_report
+from sparseflow.inference.convert import LayerReport, convert, deconvert, inference_report
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
 from sparseflow.methods import SNIP, GraSP, SynFlow
 from sparseflow.methods import SET, FixedMask, RigL
-from sparseflow.models import MODELS, build_model
+from sparseflow.training.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
                                 load_mask, load_masks, mask_sequence_bits, read, remove_torch_prune_, save,
                                 save_masks, to_torch_prune_)
-from sparseflow.sweep import Sweep, SweepResult, run_sweep
-from sparseflow.sweep_executors import LocalExecutor, RayExecutor
+from sparseflow.sweep.grid import Sweep, SweepResult, run_sweep
+from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 from sparseflow.targets import Targets, prunable
-from sparseflow.train import Callback, TrainConfig, TrainResult, evaluate, fit
+from sparseflow.training.loop import Callback, TrainConfig, TrainResult, evaluate, fit
 
 __version__ = "0.1.0"
 

@@ -96,7 +96,7 @@ class Connectivity:
         }
 
     def markdown(self) -> str:
-        from sparseflow.report import md_table
+        from sparseflow.training.report import md_table
 
         header = ["layer", "in", "out", "nonzeros", "no incoming", "no outgoing", "unreachable", "dead end",
                   "constant", "effective"]

@@ -61,7 +61,7 @@ class RepairReport:
                 "collapsed_before": self.collapsed_before, "collapsed_after": self.collapsed_after}
 
     def markdown(self) -> str:
-        from sparseflow.report import md_table
+        from sparseflow.training.report import md_table
 
         body = [[r.name, r.kept, r.given_input, r.given_output, r.moved, r.unfixed] for r in self.layers]
         return md_table(["layer", "kept", "units given an input", "units before given an output", "weights moved",

@@ -81,7 +81,7 @@ class SignalReport:
         return self.gain ** (1 / len(self.layers)) if self.gain > 0 else 0.0
 
     def markdown(self) -> str:
-        from sparseflow.report import md_table
+        from sparseflow.training.report import md_table
 
         def f(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.4g}"

@@ -112,7 +112,7 @@ class SizeReport:
                 "mask_bytes": self.mask_bytes, "onebit_bytes": self.onebit_bytes}
 
     def markdown(self) -> str:
-        from sparseflow.report import md_table
+        from sparseflow.training.report import md_table
 
         header = ["tensor", "shape", "N", "nnz", "density", "b_w", "stored", "bound B", "file B", "1-bit-mask B"]
         body = [[t.name, "x".join(map(str, t.shape)) or "scalar", t.numel, t.nnz, f"{t.density:.4f}", t.value_bits,

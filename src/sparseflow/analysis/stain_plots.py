@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sparseflow.analysis.stain import Stain, choose_units, gini
-from sparseflow.report import save_figure
+from sparseflow.training.report import save_figure
 
 Panels = Sequence[tuple[str, Stain]]
 MAX_DOTS = 60  # non-tree units drawn per column; tree units are always all drawn

@@ -292,7 +292,7 @@ class _Builder:
             return self._reduce(node, args[0])
         raise self._refuse(node, "its effect on channels is unknown (supported: +, activations, dropout, pools, "
                                  "flatten, mean/sum over spatial axes); write the model with these, or analyse a mask "
-                                 "of a sequential model with sparseflow.experiments.collapse.has_path")
+                                 "of a sequential model with sparseflow.experiments.collapse.run.has_path")
 
     def _join(self, node: fx.Node, args: list[_Val]) -> _Val:
         if any(a.kind == "flat" for a in args):

@@ -25,7 +25,7 @@ def analyze(
 ) -> None:
     """Connectivity per layer: dead units, unreachable units, inputs reaching an output, effective sparsity,
     layer collapse (Vysogorets & Kempe 2023; Tanaka et al. 2020). --quick is accepted; the analysis is fast."""
-    from sparseflow.analysis.checkpoint import load_for_analysis, save_repaired
+    from sparseflow.analysis.loader import load_for_analysis, save_repaired
     from sparseflow.analysis.connectivity import connectivity
     from sparseflow.analysis.repair import apply_repair_, repair_mask
 
@@ -79,7 +79,7 @@ def bench_connectivity_cmd(
     """Time the connectivity analysis of a random MLP mask of 100M weights (quick: 10M) at 10 % density."""
     import torch
 
-    from sparseflow.bench_connectivity import bench_connectivity, criteria
+    from sparseflow.bench.connectivity import bench_connectivity, criteria
 
     n_threads = threads if threads is not None else (os.cpu_count() or 1)
     if n_threads < 1:

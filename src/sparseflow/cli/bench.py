@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.rundir import write_results
+from sparseflow.training.rundir import write_results
 
 
 @bench_app.command("overhead")
@@ -26,7 +26,7 @@ def bench_overhead(
     """Training-step time of masked training (static mask, GMP) vs dense, same model, same run."""
     import torch
 
-    from sparseflow.bench import CASES, QUICK_CASES, overhead
+    from sparseflow.bench.overhead import CASES, QUICK_CASES, overhead
     from sparseflow.distributions import check_sparsity
 
     check_sparsity(sparsity)
@@ -74,8 +74,8 @@ def bench_methods(
     """Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead."""
     import torch
 
-    from sparseflow.bench_dynamic import rigl_overhead
-    from sparseflow.bench_methods import VARIANTS, MethodsConfig, criteria, find_row, methods_benchmark
+    from sparseflow.bench.dynamic import rigl_overhead
+    from sparseflow.bench.methods import VARIANTS, MethodsConfig, criteria, find_row, methods_benchmark
     from sparseflow.distributions import check_sparsity
 
     try:
@@ -92,7 +92,7 @@ def bench_methods(
         if data_dir is None:
             raise SparseflowError("bench methods trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files "
                                   "(or --quick for MNIST-1D, generated locally)")
-        from sparseflow.data import load_dataset
+        from sparseflow.training.data import load_dataset
         load_dataset("mnist", data_dir)  # verify the files before starting workers
         cfg = MethodsConfig(sparsities=levels, seeds=tuple(range(seeds)), epochs=epochs)
     err = Console(stderr=True)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.rundir import write_results
+from sparseflow.training.rundir import write_results
 
 
 def _criteria(cells: list, cold: list, mlp: list) -> dict[str, dict[str, Any]]:
@@ -59,7 +59,7 @@ def bench_inference(
     """Sparse x dense products per layer shape, density, batch and threads, side by side; MLP end to end."""
     import torch
 
-    from sparseflow.bench_inference import BATCHES, DENSITIES, QUICK, SHAPES, THREADS, backend_name, layer_cell, mlp_rows
+    from sparseflow.bench.inference import BATCHES, DENSITIES, QUICK, SHAPES, THREADS, backend_name, layer_cell, mlp_rows
 
     if repeats < 1:
         raise SparseflowError(f"--repeats must be >= 1, got {repeats}")

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, bench_app
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.rundir import write_results
+from sparseflow.training.rundir import write_results
 
 
 @bench_app.command("masks")
@@ -28,9 +28,9 @@ def bench_masks_cmd(
     control. Goal: trained masks ≤ 0.90 × Σ N_l·H(p_l). --quick trains 2 epochs."""
     import torch
 
-    from sparseflow.bench_masks import SPARSITIES, bench_masks
+    from sparseflow.bench.masks import SPARSITIES, bench_masks
     from sparseflow.io import atomic_write_text
-    from sparseflow.report import md_table
+    from sparseflow.training.report import md_table
 
     if data_dir is None:
         raise SparseflowError("bench masks trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files")

@@ -27,8 +27,8 @@ def bench_storage_cmd(
 
     import torch
 
-    from sparseflow.bench_storage import LAYER_FORMATS, MB, QUICK, Config, run
-    from sparseflow.bench_storage_report import criteria, to_json, write_report
+    from sparseflow.bench.storage.run import LAYER_FORMATS, MB, QUICK, Config, run
+    from sparseflow.bench.storage.report import criteria, to_json, write_report
 
     if threads < 1:
         raise SparseflowError(f"--threads must be >= 1, got {threads}")

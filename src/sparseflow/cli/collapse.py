@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, experiment_app
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.rundir import write_results
+from sparseflow.training.rundir import write_results
 
 
 @experiment_app.command("collapse")
@@ -24,7 +24,7 @@ def experiment_collapse(
     as_json: JsonOpt = False,
 ) -> None:
     """Layer collapse at initialisation (Tanaka et al. 2020 Fig. 1): magnitude, random, SNIP, GraSP, SynFlow."""
-    from sparseflow.experiments.collapse import collapse_table
+    from sparseflow.experiments.collapse.run import collapse_table
     from sparseflow.io import atomic_write_text
 
     if depth < 1 or width < 1 or (seeds is not None and seeds < 1):

@@ -34,9 +34,9 @@ def experiment_hopfield(
     """Capacity P_max/N of a sparse Hopfield memory vs coding level a and size N (covariance rule, threshold)."""
     import dataclasses
 
-    from sparseflow.experiments.hopfield import HopConfig, run_hopfield
-    from sparseflow.experiments.hopfield_report import summary, write_outputs
-    from sparseflow.experiments.rundir import _human, check_budget
+    from sparseflow.experiments.hopfield.run import HopConfig, run_hopfield
+    from sparseflow.experiments.hopfield.report import summary, write_outputs
+    from sparseflow.training.rundir import _human, check_budget
 
     cfg = HopConfig.default(quick=quick, seeds=seeds)
     changes: dict[str, object] = {}

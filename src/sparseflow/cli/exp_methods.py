@@ -39,10 +39,10 @@ def experiment_methods(
     """Dense-to-sparse vs sparse-from-scratch vs dynamic at equal budget: orderings vs the RigL paper's."""
     import dataclasses
 
-    from sparseflow.experiments.methods import ComparisonConfig
-    from sparseflow.experiments.methods_train import run_methods
-    from sparseflow.experiments.methods_report import accuracy_rows, write_outputs
-    from sparseflow.experiments.rundir import check_budget
+    from sparseflow.experiments.methods.run import ComparisonConfig
+    from sparseflow.experiments.methods.train import run_methods
+    from sparseflow.experiments.methods.report import accuracy_rows, write_outputs
+    from sparseflow.training.rundir import check_budget
 
     if seeds is not None and seeds < 1:
         raise SparseflowError(f"--seeds must be >= 1, got {seeds}")

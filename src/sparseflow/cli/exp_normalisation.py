@@ -37,9 +37,9 @@ def experiment_normalisation(
     """BatchNorm vs GroupNorm / LayerNorm / none at batch sizes 2 to 128, dense and 90 % sparse (Wu & He 2018)."""
     import dataclasses
 
-    from sparseflow.experiments.normalisation import NormConfig, check_data, run_normalisation
-    from sparseflow.experiments.normalisation_report import LABEL, summary, write_outputs
-    from sparseflow.experiments.rundir import _human, check_budget
+    from sparseflow.experiments.normalisation.run import NormConfig, check_data, run_normalisation
+    from sparseflow.experiments.normalisation.report import LABEL, summary, write_outputs
+    from sparseflow.training.rundir import _human, check_budget
 
     if data_dir is None:
         raise SparseflowError("experiment normalisation trains on Fashion-MNIST: pass --data-dir, the folder "

@@ -33,9 +33,9 @@ def experiment_regularisation(
     """Sparsity as a regulariser: MNIST-1D test accuracy vs sparsity for training sets of 500 to 16000."""
     import dataclasses
 
-    from sparseflow.experiments.regularisation import RegConfig, run_regularisation
-    from sparseflow.experiments.regularisation_report import summary, write_outputs
-    from sparseflow.experiments.rundir import _human, check_budget
+    from sparseflow.experiments.regularisation.run import RegConfig, run_regularisation
+    from sparseflow.experiments.regularisation.report import summary, write_outputs
+    from sparseflow.training.rundir import _human, check_budget
 
     cfg = RegConfig.default(quick=quick, seeds=seeds)
     changes: dict[str, object] = {"sparse_init": sparse_init}

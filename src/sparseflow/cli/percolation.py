@@ -31,7 +31,7 @@ def experiment_percolation(
     """Percolation threshold of sparse layered networks: p_c = 1 - 1/b, ρ = 1 - exp(-cρ), and accuracy vs fan-in."""
     import dataclasses
 
-    from sparseflow.experiments.percolation_report import PercolationConfig, run_percolation, work_units, write_outputs
+    from sparseflow.experiments.percolation.report import PercolationConfig, run_percolation, work_units, write_outputs
 
     cfg = PercolationConfig.default(quick=quick, seeds=seeds, train=not no_train, data_dir=data_dir)
     changes: dict[str, object] = {}

@@ -47,7 +47,7 @@ def experiment_all(
 ) -> None:
     """Run every experiment (or --only some) one after another and write one report."""
     from sparseflow.experiments.registry import run_all, select
-    from sparseflow.experiments.rundir import check_budget
+    from sparseflow.training.rundir import check_budget
 
     entries = select(only)
     if data_dir is not None and not data_dir.is_dir():

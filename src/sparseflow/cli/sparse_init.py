@@ -25,8 +25,8 @@ def experiment_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Dense He vs sparsity-aware init, 20-layer ReLU MLP at 90/95/98 % sparsity (Evci et al. 2022)."""
-    from sparseflow.experiments.sparse_init import InitConfig, criteria, run_experiment
-    from sparseflow.experiments.sparse_init_report import LABEL, write_outputs
+    from sparseflow.experiments.sparse_init.run import InitConfig, criteria, run_experiment
+    from sparseflow.experiments.sparse_init.report import LABEL, write_outputs
 
     base = InitConfig.quick() if quick else InitConfig()
     changes: dict[str, object] = {"width": width, "depth": depth, "data_dir": None if data_dir is None else str(data_dir)}

@@ -20,9 +20,9 @@ TRAIN_EXAMPLES = {"digits": 1437, "mnist": 60000}
 
 def _load(path: Path) -> Any:
     """A run directory (its checkpoint, or model.sfz when there is none) or a checkpoint / .sfz file."""
-    from sparseflow.analysis.checkpoint import load_for_analysis
+    from sparseflow.analysis.loader import load_for_analysis
 
-    from sparseflow.checkpoints import has_checkpoint
+    from sparseflow.training.checkpoints import has_checkpoint
 
     if path.is_dir() and not has_checkpoint(path) and (path / "model.sfz").is_file():
         path = path / "model.sfz"
@@ -49,7 +49,7 @@ def stain_cmd(
     per-layer masks, the first layer's per-pixel kept fraction and in/out degree histograms. A dense model is
     refused (every tree would be the whole network). --quick is accepted; staining is fast."""
     from sparseflow.analysis import stain_plots
-    from sparseflow.analysis.checkpoint import DATASET_SHAPES
+    from sparseflow.analysis.loader import DATASET_SHAPES
     from sparseflow.analysis.stain import stain
     from sparseflow.io import atomic_write_text, json_safe
 
@@ -119,9 +119,9 @@ def experiment_golgi(
     """Stain a trained RigL / GMP mask of LeNet-300-100 next to a random mask with the same per-layer counts."""
     import dataclasses
 
-    from sparseflow.experiments.golgi import GolgiConfig, run_golgi
-    from sparseflow.experiments.golgi_report import summary_rows, write_outputs
-    from sparseflow.experiments.rundir import check_budget
+    from sparseflow.experiments.golgi.run import GolgiConfig, run_golgi
+    from sparseflow.experiments.golgi.report import summary_rows, write_outputs
+    from sparseflow.training.rundir import check_budget
 
     if data_dir is not None and not data_dir.is_dir():
         raise SparseflowError(f"--data-dir {str(data_dir)!r} is not a folder; pass the folder holding the MNIST IDX files")

@@ -66,7 +66,7 @@ def export(
     import torch
     from safetensors.torch import save as st_save
 
-    from sparseflow.analysis.checkpoint import load_for_analysis
+    from sparseflow.analysis.loader import load_for_analysis
     from sparseflow.io import atomic_write_bytes
     from sparseflow.storage.container import DTYPES, save
     from sparseflow.storage.report import inspect as inspect_file

@@ -50,10 +50,10 @@ def sweep(
 ) -> None:
     """Train every cell of a grid, skipping cells finished by an earlier run; write results.json, table.md
     (mean ± 95 % interval over seeds) and accuracy.png. Exit status 1 when a cell failed."""
-    from sparseflow.experiments.rundir import _human, check_budget
-    from sparseflow.job import TrainJob
-    from sparseflow.sweep import Sweep, cell_dir, estimate_s, finished, run_sweep
-    from sparseflow.sweep_executors import LocalExecutor, RayExecutor
+    from sparseflow.training.rundir import _human, check_budget
+    from sparseflow.training.job import TrainJob
+    from sparseflow.sweep.grid import Sweep, cell_dir, estimate_s, finished, run_sweep
+    from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 
     if quick:  # sized to finish within 60 s on 2 cores (digits: about 10 s)
         methods, sparsities = methods or QUICK["methods"], sparsities or QUICK["sparsities"]

@@ -6,7 +6,7 @@ on the command line must agree with them (a difference is refused, naming the se
 
 Data-parallel over N processes: ``torchrun --nproc-per-node N -m sparseflow train ...``, or
 ``sparseflow train --nproc N ...``, which starts that torchrun command (without ``--nproc``) and relays its
-output and exit status. ``--batch-size`` is per process; see :mod:`sparseflow.distributed`.
+output and exit status. ``--batch-size`` is per process; see :mod:`sparseflow.training.distributed`.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def train(
     With no options: an MLP on scikit-learn's embedded digits at 90 % sparsity (gradual magnitude pruning).
     Under torchrun (or with --nproc N) it trains data-parallel; --batch-size is then per process.
     """
-    from sparseflow import distributed
-    from sparseflow.job import TrainJob, job_differences, read_job, run_train_job
+    from sparseflow.training import distributed
+    from sparseflow.training.job import TrainJob, job_differences, read_job, run_train_job
 
     if checkpoint_every is not None and checkpoint_every < 1:
         raise SparseflowError(f"--checkpoint-every must be a number of steps >= 1, got {checkpoint_every}")

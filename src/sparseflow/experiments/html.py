@@ -4,7 +4,7 @@ A run directory is any folder a ``sparseflow experiment``, ``bench``, ``lottery`
 (a stamped ``results.json``/``result.json`` beside ``report.md`` and PNGs); a folder of such folders (what
 ``sparseflow experiment all`` writes) becomes one page with a summary table and a section per run. Figures
 are embedded as base64 ``data:`` URIs, so the page can be mailed or archived alone. Every run is read
-through :func:`sparseflow.experiments.rundir.read_run`, which refuses files from another sparseflow version.
+through :func:`sparseflow.training.rundir.read_run`, which refuses files from another sparseflow version.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.rundir import REPORT, read_run, results_path
+from sparseflow.training.rundir import REPORT, read_run, results_path
 
 _IMG = re.compile(r'(<img\b[^>]*\bsrc=")([^":]+?\.png)(")')
 _CSS = """

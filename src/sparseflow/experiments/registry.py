@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
+from sparseflow.experiments import meanfield
+from sparseflow.experiments.protocol import Experiment
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ EXPERIMENTS: tuple[Entry, ...] = (
     Entry("storage", ("bench", "storage"), "mask storage at the entropy bound", 120),
 )
 NAMES = tuple(e.name for e in EXPERIMENTS)
+# The experiments that follow the protocol (sparseflow.experiments.protocol): their commands are generated.
+PROTOCOL: tuple[Experiment, ...] = (meanfield.EXPERIMENT,)
 
 
 def select(only: str | None) -> list[Entry]:
@@ -128,7 +132,7 @@ def run_all(entries: list[Entry], quick: bool, out: Path, data_root: Path | None
             progress: Callable[[str], None] = lambda _: None) -> list[Outcome]:
     """Run ``entries`` one by one into ``out/NAME``; then write the stamped summary and the HTML page."""
     from sparseflow.experiments.html import write_html
-    from sparseflow.experiments.rundir import write_results
+    from sparseflow.training.rundir import write_results
 
     out.mkdir(parents=True, exist_ok=True)
     outcomes = []

@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sparseflow.data import DATASETS
+from sparseflow.training.data import DATASETS
 from sparseflow.errors import SparseflowError
-from sparseflow.models import MODELS
-from sparseflow.train import LR_SCHEDULES, OPTIMIZERS
+from sparseflow.training.models import MODELS
+from sparseflow.training.loop import LR_SCHEDULES, OPTIMIZERS
 
 REWINDS = ("weights", "lr")  # rewind the kept weights to step k (Frankle et al.), or only the LR (Renda et al.)
 MAX_LEVELS = 100  # a target density needs more levels than this only by mistake

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sparseflow.experiments.rundir import write_results
+from sparseflow.training.rundir import write_results
 from sparseflow.io import atomic_write_text
 from sparseflow.lottery.run import ARMS, LotteryResult
-from sparseflow.report import md_table, save_figure
+from sparseflow.training.report import md_table, save_figure
 
 LABEL = {"ticket": "winning ticket (rewound)", "reinit": "random reinit (same mask)",
          "random": "random mask (same densities)"}

@@ -35,17 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sparseflow.data import load_dataset
+from sparseflow.training.data import load_dataset
 from sparseflow.errors import SparseflowError
 from sparseflow.io import atomic_write_text, json_safe, load_state, save_state
 from sparseflow.lottery.config import LotteryJob, level_counts
 from sparseflow.lottery.prune import derived_seed, next_mask, random_mask
 from sparseflow.lottery.trainer import LevelData, eval_loader, train_arm
 from sparseflow.mask import Mask
-from sparseflow.models import build_model
+from sparseflow.training.models import build_model
 from sparseflow.storage.sequence import load_masks, save_masks
 from sparseflow.targets import Targets
-from sparseflow.train import TrainConfig
+from sparseflow.training.loop import TrainConfig
 
 ARMS = ("ticket", "reinit", "random")
 MASKS, REWIND, RESULT, TICKET = "masks.sfm", "rewind.safetensors", "result.json", "ticket.safetensors"

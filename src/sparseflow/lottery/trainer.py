@@ -7,7 +7,7 @@ everything by the absolute step instead:
 
 * the batch at step s is a pure function of (seed, s): epoch e = s // B is a permutation drawn from a
   generator seeded with (seed, e); every level and arm of a replicate sees the same order;
-* the learning rate at step s is ``lr * factor(s)`` in closed form (:func:`sparseflow.train.make_scheduler`'s
+* the learning rate at step s is ``lr * factor(s)`` in closed form (:func:`sparseflow.training.loop.make_scheduler`'s
   cosine or constant factor over [0, T));
 * the forward pass draws no random numbers (no dropout in the reference models).
 
@@ -35,7 +35,7 @@ from sparseflow.errors import SparseflowError
 from sparseflow.io import load_state, save_state
 from sparseflow.mask import Mask
 from sparseflow.methods.fixed import FixedMask
-from sparseflow.train import TrainConfig, evaluate, make_optimizer
+from sparseflow.training.loop import TrainConfig, evaluate, make_optimizer
 
 CHECKPOINT = "checkpoint.safetensors"
 

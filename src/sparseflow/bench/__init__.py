@@ -1,0 +1,1 @@
+"""Benchmarks run by ``sparseflow bench``: measured ratios against a dense baseline in the same run."""

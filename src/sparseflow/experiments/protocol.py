@@ -1,0 +1,59 @@
+"""The one protocol every experiment follows, so that the CLI, ``experiment all`` and the docs treat them alike.
+
+An experiment lives in ``sparseflow/experiments/<name>/`` and exports ``EXPERIMENT``, an :class:`Experiment`:
+
+- ``config``: a frozen dataclass whose fields are declared with :func:`sparseflow.training.options.option`;
+  ``Config()`` is the full run and ``build(Config, {}, quick=True)`` the quick one (each field's ``quick=``);
+- ``run(config, out, progress) -> Result``: does the work (``out`` may hold partial results to resume from;
+  ``progress(what="", advance=1, total=None)`` is called as units of work finish);
+- ``Result.criteria()``: ``{name: {"value", "target", "pass"}}`` computed from the measurements (``"pass": None``
+  with a ``"note"`` when the scale cannot test it), ``Result.to_json()`` and, optionally, ``Result.tables()``;
+- ``write_outputs(result, out) -> dict``: writes ``results.json`` (stamped), ``report.md`` and the figures, and
+  returns the JSON object the CLI prints with ``--json``.
+
+``options`` is an optional dataclass of run settings that do not change the result (data folders, ``--yes``);
+``run`` then takes it as a keyword argument ``options=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+Tick = Callable[..., None]
+
+
+def no_progress(what: str = "", advance: float = 1, total: float | None = None) -> None:
+    """The default progress callback: does nothing."""
+
+
+@dataclass(frozen=True)
+class TableData:
+    """A table a result shows on the console: title, column names, rows of cells (str or numbers)."""
+
+    title: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+    left: Sequence[str] | None = None  # columns aligned left (default: the first)
+
+
+class Result(Protocol):
+    def criteria(self) -> dict[str, dict[str, Any]]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: its name, one-line summary, config, run and outputs (see the module docstring)."""
+
+    name: str
+    summary: str
+    config: type
+    run: Callable[..., Any]
+    write_outputs: Callable[[Any, Path], dict[str, Any]]
+    options: type | None = None
+    tables: Callable[[Any], list[TableData]] | None = None  # console tables besides the criteria
+    doc: str = ""  # the command's help (default: the summary)

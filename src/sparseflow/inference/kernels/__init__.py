@@ -1,0 +1,171 @@
+"""Sparse x dense kernels for inference: the compiled extension and its pure-PyTorch fallback.
+
+``CsrWeight`` holds a weight matrix W [out, in] in CSR with the narrowest column index that fits
+(uint16 when ``in <= 65536``, stored as int16 bits, else int32): at batch 1 the product is bound by
+the bytes read per nonzero, 6 instead of 8 (Gale et al. 2020, "Sparse GPU kernels for deep learning",
+make the same argument for 16-bit indices). ``spmm(w, x)`` computes ``x @ W.T`` with
+
+* the C++ extension ``_spmm`` (built by ``pip install``), AVX-512 / AVX2 / baseline chosen at run
+  time from cpuid, batch 1 as gathered dot products and batch > 1 with register tiles over the
+  batch (see impl.h); or
+* ``Backend.TORCH``: torch's CSR matmul with int32 indices, the batch cut into chunks of 32 columns
+  (MKL's sparse product slows down past ~64 columns). Used when the extension is missing or forced.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from sparseflow.errors import SparseflowError
+
+try:  # the extension is optional: a missing compiler at install time leaves the fallback
+    from sparseflow.inference.kernels import _spmm
+except ImportError:  # pragma: no cover - depends on the build
+    _spmm = None
+
+__all__ = ["Backend", "CsrWeight", "Isa", "available_backend", "best_isa", "csr_from_dense", "spmm",
+           "torch_chunk_spmm", "tile_for"]
+
+#: Set to "torch" to force the fallback everywhere (tests, comparisons); read at call time.
+ENV_FORCE = "SPARSEFLOW_KERNELS"
+TORCH_CHUNK = 32
+
+
+class Backend(enum.Enum):
+    COMPILED = "compiled"
+    TORCH = "torch"
+
+
+class Isa(enum.IntEnum):
+    BASELINE = 0
+    AVX2 = 1
+    AVX512 = 2
+
+    @property
+    def width(self) -> int:
+        return (1, 8, 16)[self]
+
+
+def available_backend() -> Backend:
+    """COMPILED when the extension loaded and is not disabled by ``SPARSEFLOW_KERNELS=torch``."""
+    if _spmm is None or os.environ.get(ENV_FORCE, "").lower() == "torch":
+        return Backend.TORCH
+    return Backend.COMPILED
+
+
+def best_isa() -> Isa | None:
+    return None if _spmm is None else Isa(_spmm.best_isa())
+
+
+@dataclass(frozen=True, eq=False)
+class CsrWeight:
+    """W [out, in] in CSR: rowptr int32 [out+1], col int16 (uint16 bits) or int32 [nnz], values fp32."""
+
+    rowptr: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def index_bytes(self) -> int:
+        return self.col.element_size()
+
+    def to_dense(self) -> torch.Tensor:
+        col = self.col.to(torch.int64) & 0xFFFF if self.index_bytes == 2 else self.col.to(torch.int64)
+        rows = torch.repeat_interleave(torch.arange(self.shape[0]), self.rowptr.diff().to(torch.int64))
+        out = torch.zeros(self.shape, dtype=torch.float32)
+        out[rows, col] = self.values
+        return out
+
+    def torch_csr(self) -> torch.Tensor:
+        """The same matrix as a torch sparse CSR tensor with int32 indices (fallback backend)."""
+        col = (self.col.to(torch.int32) & 0xFFFF) if self.index_bytes == 2 else self.col
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.rowptr, col, self.values, self.shape, check_invariants=False)
+
+
+def csr_from_dense(w: torch.Tensor, *, index_bits: int | None = None) -> CsrWeight:
+    """CSR of the nonzeros of a 2-D fp32 tensor; 16-bit indices when the column count allows."""
+    if w.dim() != 2:
+        raise SparseflowError(f"csr_from_dense needs a 2-D weight, got shape {tuple(w.shape)}")
+    if w.dtype != torch.float32:
+        raise SparseflowError(f"sparse kernels run fp32 weights, got {w.dtype}; convert the model with .float()")
+    rows, cols = w.shape
+    nz = w.detach().cpu().contiguous() != 0
+    if nz.sum() >= 2**31:
+        raise SparseflowError(f"weight of shape {tuple(w.shape)} has >= 2**31 nonzeros; int32 row pointers cannot hold it")
+    bits = index_bits if index_bits is not None else (16 if cols <= 2**16 else 32)
+    if bits not in (16, 32) or (bits == 16 and cols > 2**16):
+        raise SparseflowError(f"index_bits must be 16 (in_features <= 65536) or 32, got {bits} for {cols} columns")
+    rowptr = torch.zeros(rows + 1, dtype=torch.int32)
+    rowptr[1:] = nz.sum(dim=1).cumsum(0).to(torch.int32)
+    col = nz.nonzero()[:, 1]
+    col = col.to(torch.int32).to(torch.int16) if bits == 16 else col.to(torch.int32)  # int16 wraps = uint16 bits
+    values = w.detach().cpu().contiguous()[nz].to(torch.float32).contiguous()
+    return CsrWeight(rowptr.contiguous(), col.contiguous(), values, (rows, cols))
+
+
+def tile_for(batch: int, isa: Isa) -> int:
+    """Register tile K (vectors per tile) for a batch: 0 means row-at-a-time dot products."""
+    if batch < 2:
+        return 0
+    k = 1
+    while k * isa.width < batch and k < (8 if isa.width < 16 else 4):
+        k *= 2
+    return k
+
+
+def spmm(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa: Isa | None = None,
+         threads: int | None = None, tile: int | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with the compiled kernels; x [B, in] fp32 CPU, returns [B, out]."""
+    if _spmm is None:
+        raise SparseflowError("the compiled sparse kernels are not built here; reinstall with a C++ compiler "
+                              "(pip install -e .) or use the torch fallback (Backend.TORCH)")
+    rows, cols = w.shape
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise SparseflowError(f"input of shape {tuple(x.shape)} does not fit weight {tuple(w.shape)}: need [batch, {cols}]")
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise SparseflowError(f"sparse kernels take fp32 CPU inputs, got {x.dtype} on {x.device}")
+    x = x.contiguous()
+    best = Isa(_spmm.best_isa())
+    use = best if isa is None else Isa(isa)
+    if use > best:
+        raise SparseflowError(f"instruction set {use.name} is not supported by this CPU (best: {best.name})")
+    if bias is not None and (bias.shape != (rows,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
+        raise SparseflowError(f"bias must be a contiguous fp32 vector of {rows}, got {tuple(bias.shape)} {bias.dtype}")
+    batch = x.shape[0]
+    y = torch.empty(batch, rows, dtype=torch.float32)
+    k = tile_for(batch, use) if tile is None else tile
+    nt = torch.get_num_threads() if threads is None else threads
+    _spmm.spmm(int(use), int(w.index_bytes == 4), w.rowptr.data_ptr(), w.col.data_ptr(), w.values.data_ptr(),
+               rows, cols, x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(), nt, k)
+    return y
+
+
+def spmm_checked_inputs(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None, isa: Isa, tile: int) -> torch.Tensor:
+    """``spmm`` for callers that already checked x ([B, in] fp32 contiguous CPU), bias and isa (SparseLinear)."""
+    batch, rows = x.shape[0], w.shape[0]
+    y = torch.empty(batch, rows, dtype=torch.float32)
+    _spmm.spmm(int(isa), int(w.index_bytes == 4), w.rowptr.data_ptr(), w.col.data_ptr(), w.values.data_ptr(),
+               rows, w.shape[1], x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(),
+               torch.get_num_threads(), tile)
+    return y
+
+
+def torch_chunk_spmm(w_csr: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None,
+                     chunk: int = TORCH_CHUNK) -> torch.Tensor:
+    """Fallback ``x @ W.T + bias`` with a torch CSR tensor, batch cut into ``chunk`` columns."""
+    xt = x.t()
+    parts = [torch.mm(w_csr, xt[:, i:i + chunk].contiguous()) for i in range(0, max(x.shape[0], 1), chunk)]
+    y = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).t()
+    return y + bias if bias is not None else y.contiguous()

@@ -1,0 +1,120 @@
+"""Markdown reports with figures for runs and experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sparseflow.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from sparseflow.training.job import JobResult
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _curves(result: JobResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    runs = [(f"{result.job.method} (s={result.job.sparsity:g})", result.sparse)]
+    if result.dense is not None:
+        runs.append(("dense", result.dense))
+    for label, run in runs:
+        epochs = [r["epoch"] for r in run.history]
+        ax1.plot(epochs, [r["train_loss"] for r in run.history], label=label)
+        ax2.plot(epochs, [r["test_acc"] for r in run.history], label=label)
+    ax1.set(xlabel="epoch", ylabel="train loss", yscale="log")
+    ax2.set(xlabel="epoch", ylabel="test accuracy")
+    ax2.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _health(result: JobResult) -> str:
+    parts = [f"**Warning:** {w}" for w in result.warnings] or ["No warnings: every layer connected, signal critical."]
+    if result.connectivity is not None:
+        parts += ["Connectivity of the final sparse model (`sparseflow.connectivity`):", result.connectivity.markdown()]
+    else:
+        parts.append("Connectivity: this model could not be traced.")
+    if result.signal is not None:
+        parts += ["Signal propagation at the start of training (`sparseflow.signal`, one training batch): "
+                  f"verdict **{result.signal.verdict}**, gain {result.signal.gain:.3g}.", result.signal.markdown()]
+    else:
+        parts.append("Signal at initialisation: not measured (the run was resumed).")
+    return "\n\n".join(parts)
+
+
+def _storage(result: JobResult) -> str:
+    st = result.storage
+    if not st:
+        return ""
+    ratio = f", {st['mask_ratio']:.3f}x their i.i.d. bound N·H(p)" if st["mask_ratio"] else ""
+    return (f"""
+## Storage
+
+`{st['file']}` (`sparseflow.load` / `sparseflow inspect`): {st['file_bytes']:,} bytes, """
+            f"""{st['file_bytes'] / st['dense_fp32_bytes']:.3f} of dense fp32 ({st['dense_fp32_bytes']:,} bytes); """
+            f"""masks {st['mask_bytes']:,} bytes{ratio}; kept values {st['values_bytes']:,} bytes.
+""")
+
+
+def write_train_report(result: JobResult, out: Path, *, command: str | None = None) -> None:
+    """OUT/report.md and OUT/curves.png for a train job."""
+    _curves(result, out / "curves.png")
+    job = result.job
+    rows = [[job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}"]]
+    if result.dense_accuracy is not None and job.method != "dense":
+        rows.append(["dense (same budget)", "0.0000", f"{result.dense_accuracy:.4f}"])
+    layers = [[layer.name, "x".join(map(str, layer.shape)), layer.numel, layer.nonzeros, f"{layer.density:.4f}",
+               "yes" if layer.target else "no (dense)"] for layer in result.layers]
+    text = f"""# sparseflow train: {job.model} on {job.dataset}, {job.method} at sparsity {job.sparsity:g}
+
+Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.wall_s:.1f} s in all.
+{f"Reproduce with: `{command}`" if command else ""}
+
+## Result
+
+{md_table(["run", "sparsity (measured)", "test accuracy"], rows)}
+
+## Layers (measured from the saved checkpoint)
+
+{md_table(["parameter", "shape", "weights", "nonzeros", "density", "pruned"], layers)}
+
+## Connectivity and signal
+
+{_health(result)}
+{_storage(result)}
+## Learning curves
+
+![curves](curves.png)
+
+## Configuration
+
+{md_table(["field", "value"], [[k, v] for k, v in job.to_dict().items()])}
+
+Method schedule: `{result.schedule}`
+"""
+    atomic_write_text(out / "report.md", text)

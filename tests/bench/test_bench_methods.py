@@ -1,0 +1,38 @@
+"""bench methods: every variant runs on one budget, and the criteria are computed from the measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparseflow.bench.methods import VARIANTS, MethodsConfig, criteria, methods_benchmark
+
+
+def _result(means: dict[tuple[str, float], float], sparsities: list[float]) -> dict:
+    rows = [{"method": m, "sparsity": s, "mean": v, "std": 0.0} for (m, s), v in means.items()]
+    return {"config": {"sparsities": sparsities}, "rows": rows}
+
+
+def test_criteria_are_computed_from_the_means() -> None:
+    means = {("dense", 0.0): 0.980, ("RigL", 0.9): 0.977, ("RigL", 0.95): 0.970, ("SET", 0.95): 0.972,
+             ("static ERK", 0.95): 0.960, ("static uniform", 0.95): 0.965, ("static ERK", 0.9): 0.97,
+             ("static uniform", 0.9): 0.96}
+    c = criteria(_result(means, [0.9, 0.95]), rigl_ratio=1.07)
+    gap = c["RigL within 0.5 pp of dense at 90%"]
+    assert gap["value"] == pytest.approx(0.3) and gap["pass"] is True
+    order = c["RigL >= SET >= static ERK at 0.95"]
+    assert order["value"] == [97.0, 97.2, 96.0] and order["pass"] is False  # SET beat RigL here
+    assert c["static ERK >= uniform at 0.95"]["pass"] is False
+    assert c["static ERK >= uniform at 0.9"]["value"] == pytest.approx(1.0) and c["static ERK >= uniform at 0.9"]["pass"]
+    assert c["RigL amortised step overhead vs dense (dT=100)"]["pass"] is False
+
+
+def test_every_variant_trains_on_the_same_budget() -> None:
+    cfg = MethodsConfig(dataset="digits", sparsities=(0.9,), seeds=(0,), epochs=2, batch_size=64, lr=0.05)
+    seen = []
+    result = methods_benchmark(cfg, data_dir=None, workers=1, on_result=lambda spec, acc: seen.append(spec.label))
+    assert sorted(seen) == sorted(["dense", *[label for label, _, _ in VARIANTS]])
+    for row in result["rows"]:
+        assert 0.0 <= row["mean"] <= 1.0 and row["n"] == 1
+        if row["method"] != "dense":
+            # every method really is sparse at the end: no more nonzeros than the mask allows
+            assert row["measured_sparsity"] >= 0.9 - 1e-3, row

@@ -1,0 +1,189 @@
+"""Lottery runs on tiny models: masks, rewinding, controls, resume bit-identity, refusals and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparseflow.errors import SparseflowError
+from sparseflow.lottery import LotteryJob, criteria, next_mask, run_lottery
+from sparseflow.lottery.run import _data
+from sparseflow.lottery.trainer import LevelData, train_arm
+from sparseflow.mask import Mask
+from sparseflow.training.models import build_model
+from sparseflow.storage.sequence import load_masks
+from sparseflow.training.loop import TrainConfig
+
+JOB = LotteryJob(dataset="digits", hidden=(16,), iterations=40, batch_size=32, eval_every=10, lr=1e-2,
+                 target_density=None, levels=2, seeds=(0, 1))
+
+
+def outputs(out: Path) -> dict:
+    """Everything a run leaves that must be reproducible: level records, masks, trained tickets."""
+    from sparseflow.io import load_state
+
+    got = {}
+    for seed_dir in sorted(out.glob("seed*")):
+        for level_dir in sorted(seed_dir.glob("level_*")):
+            got[str(level_dir.relative_to(out))] = json.loads((level_dir / "result.json").read_text())
+            got[str(level_dir.relative_to(out)) + "/ticket"] = load_state(level_dir / "ticket.safetensors")[0]
+        got[seed_dir.name + "/masks"] = load_masks(seed_dir / "masks.sfm")
+    return got
+
+
+def same(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.endswith("/ticket"):
+            assert all(torch.equal(a[k][n], b[k][n]) for n in a[k]), k
+        else:
+            assert a[k] == b[k], k
+    return True
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("ref")
+    result = run_lottery(JOB, out)
+    return out, {"result": result, "outputs": outputs(out)}
+
+
+def test_masks_are_nested_pruned_from_the_ticket_and_controls_match_densities(reference) -> None:
+    out, ref = reference
+    from sparseflow.io import load_state
+
+    masks = load_masks(out / "seed0" / "masks.sfm")
+    assert len(masks) == 3 and masks[0].density() == 1.0
+    counts = [{"layers.0.weight": 1024, "layers.1.weight": 160}, {"layers.0.weight": 819, "layers.1.weight": 144},
+              {"layers.0.weight": 655, "layers.1.weight": 130}]  # 20 % per level, output layer 10 %, by hand
+    assert [m.counts() for m in masks] == counts
+    for lv in (0, 1):  # M_{L+1} = the largest surviving |w| of level L's trained ticket
+        w = load_state(out / "seed0" / f"level_0{lv}" / "ticket.safetensors")[0]
+        assert next_mask(masks[lv], w, counts[lv + 1]) == masks[lv + 1]
+        assert not any((masks[lv + 1][n] & ~masks[lv][n]).any() for n in masks[lv])
+    rec = ref["result"].levels[0][2]
+    assert set(rec["arms"]) == {"ticket", "reinit", "random"}
+    assert rec["arms"]["random"]["layer_density"] == rec["arms"]["ticket"]["layer_density"]
+    assert rec["density"] == pytest.approx((655 + 130) / 1184)
+    assert masks != load_masks(out / "seed1" / "masks.sfm")  # each replicate has its own ticket
+
+
+def test_level_one_ticket_trains_from_the_masked_initialisation(reference, tmp_path: Path) -> None:
+    # Oracle: train the seed-0 initialisation, masked with M_1, for the level's steps by hand.
+    out, ref = reference
+    x, y, val, test, shape, classes = _data(JOB, None)
+    model = build_model("mlp", shape, classes, hidden=(16,), seed=0)
+    mask = load_masks(out / "seed0" / "masks.sfm")[1]
+    cfg = TrainConfig(batch_size=32, lr=1e-2, optimizer="adam", weight_decay=0.0, lr_schedule="constant")
+    res = train_arm(model, mask, LevelData(x, y, 32, 0, val, test), cfg, start=0, end=40, eval_every=10,
+                    run_dir=tmp_path)
+    assert res.to_json()["evals"] == ref["result"].levels[0][1]["arms"]["ticket"]["evals"]
+
+
+def test_interrupted_run_resumes_bit_identically(reference, tmp_path: Path) -> None:
+    def crash(seed: int, level: int, arm: str, step: int) -> None:
+        if (seed, level, arm, step) == (0, 1, "reinit", 25):  # mid-arm, after the checkpoint at step 20
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_lottery(JOB, tmp_path, on_step=crash)
+    assert (tmp_path / "seed0" / "level_01" / "reinit" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "seed0" / "level_01" / "result.json").exists()
+    steps: list[tuple] = []
+    run_lottery(JOB, tmp_path, on_step=lambda *a: steps.append(a))
+    assert steps[0] == (0, 1, "reinit", 21)  # resumed from the checkpoint; level 0 and the ticket skipped
+    assert same(outputs(tmp_path), reference[1]["outputs"])
+
+
+def test_late_rewinding_saves_weights_at_step_k(tmp_path: Path) -> None:
+    job = LotteryJob(dataset="digits", hidden=(16,), iterations=30, batch_size=32, eval_every=10, lr=1e-2,
+                     target_density=None, levels=1, rewind_step=7, random_mask=False, reinit=False)
+    result = run_lottery(job, tmp_path)
+    x, y, val, test, shape, classes = _data(job, None)
+    model = build_model("mlp", shape, classes, hidden=(16,), seed=0)
+    cfg = TrainConfig(batch_size=32, lr=1e-2, optimizer="adam", weight_decay=0.0, lr_schedule="constant")
+    train_arm(model, Mask.ones({n: p for n, p in model.named_parameters() if n.endswith("weight")}),
+              LevelData(x, y, 32, 0, val, test), cfg, start=0, end=7, eval_every=7, run_dir=tmp_path / "oracle")
+    from sparseflow.io import load_state
+
+    saved = load_state(tmp_path / "seed0" / "rewind.safetensors")[0]
+    assert all(torch.equal(saved[n], p) for n, p in model.state_dict().items())
+    level1 = result.levels[0][1]
+    assert level1["start_step"] == 7 and level1["arms"]["ticket"]["evals"][0]["step"] == 10
+
+
+def test_other_configuration_in_run_directory_is_refused(reference) -> None:
+    out, _ = reference
+    with pytest.raises(SparseflowError, match=r"prune_fraction is 0.2 there, 0.3 here"):
+        run_lottery(LotteryJob(**{**JOB.__dict__, "prune_fraction": 0.3}), out)
+
+
+def test_corrupted_level_file_names_level_and_recompute_restores(reference, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    path = out / "seed1" / "level_01" / "result.json"
+    path.write_text(path.read_text().replace('"final_acc": 0.', '"final_acc": 1.', 1))
+    with pytest.raises(SparseflowError, match=r"level 1 of seed 1 is corrupted.*--recompute-level 1"):
+        run_lottery(JOB, out)
+    run_lottery(JOB, out, recompute_level=1)
+    assert same(outputs(out), reference[1]["outputs"])
+    masks = out / "seed0" / "masks.sfm"
+    data = bytearray(masks.read_bytes())
+    data[-3] ^= 0xFF  # inside the last level's coded mask
+    masks.write_bytes(bytes(data))
+    with pytest.raises(SparseflowError, match=r"level \d of seed 0 is corrupted.*--recompute-level"):
+        run_lottery(JOB, out)
+
+
+def test_criteria_are_computed_from_the_levels(reference) -> None:
+    result = reference[1]["result"]
+    crit = criteria(result)
+    acc = {a: sum(result.levels[s][2]["arms"][a]["final_acc"] for s in (0, 1)) / 2 for a in ("ticket", "reinit", "random")}
+    dense = sum(result.levels[s][0]["arms"]["ticket"]["final_acc"] for s in (0, 1)) / 2
+    assert crit["ticket_matches_dense"]["value"] == pytest.approx(acc["ticket"] - dense)
+    assert crit["ticket_beats_reinit"]["value"] == pytest.approx(acc["ticket"] - acc["reinit"])
+    assert crit["ticket_beats_reinit"]["pass"] == (acc["ticket"] - acc["reinit"] >= 0.02)
+    assert "ticket_beats_random_mask" not in crit  # that goal belongs to MNIST-1D
+    mnist1d = dataclasses.replace(result, job=dataclasses.replace(result.job, dataset="mnist1d"))
+    assert set(criteria(mnist1d)) == {"ticket_beats_random_mask"}
+    assert criteria(mnist1d)["ticket_beats_random_mask"]["value"] == pytest.approx(acc["ticket"] - acc["random"])
+
+
+def test_cli_runs_reports_and_refuses_bad_input(run_cli, tmp_path: Path) -> None:
+    args = ["lottery", "--dataset", "digits", "--hidden", "16", "--iterations", "20", "--batch-size", "32",
+            "--eval-every", "10", "--levels", "1", "--no-progress", "--out", str(tmp_path), "--json"]
+    code, stdout, _ = run_cli(args)
+    assert code == 0
+    obj = json.loads(stdout.strip().splitlines()[-1])
+    assert [r["level"] for r in obj["levels"]] == [0, 1]
+    assert obj["criteria"]["ticket_matches_dense"]["value"] == pytest.approx(
+        obj["levels"][1]["arms"]["ticket"]["final_acc"]["mean"] - obj["dense_acc"])
+    assert (tmp_path / "report.md").exists() and (tmp_path / "accuracy.png").exists()
+    for bad, msg in ((["--prune-fraction", "1.0"], "prune_fraction"), (["--rewind-step", "20"], "rewind_step"),
+                     (["--target-density", "0.01"], "not reachable in 1 levels"),
+                     (["--lr", "0.5"], "another lottery configuration")):
+        code, _, err = run_cli(args + bad)
+        assert code == 2 and "error:" in err and msg in err.replace("\n", " "), err
+
+
+def test_learning_rate_rewinding_retrains_the_trained_ticket(tmp_path: Path) -> None:
+    # Renda et al. 2020: keep the trained weights, replay the schedule from step k (cosine, so the LR matters).
+    job = LotteryJob(dataset="digits", hidden=(16,), iterations=30, batch_size=32, eval_every=10, lr=1e-2,
+                     lr_schedule="cosine", target_density=None, levels=1, rewind="lr", rewind_step=10,
+                     random_mask=False, reinit=False)
+    result = run_lottery(job, tmp_path)
+    from sparseflow.io import load_state
+
+    x, y, val, test, shape, classes = _data(job, None)
+    model = build_model("mlp", shape, classes, hidden=(16,), seed=0)
+    model.load_state_dict(load_state(tmp_path / "seed0" / "level_00" / "ticket.safetensors")[0])
+    cfg = TrainConfig(batch_size=32, lr=1e-2, optimizer="adam", weight_decay=0.0, lr_schedule="cosine")
+    res = train_arm(model, load_masks(tmp_path / "seed0" / "masks.sfm")[1], LevelData(x, y, 32, 0, val, test), cfg,
+                    start=10, end=30, eval_every=10, run_dir=tmp_path / "oracle")
+    assert res.to_json()["evals"] == result.levels[0][1]["arms"]["ticket"]["evals"]
+    assert [e["step"] for e in res.evals] == [20, 30]
