@@ -144,3 +144,22 @@ def reject(given: frozenset[str], names: tuple[str, ...], why: str) -> None:
 def default_out(out: Path | None, name: str, quick: bool) -> Path:
     """``out``, or ``runs/NAME`` (``runs/NAME-quick`` under --quick)."""
     return out if out is not None else Path("runs") / (f"{name}-quick" if quick else name)
+
+
+def version_option(app: typer.Typer, version: str) -> None:
+    """``sparseflow --version``: print the package version and exit."""
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"sparseflow {version}")
+            raise typer.Exit()
+
+    def root(**kwargs: Any) -> None:
+        """Sparse neural networks: create, analyse, store and run them."""
+
+    info = typer.Option("--version", help="Print the sparseflow version and exit.", callback=show, is_eager=True)
+    p = inspect.Parameter("version", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[bool], info])
+    root.__signature__ = inspect.Signature([p])  # type: ignore[attr-defined]
+    root.__annotations__ = {"version": p.annotation}
+    app.callback()(root)
