@@ -12,7 +12,9 @@ An experiment lives in ``sparseflow/experiments/<name>/`` and exports ``EXPERIME
   returns the JSON object the CLI prints with ``--json``.
 
 ``options`` is an optional dataclass of run settings that do not change the result (data folders, ``--yes``);
-``run`` then takes it as a keyword argument ``options=``.
+``run`` then takes it as a keyword argument ``options=``. ``check(config, options)``, when given, runs before
+anything else: it raises a :class:`~sparseflow.errors.SparseflowError` to refuse the run (an estimate past the
+time budget without ``--yes``) and may return a line to show before the run starts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class TableData:
     columns: Sequence[str]
     rows: Sequence[Sequence[Any]]
     left: Sequence[str] | None = None  # columns aligned left (default: the first)
+    min_width: int | None = None  # console columns at least (wide tables are never cut)
+    note: str = ""  # a line printed under the table
 
 
 class Result(Protocol):
@@ -57,3 +61,4 @@ class Experiment:
     options: type | None = None
     tables: Callable[[Any], list[TableData]] | None = None  # console tables besides the criteria
     doc: str = ""  # the command's help (default: the summary)
+    check: Callable[[Any, Any], str | None] | None = None  # before running: refuse (raise) or return a note

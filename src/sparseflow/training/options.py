@@ -65,6 +65,11 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": Opt(help, **kw)})
 
 
+def flag(name: str, o: Opt) -> str:
+    """The command-line name of field ``name``: ``--name-with-dashes`` unless the option names its own."""
+    return o.flag or "--" + name.replace("_", "-")
+
+
 def opt_of(f: dataclasses.Field) -> Opt | None:
     return f.metadata.get("option")
 
@@ -222,6 +227,35 @@ def parse_items(text: str, item: Any, label: str) -> tuple:
         kind = "integers" if item is int else "numbers" if item is float else "values"
         example = "500,1000" if item is int else "0.5,0.1,0.02"
         raise SparseflowError(f"{label} takes comma-separated {kind} such as {example}, got {text!r}") from None
+
+
+def _arg(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(_arg, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def command_line(prefix: str, *objs: Any) -> str:
+    """The command that rebuilds ``objs`` (a config, then options): ``prefix``, ``--quick`` when the first has
+    ``quick`` set, and every command-line option whose value differs from its default (its quick value under
+    --quick), in declaration order. Reports print it so that a run can be repeated."""
+    quick = bool(getattr(objs[0], "quick", False)) if objs else False
+    parts = [prefix, *(["--quick"] if quick else [])]
+    for obj in objs:
+        base = quick_values(type(obj), {}) if quick else {}
+        for f, o, _ in fields(obj):
+            value = getattr(obj, f.name)
+            if not o.cli or value == base.get(f.name, f.default):
+                continue
+            name = flag(f.name, o)
+            if o.positional:
+                parts.append(_arg(value))
+            elif isinstance(value, bool):  # "--x" or "--x/--no-x"
+                on, _, off = name.partition("/")
+                parts.append(on if value else off or "--no-" + on.removeprefix("--"))
+            else:
+                parts += [name, _arg(value)]
+    return " ".join(parts)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
