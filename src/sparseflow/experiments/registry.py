@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments import collapse, meanfield, percolation, sparse_init
+from sparseflow.experiments import collapse, meanfield, percolation, regularisation, sparse_init
 from sparseflow.experiments.protocol import Experiment
 
 
@@ -73,7 +73,8 @@ EXPERIMENTS: tuple[Entry, ...] = (
 )
 NAMES = tuple(e.name for e in EXPERIMENTS)
 # The experiments that follow the protocol (sparseflow.experiments.protocol): their commands are generated.
-PROTOCOL: tuple[Experiment, ...] = (collapse.EXPERIMENT, percolation.EXPERIMENT, meanfield.EXPERIMENT, sparse_init.EXPERIMENT)
+PROTOCOL: tuple[Experiment, ...] = (collapse.EXPERIMENT, percolation.EXPERIMENT, meanfield.EXPERIMENT, sparse_init.EXPERIMENT,
+                                      regularisation.EXPERIMENT)
 
 
 def select(only: str | None) -> list[Entry]:
