@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments import collapse, meanfield, percolation, regularisation, sparse_init
+from sparseflow.experiments import collapse, golgi, meanfield, percolation, regularisation, sparse_init
 from sparseflow.experiments.protocol import Experiment
 
 
@@ -74,7 +74,7 @@ EXPERIMENTS: tuple[Entry, ...] = (
 NAMES = tuple(e.name for e in EXPERIMENTS)
 # The experiments that follow the protocol (sparseflow.experiments.protocol): their commands are generated.
 PROTOCOL: tuple[Experiment, ...] = (collapse.EXPERIMENT, percolation.EXPERIMENT, meanfield.EXPERIMENT, sparse_init.EXPERIMENT,
-                                      regularisation.EXPERIMENT)
+                                      regularisation.EXPERIMENT, golgi.EXPERIMENT)
 
 
 def select(only: str | None) -> list[Entry]:
