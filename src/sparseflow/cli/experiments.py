@@ -20,11 +20,13 @@ def _handler(exp: Experiment):
         out = default_out(call.options.out, exp.name, call.quick)
         check_out(out)
         kwargs = {"options": call.options} if exp.options is not None else {}
+        for line in exp.check(call.config, call.options) if exp.check is not None else []:
+            call.run.note(line)
         with call.run.progress(f"experiment {exp.name}") as tick:
             result = exp.run(call.config, out, tick, **kwargs)
         obj = exp.write_outputs(result, out)
         for t in exp.tables(result) if exp.tables is not None else []:
-            call.run.table(t.title, t.columns, t.rows, left=t.left)
+            call.run.table(t.title, t.columns, t.rows, left=t.left, min_width=t.min_width)
         call.run.print(f"run directory: {out}")
         call.run.finish({**obj, "out": str(out)})
 

@@ -21,7 +21,7 @@ import typer
 
 from sparseflow.cli.runner import Runner
 from sparseflow.errors import SparseflowError
-from sparseflow.training.options import Opt, build, check_value, fields, item_type, parse_items, unwrap
+from sparseflow.training.options import Opt, build, check_value, fields, flag, item_type, parse_items, unwrap
 
 COMMON = ("quick", "as_json")
 
@@ -37,11 +37,6 @@ class Call:
     given: frozenset[str]  # field names given on the command line
     ctx: typer.Context
     run: Runner
-
-
-def flag(name: str, o: Opt) -> str:
-    """The command-line name of field ``name``: ``--name-with-dashes`` unless the option names its own."""
-    return o.flag or "--" + name.replace("_", "-")
 
 
 def _cli_type(tp: Any) -> tuple[Any, bool]:
@@ -62,7 +57,7 @@ def _help(o: Opt) -> str:
     text = o.help
     if o.has_quick and not callable(o.quick):
         q = o.quick
-        text += f" (quick: {_cli_default(q) if q is not None else 'none'})"
+        text += f" (quick: {_cli_default(q) if q not in (None, ()) else 'none'})"
     return text
 
 

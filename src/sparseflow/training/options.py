@@ -65,6 +65,11 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": Opt(help, **kw)})
 
 
+def flag(name: str, o: Opt) -> str:
+    """The command-line name of field ``name``: ``--name-with-dashes`` unless the option names its own."""
+    return o.flag or "--" + name.replace("_", "-")
+
+
 def opt_of(f: dataclasses.Field) -> Opt | None:
     return f.metadata.get("option")
 
@@ -238,3 +243,13 @@ class RunOptions:
     """The run directory every command that writes one takes (``--out``)."""
 
     out: Path | None = option(None, "Run directory (default runs/<name>, runs/<name>-quick under --quick).")
+
+
+@dataclass(frozen=True)
+class BudgetOptions(RunOptions):
+    """:class:`RunOptions` and ``--yes``: run a grid estimated past the budget (:func:`~sparseflow.training.rundir.check_budget`)."""
+
+    yes: bool = option(False, "Run even when the estimate exceeds an hour.")
+
+    def __post_init__(self) -> None:
+        check(self)
