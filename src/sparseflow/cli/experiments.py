@@ -19,9 +19,9 @@ def _handler(exp: Experiment):
     def handler(call: Call) -> None:
         out = default_out(call.options.out, exp.name, call.quick)
         check_out(out)
-        note = exp.check(call.config, call.options) if exp.check is not None else None
-        if note:
-            call.run.note(note)
+        notes = exp.check(call.config, call.options) if exp.check is not None else None
+        for line in [notes] if isinstance(notes, str) else notes or []:
+            call.run.note(line)
         kwargs = {"options": call.options} if exp.options is not None else {}
         with call.run.progress(f"experiment {exp.name}") as tick:
             result = exp.run(call.config, out, tick, **kwargs)

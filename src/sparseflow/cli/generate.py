@@ -57,7 +57,7 @@ def _help(o: Opt) -> str:
     text = o.help
     if o.has_quick and not callable(o.quick):
         q = o.quick
-        text += f" (quick: {_cli_default(q) if q is not None else 'none'})"
+        text += f" (quick: {_cli_default(q) if q not in (None, ()) else 'none'})"
     return text
 
 

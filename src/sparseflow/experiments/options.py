@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparseflow.errors import SparseflowError
-from sparseflow.training.options import RunOptions, check, option
-from sparseflow.training.rundir import check_budget
+from sparseflow.training.options import BudgetOptions, RunOptions, check, option
 
 
 @dataclass(frozen=True)
@@ -26,20 +25,6 @@ class DataOptions(RunOptions):
     @property
     def dataset(self) -> str:
         return "digits" if self.data_dir is None else "mnist"
-
-
-@dataclass(frozen=True)
-class BudgetOptions(RunOptions):
-    """``--out`` and ``--yes``: run a grid even when its estimated time exceeds an hour."""
-
-    yes: bool = option(False, "Run even when the estimated time exceeds an hour.")
-
-    def __post_init__(self) -> None:
-        check(self)
-
-    def check_budget(self, estimate_s: float, what: str) -> None:
-        """Refuse a run estimated past the budget unless ``--yes`` (:func:`sparseflow.training.rundir.check_budget`)."""
-        check_budget(estimate_s, self.yes, what)
 
 
 @dataclass(frozen=True)

@@ -272,3 +272,19 @@ class RunOptions:
     """The run directory every command that writes one takes (``--out``)."""
 
     out: Path | None = option(None, "Run directory (default runs/<name>, runs/<name>-quick under --quick).")
+
+
+@dataclass(frozen=True)
+class BudgetOptions(RunOptions):
+    """:class:`RunOptions` and ``--yes``: run a grid estimated past the budget (:func:`~sparseflow.training.rundir.check_budget`)."""
+
+    yes: bool = option(False, "Run even when the estimated time exceeds an hour.")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def check_budget(self, estimate_s: float, what: str) -> None:
+        """Refuse a run estimated past the budget unless ``--yes`` (:func:`sparseflow.training.rundir.check_budget`)."""
+        from sparseflow.training.rundir import check_budget
+
+        check_budget(estimate_s, self.yes, what)

@@ -21,6 +21,7 @@ EXPERIMENT = Experiment(
     run=run,
     write_outputs=write_outputs,
     tables=tables,
+    full_s=120,
 )
 
 __all__ = ["EXPERIMENT", "CollapseConfig", "CollapseRow", "CollapseTable", "Probe", "collapse_sparsity", "has_path",

@@ -4,7 +4,7 @@ from sparseflow.experiments.golgi.config import GolgiConfig
 from sparseflow.experiments.golgi.report import tables, write_outputs
 from sparseflow.experiments.golgi.run import GolgiResult, matched_random, run
 from sparseflow.experiments.options import DataBudgetOptions
-from sparseflow.experiments.protocol import Experiment
+from sparseflow.experiments.protocol import Data, Experiment
 
 
 def _check(config: GolgiConfig, options: DataBudgetOptions) -> None:
@@ -22,6 +22,8 @@ EXPERIMENT = Experiment(
     options=DataBudgetOptions,
     tables=tables,
     check=_check,
+    full_s=420,
+    data=Data(("mnist",), ("--data-dir",), optional=True),
 )
 
 __all__ = ["EXPERIMENT", "GolgiConfig", "GolgiResult", "matched_random", "run", "write_outputs"]

@@ -14,6 +14,7 @@ EXPERIMENT = Experiment(
     run=run,
     write_outputs=write_outputs,
     options=DataOptions,
+    full_s=900,
 )
 
 __all__ = ["EXPERIMENT", "PercolationConfig", "PercolationResult", "run", "write_outputs"]

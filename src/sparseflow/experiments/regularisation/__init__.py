@@ -1,6 +1,6 @@
 """Experiment: sparsity as a regulariser vs training-set size on MNIST-1D (Greydanus & Kobak 2024)."""
 
-from sparseflow.experiments.options import BudgetOptions
+from sparseflow.training.options import BudgetOptions
 from sparseflow.experiments.protocol import Experiment
 from sparseflow.experiments.regularisation.config import RegConfig
 from sparseflow.experiments.regularisation.report import tables, write_outputs
@@ -24,6 +24,7 @@ EXPERIMENT = Experiment(
     options=BudgetOptions,
     tables=tables,
     check=_check,
+    full_s=1500,
 )
 
 __all__ = ["EXPERIMENT", "RegConfig", "RegResult", "run", "write_outputs"]

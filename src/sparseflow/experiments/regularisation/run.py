@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sparseflow.analysis.stats import t_interval
-from sparseflow.experiments.options import BudgetOptions
+from sparseflow.training.options import BudgetOptions
 from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.experiments.regularisation.config import RegConfig
 from sparseflow.experiments.regularisation.stats import best_index, gap, tied, trend

@@ -21,6 +21,7 @@ EXPERIMENT = Experiment(
     options=DataOptions,
     tables=tables,
     check=_check,
+    full_s=600,
 )
 
 __all__ = ["EXPERIMENT", "InitConfig", "InitResult", "criteria", "run", "write_outputs"]
