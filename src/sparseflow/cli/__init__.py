@@ -14,7 +14,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from sparseflow.cli import (analyze, bench, bench_inference, bench_masks, bench_storage,  # noqa: F401
+from sparseflow.cli import (analyze, bench,  # noqa: F401
                            experiments, exp_hopfield, exp_methods, exp_normalisation, lottery,
                            report, stain, storage, sweep, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app

@@ -15,6 +15,9 @@ An experiment lives in ``sparseflow/experiments/<name>/`` and exports ``EXPERIME
 ``run`` then takes it as a keyword argument ``options=``. ``check(config, options)``, when given, runs before
 anything else: it raises a :class:`~sparseflow.errors.SparseflowError` to refuse the run (an estimate past the
 time budget without ``--yes``) and may return a line to show before the run starts.
+
+A benchmark (``sparseflow bench NAME``, :mod:`sparseflow.bench.registry`) is an :class:`Experiment` too; it
+writes its files only when ``out`` is given.
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ class TableData:
     left: Sequence[str] | None = None  # columns aligned left (default: the first)
     min_width: int | None = None  # console columns at least (wide tables are never cut)
     note: str = ""  # a line printed under the table
+
+    def rich(self) -> Any:
+        """The table as a ``rich.table.Table``: the ``left`` columns aligned left, the others right."""
+        from rich.table import Table
+
+        table = Table(title=self.title)
+        left = (self.columns[0],) if self.left is None else tuple(self.left)
+        for col in self.columns:
+            table.add_column(col, justify="left" if col in left else "right")
+        for row in self.rows:
+            table.add_row(*(str(v) for v in row))
+        return table
 
 
 class Result(Protocol):
