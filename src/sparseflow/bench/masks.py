@@ -49,6 +49,8 @@ class MasksConfig:
 
 @dataclass(frozen=True)
 class MasksOptions(BenchOptions):
+    """Where the data is and how many threads train; the masks' bits do not depend on either."""
+
     data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
     threads: int = option(1, "torch.set_num_threads for training.", min=1)
 

@@ -61,6 +61,7 @@ class MethodsConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        # The library's own check, so that a bad level reads as everywhere else: "sparsity must be in [0, 1)".
         object.__setattr__(self, "sparsities", tuple(check_sparsity(s) for s in self.sparsities))
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +73,8 @@ class MethodsConfig:
 
 @dataclass(frozen=True)
 class MethodsOptions(BenchOptions):
+    """Where the data is and how many processes train; neither changes the result."""
+
     data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
     workers: int = option(2, "Parallel training processes (threads are split among them).", min=1)
 
@@ -185,7 +188,7 @@ def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict
 # --- the benchmark --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MethodsResult:
-    """Accuracy rows per (variant, sparsity) and the step-time rows of :func:`~sparseflow.bench.overhead.rigl_overhead`."""
+    """Accuracy rows per (variant, sparsity), and RigL's step time against dense (:func:`rigl_overhead`)."""
 
     data: dict[str, Any]  # {"config", "rows"} of methods_benchmark
     overhead: tuple[OverheadRow, ...]
@@ -213,9 +216,12 @@ def run(config: MethodsConfig, out: Path | None = None, progress: Tick = no_prog
         from sparseflow.training.data import load_dataset
 
         load_dataset("mnist", options.data_dir)  # verify the files before starting workers
+
+    def done(spec: RunSpec, acc: float) -> None:
+        progress(f"{spec.label} s={spec.sparsity:g} seed={spec.seed}: {acc:.4f}")
+
     progress("", advance=0, total=config.seeds * (1 + len(config.sparsities) * len(VARIANTS)))
-    data = methods_benchmark(config, data_dir=options.data_dir, workers=options.workers, on_result=lambda spec, acc: (
-        progress(f"{spec.label} s={spec.sparsity:g} seed={spec.seed}: {acc:.4f}")))
+    data = methods_benchmark(config, data_dir=options.data_dir, workers=options.workers, on_result=done)
     progress("timing RigL's training step against dense", advance=0)
     torch.set_num_threads(os.cpu_count() or 1)
     return MethodsResult(data, tuple(rigl_overhead(repeats=config.overhead_repeats)))

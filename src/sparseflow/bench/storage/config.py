@@ -45,4 +45,5 @@ class StorageConfig:
 
     def command(self) -> str:
         """The command line that reproduces this run."""
-        return f"sparseflow bench storage --seed {self.seed} --threads {self.threads}" + (" --quick" if self.quick else "")
+        quick = " --quick" if self.quick else ""
+        return f"sparseflow bench storage --seed {self.seed} --threads {self.threads}{quick}"
