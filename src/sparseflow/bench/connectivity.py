@@ -95,10 +95,11 @@ def run(config: ConnectivityConfig, out: Path | None = None, progress: Tick = no
                              torch.get_num_threads(), c.effective_sparsity)
 
 
-def tables(b: ConnectivityBench) -> list[TableData | str]:
-    return [f"connectivity of a {b.layers} x {b.width}x{b.width} MLP: {b.weights:,} weights, {b.nonzeros:,} nonzeros "
-            f"(density {b.density:g}): {b.seconds:.2f} s, {b.nonzeros_per_s:,.0f} nonzeros/s, {b.threads} threads, "
-            f"torch {torch.__version__}"]
+def tables(b: ConnectivityBench) -> list[TableData]:
+    return [TableData(f"connectivity of a {b.layers} x {b.width}x{b.width} MLP, torch {torch.__version__}",
+                      ("weights", "nonzeros", "density", "seconds", "nonzeros/s", "threads"),
+                      [(f"{b.weights:,}", f"{b.nonzeros:,}", f"{b.density:g}", f"{b.seconds:.2f}",
+                        f"{b.nonzeros_per_s:,.0f}", b.threads)])]
 
 
 BENCHMARK = Experiment(

@@ -135,12 +135,16 @@ def _row(kind: str, sparsity: float, name: str, mask: np.ndarray) -> MaskRow:
                    mask.size * binary_entropy(p), iid_bound_bits(mask.size, nnz))
 
 
+def check_data(config: MasksConfig, options: MasksOptions) -> None:
+    if options.data_dir is None:
+        raise SparseflowError("bench masks trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files")
+
+
 def run(config: MasksConfig, out: Path | None = None, progress: Tick = no_progress, *,
         options: MasksOptions = MasksOptions()) -> MasksBench:
     """Train on ``options.threads`` threads, prune and code (the quick run trains 2 epochs: the masks already
     carry the structure). ``out`` is not used."""
-    if options.data_dir is None:
-        raise SparseflowError("bench masks trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files")
+    check_data(config, options)
     torch.set_num_threads(options.threads)
     t0 = time.perf_counter()
     progress("training LeNet-300-100 on MNIST", advance=0, total=config.epochs + len(SPARSITIES))
@@ -173,10 +177,11 @@ def _totals(b: MasksBench) -> list[list[str]]:
     return [[k, f"{s:.1%}", f"{b.total(k, s):.4f}"] for s in SPARSITIES for k in ("trained", "random")]
 
 
-def tables(b: MasksBench) -> list[TableData | str]:
+def tables(b: MasksBench) -> list[TableData]:
     title = f"LeNet-300-100 masks ({b.epochs} epochs, test accuracy {b.accuracy:.4f})"
-    return [TableData(title, HEADERS, _cells(b), left=("masks", "layer", "shape", "codec"), min_width=110),
-            *(f"{kind} masks at {s}: total {v} x Σ N_l·H(p_l)" for kind, s, v in _totals(b))]
+    totals = "\n".join(f"{kind} masks at {s}: total {v} x Σ N_l·H(p_l)" for kind, s, v in _totals(b))
+    return [TableData(title, HEADERS, _cells(b), left=("masks", "layer", "shape", "codec"), min_width=110,
+                      note=totals)]
 
 
 def write_outputs(b: MasksBench, out: Path) -> dict[str, Any]:
@@ -201,4 +206,5 @@ BENCHMARK = Experiment(
         "sparseflow.save does: bits against N·H(p) per layer and in total, random masks of equal densities as the "
         "control. Goal: trained masks ≤ 0.90 × Σ N_l·H(p_l).",
     config=MasksConfig, run=run, write_outputs=write_outputs, options=MasksOptions, tables=tables,
+    check=check_data,
 )

@@ -206,16 +206,22 @@ class MethodsResult:
         return {"command": "bench methods", **self.record()}
 
 
+def check_data(config: MethodsConfig, options: MethodsOptions) -> None:
+    """Refuse a run on MNIST without its files, before any worker starts."""
+    if config.dataset != "mnist":
+        return
+    if options.data_dir is None:
+        raise SparseflowError("bench methods trains on MNIST: pass --data-dir, the folder holding its four IDX "
+                              ".gz files (or --quick for MNIST-1D, generated locally)")
+    from sparseflow.training.data import load_dataset
+
+    load_dataset("mnist", options.data_dir)  # verify the files
+
+
 def run(config: MethodsConfig, out: Path | None = None, progress: Tick = no_progress, *,
         options: MethodsOptions = MethodsOptions()) -> MethodsResult:
-    """Train every run on ``options.workers`` processes, then time RigL's step against dense on all cores."""
-    if config.dataset == "mnist":
-        if options.data_dir is None:
-            raise SparseflowError("bench methods trains on MNIST: pass --data-dir, the folder holding its four IDX "
-                                  ".gz files (or --quick for MNIST-1D, generated locally)")
-        from sparseflow.training.data import load_dataset
-
-        load_dataset("mnist", options.data_dir)  # verify the files before starting workers
+    """Train every run on ``options.workers`` processes, then time RigL's step against dense on all cores
+    (:func:`check_data` first)."""
 
     def done(spec: RunSpec, acc: float) -> None:
         progress(f"{spec.label} s={spec.sparsity:g} seed={spec.seed}: {acc:.4f}")
@@ -227,7 +233,7 @@ def run(config: MethodsConfig, out: Path | None = None, progress: Tick = no_prog
     return MethodsResult(data, tuple(rigl_overhead(repeats=config.overhead_repeats)))
 
 
-def tables(result: MethodsResult) -> list[TableData | str]:
+def tables(result: MethodsResult) -> list[TableData]:
     cfg = result.data["config"]
     rows = []
     for label in ["dense"] + [label for label, _, _ in VARIANTS]:
@@ -252,4 +258,5 @@ BENCHMARK = Experiment(
     summary="every sparsification method on one training budget",
     doc="Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead.",
     config=MethodsConfig, run=run, write_outputs=write_outputs, options=MethodsOptions, tables=tables,
+    check=check_data,
 )

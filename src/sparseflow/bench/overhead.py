@@ -230,13 +230,13 @@ def run(config: OverheadConfig, out: Path | None = None, progress: Tick = no_pro
     return OverheadResult(tuple(rows), threads, config.sparsity)
 
 
-def tables(result: OverheadResult) -> list[TableData | str]:
+def tables(result: OverheadResult) -> list[TableData]:
     rows = [(r.case, r.variant, f"{r.step_ms:.2f}", "-" if r.update_ms is None else f"{r.update_ms:.1f}",
              f"{r.ratio:.3f}") for r in result.rows]
     title = (f"training-step time vs dense (sparsity {result.sparsity:g}, {result.threads} threads, "
              f"torch {torch.__version__})")
-    return [TableData(title, ("case", "variant", "step ms", "update ms", "ratio"), rows, left=("case", "variant")),
-            "gmp ratio is amortised over its update period: (step * 99 + update) / 100"]
+    return [TableData(title, ("case", "variant", "step ms", "update ms", "ratio"), rows, left=("case", "variant"),
+                      note="gmp ratio is amortised over its update period: (step * 99 + update) / 100")]
 
 
 BENCHMARK = Experiment(

@@ -91,8 +91,8 @@ def plot(b: StorageBench, path: Path) -> None:
     plt.close(fig)
 
 
-def tables(b: StorageBench) -> list[TableData | str]:
-    """The layer's bytes per format, ResNet-50 against RigL's table, and the codec throughput."""
+def tables(b: StorageBench) -> list[TableData]:
+    """The layer's bytes per format, and ResNet-50 against RigL's table (the codec throughput under it)."""
     c = b.config
     layer = TableData(f"{c.side}x{c.side} fp32 layer, random mask: file size (MB = 1e6 bytes)",
                       ("format", *(f"s={r.sparsity:g}" for r in b.layer)),
@@ -101,11 +101,11 @@ def tables(b: StorageBench) -> list[TableData | str]:
                        ("distribution", "sparsity", "1-bit mask", "RigL", "ours fp32", "ours fp16", "bound fp32"),
                        [(r.distribution, f"{r.sparsity:g}", f"{r.onebit_bytes / MB:.3f}",
                          "-" if r.rigl_bytes is None else f"{r.rigl_bytes / MB:.3f}", f"{r.file_fp32 / MB:.3f}",
-                         f"{r.file_fp16 / MB:.3f}", f"{r.bound_bytes / MB:.3f}") for r in b.resnet])
-    speed = "codec throughput (M positions/s, median): " + ", ".join(
-        f"p={s.density:g}: encode {s.encode_mps:.0f}, decode {s.decode_mps:.0f}" for s in b.speed) + \
-        f"; {b.threads} torch thread(s)"
-    return [layer, resnet, speed]
+                         f"{r.file_fp16 / MB:.3f}", f"{r.bound_bytes / MB:.3f}") for r in b.resnet],
+                       note="codec throughput (M positions/s, median): " + ", ".join(
+                           f"p={s.density:g}: encode {s.encode_mps:.0f}, decode {s.decode_mps:.0f}" for s in b.speed)
+                       + f"; {b.threads} torch thread(s)")
+    return [layer, resnet]
 
 
 def write_outputs(b: StorageBench, out: Path) -> dict[str, Any]:
