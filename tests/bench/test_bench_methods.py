@@ -27,7 +27,7 @@ def test_criteria_are_computed_from_the_means() -> None:
 
 
 def test_every_variant_trains_on_the_same_budget() -> None:
-    cfg = MethodsConfig(dataset="digits", sparsities=(0.9,), seeds=(0,), epochs=2, batch_size=64, lr=0.05)
+    cfg = MethodsConfig(dataset="digits", sparsities=(0.9,), seeds=1, epochs=2, batch_size=64, lr=0.05)
     seen = []
     result = methods_benchmark(cfg, data_dir=None, workers=1, on_result=lambda spec, acc: seen.append(spec.label))
     assert sorted(seen) == sorted(["dense", *[label for label, _, _ in VARIANTS]])

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from sparseflow.bench.storage.run import LAYER_FORMATS, RIGL_MB, resnet50_shapes
+from sparseflow.bench.storage.result import LAYER_FORMATS
+from sparseflow.bench.storage.run import RIGL_MB, resnet50_shapes
 
 RESNET50_PARAMS = 25_557_032  # sum(p.numel() for p in torchvision.models.resnet50().parameters())
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sparseflow.bench.inference import Cell, METHODS, erk_mlp
-from sparseflow.cli.bench_inference import _criteria
+from sparseflow.bench.inference import Cell, METHODS, criteria, erk_mlp
 
 
 def cell(d, b, t, ours, dense=10.0, scipy=5.0):
@@ -13,7 +12,7 @@ def cell(d, b, t, ours, dense=10.0, scipy=5.0):
 
 def test_criteria_follow_the_measurements():
     cells = [cell(0.1, 1, 1, 2.0), cell(0.1, 16, 1, 1.0), cell(0.1, 16, 2, 0.5), cell(0.05, 1, 1, 1.25)]
-    crit = _criteria(cells, [], [{"max_rel_err": 2e-7}])
+    crit = criteria(cells, [], [{"max_rel_err": 2e-7}])
     assert crit["4096x4096 90% sparse batch 1 1 thread warm: ours vs dense"] == {"value": 5.0, "target": ">= 4.5x", "pass": True}
     assert crit["4096x4096 90% sparse batch 1 1 thread warm: ours vs scipy"]["value"] == 2.5
     assert crit["4096x4096 95% sparse batch 1 1 thread warm: ours vs dense"]["pass"] is False  # 8x < 9x

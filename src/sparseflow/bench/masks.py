@@ -13,21 +13,46 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparseflow.training.data import load_dataset
+from sparseflow.bench import BenchOptions
 from sparseflow.distributions import GLOBAL
+from sparseflow.errors import SparseflowError
+from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
+from sparseflow.io import atomic_write_text
 from sparseflow.methods import MagnitudePruning
+from sparseflow.storage.codec import CODEC_NAMES, binary_entropy, decode_mask, encode_mask, iid_bound_bits
+from sparseflow.training.data import load_dataset
 from sparseflow.training.models import build_model
-from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask, iid_bound_bits
-from sparseflow.storage.codec import binary_entropy
+from sparseflow.training.options import check, option
+from sparseflow.training.report import md_table
+from sparseflow.training.rundir import write_results
 
 SPARSITIES = (0.9, 0.964)
 GOAL = 0.90
+
+
+@dataclass(frozen=True)
+class MasksConfig:
+    """LeNet-300-100 trained with Adam 1e-3, batch 128, seed 0, then pruned to each of :data:`SPARSITIES`."""
+
+    epochs: int = option(5, "Training epochs (Adam 1e-3, batch 128).", min=1, quick=2)
+    quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class MasksOptions(BenchOptions):
+    """Where the data is and how many threads train; the masks' bits do not depend on either."""
+
+    data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
+    threads: int = option(1, "torch.set_num_threads for training.", min=1)
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,7 @@ class MaskRow:
 
 @dataclass(frozen=True)
 class MasksBench:
+    quick: bool
     epochs: int
     train_examples: int
     accuracy: float
@@ -75,14 +101,14 @@ class MasksBench:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "train_examples": self.train_examples, "accuracy": self.accuracy,
+        return {"command": "bench masks", "quick": self.quick, "torch": torch.__version__, "epochs": self.epochs, "train_examples": self.train_examples, "accuracy": self.accuracy,
                 "threads": self.threads, "seconds": self.seconds,
                 "totals": {f"{k}_{s:.1%}": self.total(k, s) for k in ("trained", "random") for s in SPARSITIES},
                 "rows": [asdict(r) | {"ratio": r.ratio} for r in self.rows], "criteria": self.criteria()}
 
 
-def _train(data_dir: Path, epochs: int, subset: int | None, tick: Callable[[str], None]) -> tuple[torch.nn.Module, int, float]:
-    ds = load_dataset("mnist", data_dir, subset=subset)
+def _train(data_dir: Path, epochs: int, progress: Tick) -> tuple[torch.nn.Module, int, float]:
+    ds = load_dataset("mnist", data_dir)
     model = build_model("lenet300-100", ds.input_shape, ds.num_classes, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
@@ -93,7 +119,7 @@ def _train(data_dir: Path, epochs: int, subset: int | None, tick: Callable[[str]
             opt.zero_grad()
             F.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx]).backward()
             opt.step()
-        tick(f"epoch {epoch + 1}/{epochs}")
+        progress(f"epoch {epoch + 1}/{epochs}")
     with torch.no_grad():
         acc = (model(ds.x_test).argmax(1) == ds.y_test).float().mean().item()
     return model, len(ds.x_train), acc
@@ -109,12 +135,20 @@ def _row(kind: str, sparsity: float, name: str, mask: np.ndarray) -> MaskRow:
                    mask.size * binary_entropy(p), iid_bound_bits(mask.size, nnz))
 
 
-def bench_masks(data_dir: Path, *, quick: bool = False, epochs: int = 5,
-                tick: Callable[[str], None] = lambda _: None) -> MasksBench:
-    """Train, prune and code; quick: 2 epochs (the masks already carry the structure)."""
+def check_data(config: MasksConfig, options: MasksOptions) -> None:
+    if options.data_dir is None:
+        raise SparseflowError("bench masks trains on MNIST: pass --data-dir, the folder holding its four IDX .gz files")
+
+
+def run(config: MasksConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: MasksOptions = MasksOptions()) -> MasksBench:
+    """Train on ``options.threads`` threads, prune and code (the quick run trains 2 epochs: the masks already
+    carry the structure). ``out`` is not used."""
+    check_data(config, options)
+    torch.set_num_threads(options.threads)
     t0 = time.perf_counter()
-    epochs, subset = (2, None) if quick else (epochs, None)
-    model, n_train, acc = _train(Path(data_dir), epochs, subset, tick)
+    progress("training LeNet-300-100 on MNIST", advance=0, total=config.epochs + len(SPARSITIES))
+    model, n_train, acc = _train(Path(options.data_dir), config.epochs, progress)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     rows: list[MaskRow] = []
@@ -126,5 +160,51 @@ def bench_masks(data_dir: Path, *, quick: bool = False, epochs: int = 5,
             mask = m.numpy()
             rows.append(_row("trained", s, name, mask))
             rows.append(_row("random", s, name, rng.random(mask.shape) < mask.mean()))
-        tick(f"coded the masks at {s:.1%}")
-    return MasksBench(epochs, n_train, acc, torch.get_num_threads(), tuple(rows), time.perf_counter() - t0)
+        progress(f"coded the masks at {s:.1%}")
+    return MasksBench(config.quick, config.epochs, n_train, acc, torch.get_num_threads(), tuple(rows),
+                      time.perf_counter() - t0)
+
+
+HEADERS = ("masks", "sparsity", "layer", "shape", "density", "codec", "bits", "N·H(p)", "ratio")
+
+
+def _cells(b: MasksBench) -> list[list[str]]:
+    return [[r.kind, f"{r.sparsity:.1%}", r.layer, "x".join(map(str, r.shape)), f"{r.density:.4f}", r.codec,
+             f"{r.bits:,}", f"{r.entropy_bits:,.0f}", f"{r.ratio:.3f}"] for r in b.rows]
+
+
+def _totals(b: MasksBench) -> list[list[str]]:
+    return [[k, f"{s:.1%}", f"{b.total(k, s):.4f}"] for s in SPARSITIES for k in ("trained", "random")]
+
+
+def tables(b: MasksBench) -> list[TableData]:
+    title = f"LeNet-300-100 masks ({b.epochs} epochs, test accuracy {b.accuracy:.4f})"
+    totals = "\n".join(f"{kind} masks at {s}: total {v} x Σ N_l·H(p_l)" for kind, s, v in _totals(b))
+    return [TableData(title, HEADERS, _cells(b), left=("masks", "layer", "shape", "codec"), min_width=110,
+                      note=totals)]
+
+
+def write_outputs(b: MasksBench, out: Path) -> dict[str, Any]:
+    """OUT/result.json and OUT/report.md; returns the JSON object."""
+    data = b.to_json()
+    write_results(out, "bench-masks", data, "result.json")
+    crit_rows = [[n, f"{c['value']:.4f}", c["target"], c["pass"]] for n, c in data["criteria"].items()]
+    atomic_write_text(out / "report.md", (
+        "# Trained masks against the i.i.d. bound\n\n"
+        f"LeNet-300-100 on MNIST, Adam 1e-3, {b.epochs} epochs ({b.train_examples:,} examples, test accuracy "
+        f"{b.accuracy:.4f}), global magnitude pruning; each mask coded as `sparseflow.save` codes it.\n\n"
+        f"{md_table(list(HEADERS), _cells(b))}\n\n## Totals (bits / Σ N_l·H(p_l))\n\n"
+        f"{md_table(['masks', 'sparsity', 'ratio'], _totals(b))}\n\n## Criteria\n\n"
+        f"{md_table(['criterion', 'value', 'target', 'pass'], crit_rows)}\n"))
+    return data
+
+
+BENCHMARK = Experiment(
+    name="masks",
+    summary="trained masks coded against the i.i.d. bound",
+    doc="Train LeNet-300-100 on MNIST, prune globally by magnitude to 90 % and 96.4 %, and code each mask as "
+        "sparseflow.save does: bits against N·H(p) per layer and in total, random masks of equal densities as the "
+        "control. Goal: trained masks ≤ 0.90 × Σ N_l·H(p_l).",
+    config=MasksConfig, run=run, write_outputs=write_outputs, options=MasksOptions, tables=tables,
+    check=check_data,
+)

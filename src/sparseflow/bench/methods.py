@@ -9,7 +9,6 @@ Results are mean ± sample std over seeds. ``--quick`` runs MNIST-1D (generated 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import statistics
@@ -19,6 +18,16 @@ from multiprocessing import get_context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from sparseflow.bench import BenchOptions
+from sparseflow.bench.overhead import OverheadRow, rigl_overhead
+from sparseflow.distributions import check_sparsity
+from sparseflow.errors import SparseflowError
+from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
+from sparseflow.training.options import check, option
+from sparseflow.training.rundir import write_results
 
 # (row label, method name, distribution or None for the method's default)
 VARIANTS: tuple[tuple[str, str, str | None], ...] = (
@@ -36,15 +45,38 @@ VARIANTS: tuple[tuple[str, str, str | None], ...] = (
 
 @dataclass(frozen=True)
 class MethodsConfig:
-    dataset: str = "mnist"
-    model: str = "lenet300-100"
-    sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 1e-4
-    subset: int | None = None
+    """Every variant and dense, per sparsity and seed, on one training budget; the quick run uses MNIST-1D."""
+
+    seeds: int = option(3, "Seeds per (method, sparsity); mean ± std over them.", min=1, quick=2)
+    epochs: int = option(10, "Training epochs, the same budget for every method.", min=1)
+    sparsities: tuple[float, ...] = option((0.8, 0.9, 0.95, 0.98), "Comma-separated sparsities, each in [0, 1).",
+                                           quick=(0.9, 0.98))
+    dataset: str = option("mnist", "Dataset (MNIST-1D is generated locally).", cli=False, quick="mnist1d")
+    model: str = option("lenet300-100", "Model.", cli=False)
+    batch_size: int = option(128, "Batch size.", cli=False, min=1)
+    lr: float = option(0.1, "Learning rate.", cli=False, min=0, min_open=True)
+    weight_decay: float = option(1e-4, "Weight decay.", cli=False, min=0)
+    subset: int | None = option(None, "Training examples (default: all).", cli=False, min=1)
+    overhead_repeats: int = option(10, "Repeats of RigL's step-time measurement.", cli=False, min=1, quick=5)
+
+    def __post_init__(self) -> None:
+        check(self)
+        # The library's own check, so that a bad level reads as everywhere else: "sparsity must be in [0, 1)".
+        object.__setattr__(self, "sparsities", tuple(check_sparsity(s) for s in self.sparsities))
+
+    def to_json(self) -> dict[str, Any]:
+        """The training settings as the results record them (the seeds as a list)."""
+        return {"dataset": self.dataset, "model": self.model, "sparsities": list(self.sparsities),
+                "seeds": list(range(self.seeds)), "epochs": self.epochs, "batch_size": self.batch_size,
+                "lr": self.lr, "weight_decay": self.weight_decay, "subset": self.subset}
+
+
+@dataclass(frozen=True)
+class MethodsOptions(BenchOptions):
+    """Where the data is and how many processes train; neither changes the result."""
+
+    data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
+    workers: int = option(2, "Parallel training processes (threads are split among them).", min=1)
 
 
 @dataclass(frozen=True)
@@ -66,8 +98,6 @@ def _dataset(name: str, data_dir: str | None, subset: int | None, seed: int):  #
 
 def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) -> tuple[RunSpec, float, float]:
     """One training run in a worker process: (spec, test accuracy, measured sparsity of the targets)."""
-    import torch
-
     from sparseflow.training.job import TrainJob, build_method, first_batch
     from sparseflow.training.data import loaders
     from sparseflow.training.models import build_model
@@ -91,8 +121,9 @@ def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) 
 def methods_benchmark(cfg: MethodsConfig, *, data_dir: str | Path | None, workers: int = 2,
                       on_result: Callable[[RunSpec, float], None] | None = None) -> dict[str, Any]:
     """Run every (variant, sparsity, seed) plus dense per seed; returns rows of mean ± std accuracy."""
-    specs = [RunSpec("dense", "dense", None, 0.0, seed) for seed in cfg.seeds]
-    specs += [RunSpec(label, m, d, s, seed) for s in cfg.sparsities for label, m, d in VARIANTS for seed in cfg.seeds]
+    seeds = range(cfg.seeds)
+    specs = [RunSpec("dense", "dense", None, 0.0, seed) for seed in seeds]
+    specs += [RunSpec(label, m, d, s, seed) for s in cfg.sparsities for label, m, d in VARIANTS for seed in seeds]
     threads = max(1, (os.cpu_count() or 1) // workers)
     acc: dict[tuple[str, float], list[float]] = {}
     measured: dict[tuple[str, float], list[float]] = {}
@@ -112,7 +143,7 @@ def methods_benchmark(cfg: MethodsConfig, *, data_dir: str | Path | None, worker
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values),
             "accuracies": values, "measured_sparsity": statistics.fmean(measured[(label, s)]),
         })
-    return {"config": dataclasses.asdict(cfg), "rows": rows}
+    return {"config": cfg.to_json(), "rows": rows}
 
 
 def find_row(result: dict[str, Any], label: str, s: float) -> dict[str, Any] | None:
@@ -152,3 +183,80 @@ def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict
             "value": round(rigl_ratio, 4), "target": "<= 1.05x", "pass": rigl_ratio <= 1.05,
         }
     return out
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodsResult:
+    """Accuracy rows per (variant, sparsity), and RigL's step time against dense (:func:`rigl_overhead`)."""
+
+    data: dict[str, Any]  # {"config", "rows"} of methods_benchmark
+    overhead: tuple[OverheadRow, ...]
+
+    def record(self) -> dict[str, Any]:
+        """What result.json holds: config, rows, overhead rows and criteria."""
+        rigl = next(r for r in self.overhead if r.variant == "rigl")
+        data = {**self.data, "overhead": [vars(r) for r in self.overhead]}
+        return {**data, "criteria": criteria(data, rigl.ratio)}
+
+    def criteria(self) -> dict[str, dict[str, Any]]:
+        return self.record()["criteria"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "bench methods", **self.record()}
+
+
+def check_data(config: MethodsConfig, options: MethodsOptions) -> None:
+    """Refuse a run on MNIST without its files, before any worker starts."""
+    if config.dataset != "mnist":
+        return
+    if options.data_dir is None:
+        raise SparseflowError("bench methods trains on MNIST: pass --data-dir, the folder holding its four IDX "
+                              ".gz files (or --quick for MNIST-1D, generated locally)")
+    from sparseflow.training.data import load_dataset
+
+    load_dataset("mnist", options.data_dir)  # verify the files
+
+
+def run(config: MethodsConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: MethodsOptions = MethodsOptions()) -> MethodsResult:
+    """Train every run on ``options.workers`` processes, then time RigL's step against dense on all cores
+    (:func:`check_data` first)."""
+
+    def done(spec: RunSpec, acc: float) -> None:
+        progress(f"{spec.label} s={spec.sparsity:g} seed={spec.seed}: {acc:.4f}")
+
+    progress("", advance=0, total=config.seeds * (1 + len(config.sparsities) * len(VARIANTS)))
+    data = methods_benchmark(config, data_dir=options.data_dir, workers=options.workers, on_result=done)
+    progress("timing RigL's training step against dense", advance=0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return MethodsResult(data, tuple(rigl_overhead(repeats=config.overhead_repeats)))
+
+
+def tables(result: MethodsResult) -> list[TableData]:
+    cfg = result.data["config"]
+    rows = []
+    for label in ["dense"] + [label for label, _, _ in VARIANTS]:
+        cells = []
+        for s in cfg["sparsities"]:
+            row = find_row(result.data, label, 0.0 if label == "dense" else s)
+            cells.append("-" if row is None else f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}")
+        rows.append((label, *cells))
+    title = (f"test accuracy (%), {cfg['model']} on {cfg['dataset']}, {cfg['epochs']} epochs, mean ± std over "
+             f"{len(cfg['seeds'])} seeds")
+    return [TableData(title, ("method", *(f"s={s:g}" for s in cfg["sparsities"])), rows)]
+
+
+def write_outputs(result: MethodsResult, out: Path) -> dict[str, Any]:
+    """OUT/result.json (config, rows, overhead, criteria); returns the JSON object."""
+    write_results(out, "bench-methods", result.record(), "result.json")
+    return result.to_json()
+
+
+BENCHMARK = Experiment(
+    name="methods",
+    summary="every sparsification method on one training budget",
+    doc="Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead.",
+    config=MethodsConfig, run=run, write_outputs=write_outputs, options=MethodsOptions, tables=tables,
+    check=check_data,
+)

@@ -1,24 +1,34 @@
-"""Benchmarks run by ``sparseflow bench``: measured ratios against a dense baseline in the same run.
+"""``sparseflow bench overhead``: training-step time of masked training against dense, in the same run.
 
-Timings are medians over interleaved repeats (dense, then each variant, repeated), so slow drift of a
-shared machine hits every variant alike; only ratios are reported as results.
+Timings are medians over interleaved repeats (dense, then each variant, repeated, in rotating order), so slow
+drift of a shared machine hits every variant alike; only ratios are reported as results. A method that
+updates its mask every ``every`` steps (GMP, SET, RigL) costs a masked step on ordinary steps and, every
+``every`` steps, a step that also updates the mask; its ratio amortises it: (step · (every − 1) + update) / every.
+:func:`overhead` times static masks and GMP (``bench overhead``); :func:`rigl_overhead` times the dynamic
+methods SET and RigL (``bench methods`` reports RigL's ratio).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparseflow.bench import result_writer
 from sparseflow.distributions import uniform
-from sparseflow.methods import GMP, Method, RandomSparse
+from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
+from sparseflow.methods import GMP, SET, Method, RandomSparse, RigL
 from sparseflow.training.models import MLP
+from sparseflow.training.options import check, option
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ QUICK_CASES = (
     OverheadCase("lenet300-100 b128", 784, (300, 100), 128, 30),
     OverheadCase("mlp 1024-1024-1024-10 b64", 1024, (1024, 1024, 1024), 64, 10),
 )
+LENET = CASES[0]  # LeNet-300-100, batch 128
+BIG = 10**9  # an update period beyond any timed window: the steady state between updates
 
 
 @dataclass
@@ -45,7 +57,7 @@ class OverheadRow:
     case: str
     variant: str
     step_ms: float  # median steady-state step (no mask update)
-    update_ms: float | None  # median step that includes a mask update (GMP), else None
+    update_ms: float | None  # median step that includes a mask update, else None
     every: int | None
     ratio: float = 0.0  # amortised step time / dense step time
     extra: dict[str, Any] = field(default_factory=dict)
@@ -82,33 +94,53 @@ def _time(fn: Callable[[], None], n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def _rotated(names: list[str], r: int) -> list[str]:
+    """Repeat ``r``'s order: rotated, so that no variant always runs first."""
+    return names[r % len(names):] + names[: r % len(names)]
+
+
+def _rows(case: OverheadCase, times: dict[str, list[float]], upd_times: dict[str, list[float]],
+          every: int) -> list[OverheadRow]:
+    """One row per variant: medians, and the ratio to dense amortised over ``every`` for the updating ones."""
+    dense = statistics.median(times["dense"])
+    rows = []
+    for name, t in times.items():
+        med = statistics.median(t)
+        row = OverheadRow(case.name, name, med * 1e3, None, None)
+        if name in upd_times:
+            upd = statistics.median(upd_times[name])
+            row.update_ms, row.every = upd * 1e3, every
+            med = (med * (every - 1) + upd) / every
+        row.ratio = med / dense
+        rows.append(row)
+    return rows
+
+
 def overhead(cases: tuple[OverheadCase, ...] = CASES, *, repeats: int = 10, sparsity: float = 0.9,
-             every: int = 100, progress: Callable[[str], None] | None = None) -> list[OverheadRow]:
+             every: int = 100, progress: Tick = no_progress) -> list[OverheadRow]:
     """Training-step time of masked training vs dense on the same model, in the same run.
 
     Variants: a static random mask (``RandomSparse``, uniform) and GMP between and at pruning updates;
-    GMP's ratio is amortised over ``every`` steps: (step · (every − 1) + update) / every.
+    GMP's ratio is amortised over ``every`` steps.
     """
     rows: list[OverheadRow] = []
+    progress("", advance=0, total=len(cases) * repeats)
     for case in cases:
         # GMP pruned to the final sparsity in prepare, whose next update lies beyond the timed window:
         # its steady-state step between updates.
-        big = 10**9
         variants: dict[str, Method | None] = {
             "dense": None,
             "static": RandomSparse(sparsity, distribution=uniform),
-            "gmp": GMP(sparsity, initial_sparsity=sparsity, start=0, end=big, every=big // 2),
+            "gmp": GMP(sparsity, initial_sparsity=sparsity, start=0, end=BIG, every=BIG // 2),
         }
         steps = {name: _trainer(case, m)[0] for name, m in variants.items()}
         for fn in steps.values():  # warm-up: allocator, thread pool, lazy optimizer state
             _time(fn, 3)
         times: dict[str, list[float]] = {name: [] for name in variants}
-        names = list(steps)
         for r in range(repeats):
-            if progress:
-                progress(f"{case.name}: repeat {r + 1}/{repeats}")
-            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no variant always first
+            for name in _rotated(list(steps), r):
                 times[name].append(_time(steps[name], case.steps))
+            progress(f"{case.name}: repeat {r + 1}/{repeats}")
         # Cost of a GMP pruning update on this model (magnitude top-k over every layer + zeroing).
         gmp = GMP(sparsity, start=0, end=2 * every, every=every)
         upd_step, _ = _trainer(case, gmp)
@@ -116,14 +148,100 @@ def overhead(cases: tuple[OverheadCase, ...] = CASES, *, repeats: int = 10, spar
         for _ in range(max(3, repeats)):
             gmp._step = every - 1  # the next step() is a scheduled pruning update
             upd_times.append(_time(upd_step, 1))
-        dense = statistics.median(times["dense"])
-        for name in variants:
-            med = statistics.median(times[name])
-            row = OverheadRow(case.name, name, med * 1e3, None, None)
-            if name == "gmp":
-                upd = statistics.median(upd_times)
-                row.update_ms, row.every = upd * 1e3, every
-                med = (med * (every - 1) + upd) / every
-            row.ratio = med / dense
-            rows.append(row)
+        rows += _rows(case, times, {"gmp": upd_times}, every)
     return rows
+
+
+def rigl_overhead(cases: tuple[OverheadCase, ...] = (LENET,), *, repeats: int = 10, sparsity: float = 0.9,
+                  every: int = 100) -> list[OverheadRow]:
+    """Amortised training-step time of RigL and SET (ERK, ΔT = ``every``) vs dense; rows as in :func:`overhead`.
+
+    Variants: dense, a static ERK mask (what every masked step costs), SET and RigL. The dynamic methods'
+    rows carry ``update_ms`` (median step that includes a mask update) and the amortised ``ratio``.
+    """
+    rows: list[OverheadRow] = []
+    for case in cases:
+        variants: dict[str, Method | None] = {
+            "dense": None,
+            "static": RandomSparse(sparsity),
+            "set": SET(sparsity, update_every=BIG // 2, until=BIG),
+            "rigl": RigL(sparsity, update_every=BIG // 2, until=BIG),
+        }
+        # And the same methods with updates every `every` steps, until far away (the drop fraction stays
+        # near alpha: the most swaps), each timed for one step that updates the mask.
+        updaters = {name: cls(sparsity, update_every=every, until=BIG) for name, cls in (("set", SET), ("rigl", RigL))}
+        steps = {name: _trainer(case, m)[0] for name, m in variants.items()}
+        upd_steps = {name: _trainer(case, m)[0] for name, m in updaters.items()}
+
+        def update_step(name: str) -> None:
+            updaters[name]._step = every - 1  # the coming backward keeps the gradient; step() updates
+            upd_steps[name]()
+
+        for fn in steps.values():  # warm-up: allocator, thread pool, lazy optimizer state
+            _time(fn, 3)
+        for name in updaters:
+            _time(partial(update_step, name), 2)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        upd_times: dict[str, list[float]] = {name: [] for name in updaters}
+        for r in range(max(3, repeats)):
+            for name in _rotated(list(steps), r):
+                times[name].append(_time(steps[name], case.steps))
+                if name in updaters:
+                    upd_times[name].append(_time(partial(update_step, name), 1))
+        rows += _rows(case, times, upd_times, every)
+    return rows
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OverheadConfig:
+    """Step-time ratios of a static mask and of GMP against dense, per model."""
+
+    repeats: int = option(10, "Interleaved repeats; medians are reported.", min=1, quick=5)
+    threads: int | None = option(None, "torch.set_num_threads (default: all cores).", min=1)
+    sparsity: float = option(0.9, "Sparsity of the masks.", min=0, max=1, max_open=True)
+    cases: tuple[OverheadCase, ...] = option(CASES, "Models and batches timed.", cli=False, quick=QUICK_CASES)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True)
+class OverheadResult:
+    rows: tuple[OverheadRow, ...]
+    threads: int
+    sparsity: float
+
+    def criteria(self) -> dict[str, dict[str, Any]]:
+        return {f"{r.variant} overhead, {r.case}": {"value": round(r.ratio, 4), "target": "<= 1.05x dense",
+                                                     "pass": r.ratio <= 1.05}
+                for r in self.rows if r.variant != "dense"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "bench overhead", "threads": self.threads, "sparsity": self.sparsity,
+                "torch": torch.__version__, "rows": [vars(r) for r in self.rows], "criteria": self.criteria()}
+
+
+def run(config: OverheadConfig, out: Path | None = None, progress: Tick = no_progress) -> OverheadResult:
+    """Time every case on ``config.threads`` threads (all cores by default). ``out`` is not used."""
+    threads = config.threads if config.threads is not None else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    rows = overhead(config.cases, repeats=config.repeats, sparsity=config.sparsity, progress=progress)
+    return OverheadResult(tuple(rows), threads, config.sparsity)
+
+
+def tables(result: OverheadResult) -> list[TableData]:
+    rows = [(r.case, r.variant, f"{r.step_ms:.2f}", "-" if r.update_ms is None else f"{r.update_ms:.1f}",
+             f"{r.ratio:.3f}") for r in result.rows]
+    title = (f"training-step time vs dense (sparsity {result.sparsity:g}, {result.threads} threads, "
+             f"torch {torch.__version__})")
+    return [TableData(title, ("case", "variant", "step ms", "update ms", "ratio"), rows, left=("case", "variant"),
+                      note="gmp ratio is amortised over its update period: (step * 99 + update) / 100")]
+
+
+BENCHMARK = Experiment(
+    name="overhead",
+    summary="training-step time of masked training vs dense",
+    doc="Training-step time of masked training (static mask, GMP) vs dense, same model, same run.",
+    config=OverheadConfig, run=run, write_outputs=result_writer("bench-overhead"), tables=tables,
+)

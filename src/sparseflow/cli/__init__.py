@@ -14,8 +14,8 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from sparseflow.cli import (analyze, bench, bench_inference, bench_masks, bench_storage,  # noqa: F401
-                           experiments, lottery, report, stain, storage, sweep, train)  # (importing a module registers its commands)
+from sparseflow.cli import (analyze, bench, experiments, lottery, report, stain, storage, sweep,  # noqa: F401
+                            train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 

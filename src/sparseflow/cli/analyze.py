@@ -1,16 +1,14 @@
-"""``sparseflow analyze``: connectivity of a run or checkpoint; ``sparseflow bench connectivity``."""
+"""``sparseflow analyze``: connectivity of a run or checkpoint."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, app, bench_app
+from sparseflow.cli._app import JsonOpt, QuickOpt, _console, _emit_json, app
 from sparseflow.errors import SparseflowError
 
 
@@ -68,34 +66,3 @@ def analyze(
         result["repair"] = {**rep, "out": str(repair), "after": after.to_json()}
     if as_json:
         _emit_json(result)
-
-
-@bench_app.command("connectivity")
-def bench_connectivity_cmd(
-    threads: Annotated[Optional[int], typer.Option(help="torch.set_num_threads (default: all cores).")] = None,
-    quick: QuickOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Time the connectivity analysis of a random MLP mask of 100M weights (quick: 10M) at 10 % density."""
-    import torch
-
-    from sparseflow.bench.connectivity import bench_connectivity, criteria
-
-    n_threads = threads if threads is not None else (os.cpu_count() or 1)
-    if n_threads < 1:
-        raise SparseflowError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(n_threads)
-    with Console(stderr=True).status("building the random mask and analysing it"):
-        b = bench_connectivity(quick=quick)
-    console = _console(as_json)
-    console.print(
-        f"connectivity of a {b.layers} x {b.width}x{b.width} MLP: {b.weights:,} weights, {b.nonzeros:,} nonzeros "
-        f"(density {b.density:g}): {b.seconds:.2f} s, {b.nonzeros_per_s:,.0f} nonzeros/s, {b.threads} threads, "
-        f"torch {torch.__version__}", highlight=False)
-    crit = criteria(b)
-    for name, cr in crit.items():
-        console.print(f"{name}: {cr['value']} s (target {cr['target']}): {'pass' if cr['pass'] else 'FAIL'}",
-                      highlight=False)
-    if as_json:
-        _emit_json({"command": "bench connectivity", **b.__dict__, "nonzeros_per_s": b.nonzeros_per_s,
-                    "torch": torch.__version__, "criteria": crit})

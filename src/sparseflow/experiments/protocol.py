@@ -17,6 +17,9 @@ An experiment lives in ``sparseflow/experiments/<name>/`` and exports ``EXPERIME
 with a :class:`~sparseflow.errors.SparseflowError` and returns notes for stderr (the estimate, what is
 skipped). ``full_s`` (the measured wall time of the full run) and ``data`` (the datasets it reads) are what
 ``sparseflow experiment all`` needs to size and feed it (:mod:`sparseflow.experiments.registry`).
+
+A benchmark (``sparseflow bench NAME``, :mod:`sparseflow.bench.registry`) is an :class:`Experiment` too; it
+writes its files only when ``out`` is given.
 """
 
 from __future__ import annotations
@@ -45,6 +48,18 @@ class TableData:
     left: Sequence[str] | None = None  # columns aligned left (default: the first)
     min_width: int | None = None  # console columns it needs at least (rich would elide numbers below)
     note: str = ""  # a line printed under the table
+
+    def rich(self) -> Any:
+        """The table as a ``rich.table.Table``: the ``left`` columns aligned left, the others right."""
+        from rich.table import Table
+
+        table = Table(title=self.title)
+        left = (self.columns[0],) if self.left is None else tuple(self.left)
+        for col in self.columns:
+            table.add_column(col, justify="left" if col in left else "right")
+        for row in self.rows:
+            table.add_row(*(str(v) for v in row))
+        return table
 
 
 @dataclass(frozen=True)

@@ -1,58 +1,14 @@
-"""Criteria, Markdown report and plot of ``sparseflow bench storage`` (the measurements: bench_storage.py)."""
+"""Console tables, Markdown report, plot and ``result.json`` of ``sparseflow bench storage``."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
+from typing import Any
 
-from sparseflow.bench.storage.run import LAYER_FORMATS, MB, TARGET_90_MB, StorageBench
+from sparseflow.bench.storage.result import LAYER_FORMATS, MB, StorageBench
+from sparseflow.experiments.protocol import TableData
 
-__all__ = ["criteria", "to_json", "markdown", "plot", "write_report"]
-
-FULL_NUMEL = 4096 * 4096
-
-
-def _crit(value: float, target: str, ok: bool) -> dict[str, object]:
-    return {"value": round(value, 6), "target": target, "pass": bool(ok)}
-
-
-def criteria(b: StorageBench) -> dict[str, dict[str, object]]:
-    """Each goal, computed from the rows of ``b`` (targets scale with the tensor size where they depend on it)."""
-    out: dict[str, dict[str, object]] = {}
-    for r in b.layer:
-        if abs(r.sparsity - 0.9) < 1e-9:
-            target = TARGET_90_MB * r.numel / FULL_NUMEL
-            out[f"file, {b.config.side}^2 fp32 at 90 % (MB)"] = _crit(
-                r.bytes["ours (.sfz)"] / MB, f"<= {target:.4g} MB (bound {r.bytes['bound'] / MB:.4f} MB)",
-                r.bytes["ours (.sfz)"] / MB <= target)
-    for label, rows in (("0.005-0.5", [c for c in b.coding if c.density <= 0.5]),
-                        ("above 0.5", [c for c in b.coding if c.density > 0.5])):
-        if rows:
-            worst = max(rows, key=lambda c: c.payload_bytes - (1.002 * c.bound_bytes + 64))
-            out[f"mask bytes / log2 C(N,nnz), densities {label} (worst)"] = _crit(
-                worst.payload_bytes / worst.bound_bytes,
-                f"payload <= 1.002 x bound + 64 B (worst at p={worst.density:g})",
-                all(c.payload_bytes <= 1.002 * c.bound_bytes + 64 for c in rows))
-    if b.speed:
-        enc, dec = min(s.encode_mps for s in b.speed), min(s.decode_mps for s in b.speed)
-        ps = f"p <= {max(s.density for s in b.speed):g}, {b.threads} thread(s)"
-        out["mask encode (M positions/s, slowest)"] = _crit(enc, f">= 200 ({ps})", enc >= 200)
-        out["mask decode (M positions/s, slowest)"] = _crit(dec, f">= 100 ({ps})", dec >= 100)
-    bits = 8 * b.nm.payload_bytes / b.nm.numel
-    out["2:4 mask (bits per position)"] = _crit(bits, f"<= 1.002 x {math.log2(6) / 4:.4f}",
-                                                bits <= 1.002 * math.log2(6) / 4)
-    for r in b.resnet:
-        if r.rigl_bytes is not None:
-            rel = r.onebit_bytes / r.rigl_bytes - 1
-            out[f"ResNet-50 {r.distribution} {r.sparsity:g}, 1-bit-mask accounting vs RigL"] = _crit(
-                rel, f"|rel. diff| <= 0.04 (RigL {r.rigl_bytes / MB:.3f} MB)", abs(rel) <= 0.04)
-    return out
-
-
-def to_json(b: StorageBench) -> dict[str, object]:
-    from dataclasses import asdict
-
-    return {**asdict(b), "criteria": criteria(b)}
+__all__ = ["markdown", "plot", "tables", "write_outputs"]
 
 
 def markdown(b: StorageBench, *, command: str | None = None) -> str:
@@ -76,7 +32,7 @@ def markdown(b: StorageBench, *, command: str | None = None) -> str:
                         "-" if r.rigl_bytes is None else f"{100 * (r.onebit_bytes / r.rigl_bytes - 1):+.2f} %",
                         mb(r.file_fp32), mb(r.file_fp16), mb(r.bound_bytes)] for r in b.resnet])
     crit = md_table(["criterion", "value", "target", "pass"],
-                    [[k, v["value"], v["target"], "yes" if v["pass"] else "NO"] for k, v in criteria(b).items()])
+                    [[k, v["value"], v["target"], "yes" if v["pass"] else "NO"] for k, v in b.criteria().items()])
     return f"""# sparseflow bench storage
 
 {f"Reproduce with: `{command}`" if command else ""}
@@ -135,12 +91,30 @@ def plot(b: StorageBench, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(b: StorageBench, out: Path, *, command: str | None = None) -> None:
-    """OUT/report.md, OUT/storage.png and OUT/result.json."""
-    from sparseflow.training.rundir import write_results
+def tables(b: StorageBench) -> list[TableData]:
+    """The layer's bytes per format, and ResNet-50 against RigL's table (the codec throughput under it)."""
+    c = b.config
+    layer = TableData(f"{c.side}x{c.side} fp32 layer, random mask: file size (MB = 1e6 bytes)",
+                      ("format", *(f"s={r.sparsity:g}" for r in b.layer)),
+                      [(f, *(f"{r.bytes[f] / MB:.3f}" for r in b.layer)) for f in LAYER_FORMATS])
+    resnet = TableData("ResNet-50 (parameters, random weights): MB",
+                       ("distribution", "sparsity", "1-bit mask", "RigL", "ours fp32", "ours fp16", "bound fp32"),
+                       [(r.distribution, f"{r.sparsity:g}", f"{r.onebit_bytes / MB:.3f}",
+                         "-" if r.rigl_bytes is None else f"{r.rigl_bytes / MB:.3f}", f"{r.file_fp32 / MB:.3f}",
+                         f"{r.file_fp16 / MB:.3f}", f"{r.bound_bytes / MB:.3f}") for r in b.resnet],
+                       note="codec throughput (M positions/s, median): " + ", ".join(
+                           f"p={s.density:g}: encode {s.encode_mps:.0f}, decode {s.decode_mps:.0f}" for s in b.speed)
+                       + f"; {b.threads} torch thread(s)")
+    return [layer, resnet]
+
+
+def write_outputs(b: StorageBench, out: Path) -> dict[str, Any]:
+    """OUT/report.md, OUT/storage.png and OUT/result.json; returns the JSON object."""
     from sparseflow.io import atomic_write_text
+    from sparseflow.training.rundir import write_results
 
     out.mkdir(parents=True, exist_ok=True)
     plot(b, out / "storage.png")
-    atomic_write_text(out / "report.md", markdown(b, command=command))
-    write_results(out, "bench-storage", to_json(b), "result.json")
+    atomic_write_text(out / "report.md", markdown(b, command=b.config.command()))
+    write_results(out, "bench-storage", b.record(), "result.json")
+    return b.to_json()

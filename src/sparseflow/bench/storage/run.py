@@ -1,4 +1,4 @@
-"""Benchmark run by ``sparseflow bench storage``: file bytes of a sparse model, ours against common formats.
+"""Measurements of ``sparseflow bench storage``: file bytes of a sparse model, ours against common formats.
 
 Four measurements, all on seeded random data (i.i.d. Bernoulli masks, standard-normal fp32 values):
 
@@ -22,8 +22,6 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,88 +29,16 @@ import torch
 from torch import Tensor
 
 from sparseflow.analysis.size import size_report
+from sparseflow.bench.storage.config import StorageConfig
+from sparseflow.bench.storage.result import MB, CodeRow, LayerRow, ResNetRow, SpeedRow, StorageBench
 from sparseflow.distributions import erk, uniform
+from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask, iid_bound_bits
 from sparseflow.storage.container import save
 
-MB = 1e6
-LAYER_FORMATS = ("ours (.sfz)", "ours, values coded", "bound", "torch.save dense", "safetensors dense", "torch.save CSR",
-                 "CSR int32 raw", "scipy save_npz", "zstd bitmap+values", "zstd bitmap, raw values")
 # RigL README, "Model Size (Bytes)" column (MB): 32-bit values, 1-bit masks, a 32-bit bias per output channel.
 RIGL_MB = {("dense", 0.0): 102.122, ("erk", 0.8): 23.683, ("uniform", 0.8): 23.685, ("erk", 0.9): 13.499,
            ("uniform", 0.9): 13.532, ("erk", 0.99): 4.354}
-
-
-@dataclass(frozen=True)
-class Config:
-    side: int = 4096
-    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-    zstd_level: int = 19
-    code_side: int = 4096  # mask-coding sweep and throughput
-    densities: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
-    speed_densities: tuple[float, ...] = (0.05, 0.1, 0.2)
-    repeats: int = 5
-    resnet: tuple[tuple[str, float], ...] = (("dense", 0.0), ("uniform", 0.8), ("erk", 0.8), ("uniform", 0.9),
-                                            ("erk", 0.9), ("uniform", 0.99), ("erk", 0.99))
-    seed: int = 0
-
-
-# Quick: the same layer (so the 90 % goal is checked as is), a smaller tensor for the coding sweep and the
-# timings, zstd level 3, and ResNet-50 dense and at one sparsity.
-QUICK = Config(sparsities=(0.8, 0.9, 0.99), zstd_level=3, code_side=2048, repeats=3,
-               resnet=(("dense", 0.0), ("erk", 0.9)))
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    sparsity: float
-    numel: int
-    nnz: int
-    bytes: dict[str, float]  # format -> bytes (LAYER_FORMATS)
-    zstd_s: float  # compression time of the zstd rows
-
-
-@dataclass(frozen=True)
-class CodeRow:
-    density: float
-    numel: int
-    nnz: int
-    codec: str
-    payload_bytes: int
-    bound_bytes: float
-
-
-@dataclass(frozen=True)
-class SpeedRow:
-    density: float
-    numel: int
-    encode_mps: float  # million mask positions per second
-    decode_mps: float
-
-
-@dataclass(frozen=True)
-class ResNetRow:
-    distribution: str
-    sparsity: float
-    numel: int
-    nnz: int
-    onebit_bytes: float
-    bound_bytes: float
-    file_fp32: int
-    file_fp16: int
-    rigl_bytes: float | None
-
-
-@dataclass(frozen=True)
-class StorageBench:
-    config: Config
-    threads: int
-    layer: tuple[LayerRow, ...]
-    coding: tuple[CodeRow, ...]
-    nm: CodeRow
-    speed: tuple[SpeedRow, ...]
-    resnet: tuple[ResNetRow, ...]
-    notes: tuple[str, ...] = field(default=())
 
 
 def resnet50_shapes() -> dict[str, tuple[int, ...]]:
@@ -249,29 +175,24 @@ def _resnet_row(dist: str, sparsity: float, g: torch.Generator) -> ResNetRow:
                      None if rigl is None else rigl * MB)
 
 
-def run(cfg: Config, *, progress: Callable[[str], None] | None = None) -> StorageBench:
-    """All four measurements; ``progress`` receives a line before each step."""
-    say = progress or (lambda _: None)
+def run(cfg: StorageConfig, out: Path | None = None, progress: Tick = no_progress) -> StorageBench:
+    """All four measurements on ``cfg.threads`` torch threads; ``out`` is not used."""
+    torch.set_num_threads(cfg.threads)
     g = torch.Generator().manual_seed(cfg.seed)
+    progress("", advance=0, total=len(cfg.sparsities) + 1 + len(cfg.speed_densities) + len(cfg.resnet))
     layer = []
     for s in cfg.sparsities:
-        say(f"{cfg.side}x{cfg.side} fp32 layer at sparsity {s:g}: every format")
         layer.append(_layer_row(cfg.side, s, cfg.zstd_level, g))
-    say("mask coding against log2 C(N, nnz)")
+        progress(f"{cfg.side}x{cfg.side} fp32 layer at sparsity {s:g}: every format")
     coding = tuple(_code_row(cfg.code_side, d, g) for d in cfg.densities)
     nm = _nm_row(cfg.code_side, g)
+    progress("mask coding against log2 C(N, nnz)")
     speed = []
     for d in cfg.speed_densities:
-        say(f"codec throughput at density {d:g}")
         speed.append(_speed_row(cfg.code_side, d, cfg.repeats, g))
+        progress(f"codec throughput at density {d:g}")
     resnet = []
     for dist, s in cfg.resnet:
-        say(f"ResNet-50, {dist} at sparsity {s:g}")
         resnet.append(_resnet_row(dist, s, g))
+        progress(f"ResNet-50, {dist} at sparsity {s:g}")
     return StorageBench(cfg, torch.get_num_threads(), tuple(layer), coding, nm, tuple(speed), tuple(resnet))
-
-
-# ---------------------------------------------------------------------------------------------
-# Criteria and the report.
-
-TARGET_90_MB = 7.72  # 4096^2 at 90 % sparsity, fp32; scaled by numel for another side

@@ -23,11 +23,6 @@ from sparseflow.distributions import erk
 from sparseflow.inference.convert import convert
 from sparseflow.inference.kernels import available_backend, csr_from_dense
 
-SHAPES = ((4096, 4096), (1024, 4096), (300, 784))  # (out, in)
-DENSITIES = (0.5, 0.2, 0.1, 0.05, 0.02)
-BATCHES = (1, 16, 256)
-THREADS = (1, 2)
-QUICK = dict(shapes=((4096, 4096),), densities=(0.1, 0.05), batches=(1, 16, 256), threads=(1, 2))
 METHODS = ("dense_mm", "dense_linear", "torch_csr32", "scipy_csr", "sparselab", "ours")
 
 

@@ -1,0 +1,45 @@
+"""Console table, ``result.json`` and ``table.md`` of ``sparseflow bench inference``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparseflow.bench.inference.measure import METHODS
+from sparseflow.bench.inference.run import InferenceResult
+from sparseflow.experiments.protocol import TableData
+from sparseflow.training.rundir import write_results
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def speedup_table(result: InferenceResult, note: str = "") -> TableData:
+    """Speedup of every method over dense F.linear, per cell (the cold-cache cells last)."""
+    shown = [m for m in METHODS if m != "dense_linear"]
+    rows = [(f"{c.out}x{c.inp}" + (" cold" if cold else ""), f"{c.density:g}", str(c.batch), str(c.threads),
+             f"{c.ms['dense_linear']:.3f}", *[_fmt(c.speedup(m)) for m in shown], f"{c.bound:.2f}", c.plan)
+            for cells, cold in ((result.cells, False), (result.cold, True)) for c in cells]
+    title = (f"speedup over dense F.linear (warm cache, median of {result.config.repeats}); "
+             f"backend: {result.backend}")
+    return TableData(title, ("layer (out x in)", "density", "batch", "thr", "F.linear ms", *shown, "bound", "plan"),
+                     rows, left=("layer (out x in)", "plan"), min_width=150, note=note)
+
+
+def tables(result: InferenceResult) -> list[TableData]:
+    mlp = "\n".join(
+        f"MLP 784-4096-4096-10 90% ERK batch {r['batch']}, {r['threads']} thread: dense {r['dense_ms']:.3f} ms, "
+        f"ours {r['ours_ms']:.3f} ms, {r['speedup']:.2f}x, max rel err {r['max_rel_err']:.1e}" for r in result.mlp)
+    return [speedup_table(result, note=mlp)]
+
+
+def write_outputs(result: InferenceResult, out: Path) -> dict[str, Any]:
+    """OUT/result.json and OUT/table.md (the speedup table as the console shows it); returns the JSON object."""
+    from rich.console import Console
+
+    data = result.to_json()
+    write_results(out, "bench-inference", data, "result.json")
+    with open(out / "table.md", "w") as f:
+        Console(file=f, width=200).print(speedup_table(result).rich())
+    return data

@@ -1,0 +1,111 @@
+"""``sparseflow bench inference``: the grid of layer products and the end-to-end MLP, and their criteria.
+
+The measurements are :mod:`sparseflow.bench.inference.measure`'s; the criteria compare our kernels with dense
+F.linear, scipy and themselves on two threads at the cells the goals name (4096 x 4096, one thread, warm).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sparseflow.bench.inference.measure import Cell, backend_name, layer_cell, mlp_rows
+from sparseflow.experiments.protocol import Tick, no_progress
+from sparseflow.training.options import check, option
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Every (threads, layer shape, density, batch) cell, two cold-cache cells and the MLP at batch 1 and 64."""
+
+    repeats: int = option(7, "Timed calls per method and cell; medians are reported.", min=1, quick=5)
+    shapes: tuple[tuple[int, int], ...] = option(((4096, 4096), (1024, 4096), (300, 784)), "Layer shapes (out, in).",
+                                                 cli=False, quick=((4096, 4096),))
+    densities: tuple[float, ...] = option((0.5, 0.2, 0.1, 0.05, 0.02), "Weight densities.", cli=False,
+                                          min=0, min_open=True, max=1, quick=(0.1, 0.05))
+    batches: tuple[int, ...] = option((1, 16, 256), "Batch sizes.", cli=False, min=1)
+    threads: tuple[int, ...] = option((1, 2), "torch thread counts.", cli=False, min=1)
+    quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict]) -> dict[str, dict[str, Any]]:
+    """The goals, each computed from the measured cells (a goal whose cell was not measured is left out)."""
+    def find(d: float, b: int, t: int) -> Cell | None:
+        return next((c for c in cells if (c.out, c.inp, c.density, c.batch, c.threads) == (4096, 4096, d, b, t)), None)
+
+    out: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, value: float | None, target: str, ok: Callable[[float], bool]) -> None:
+        if value is not None:
+            out[name] = {"value": float(f"{value:.4g}"), "target": target, "pass": bool(ok(value))}
+
+    for d, b, goal in ((0.1, 1, 4.5), (0.1, 16, 5.0), (0.1, 256, 3.0), (0.05, 1, 9.0)):
+        c = find(d, b, 1)
+        add(f"4096x4096 {1 - d:.0%} sparse batch {b} 1 thread warm: ours vs dense", c and c.speedup("ours"),
+            f">= {goal}x", lambda v, g=goal: v >= g)
+    c = find(0.1, 1, 1)
+    if c and c.ms.get("scipy_csr"):
+        add("4096x4096 90% sparse batch 1 1 thread warm: ours vs scipy", c.ms["scipy_csr"] / c.ms["ours"], ">= 1.7x",
+            lambda v: v >= 1.7)
+    for b in (16, 256):
+        c1, c2 = find(0.1, b, 1), find(0.1, b, 2)
+        if c1 and c2:
+            add(f"4096x4096 90% sparse batch {b}: 2 threads vs 1 thread (ours)", c1.ms["ours"] / c2.ms["ours"],
+                ">= 1.7x", lambda v: v >= 1.7)
+    if cells:
+        worst = min(cells, key=lambda c: min(c.ms["dense_mm"], c.ms["dense_linear"]) / c.ms["ours"])
+        add("every cell: ours vs the faster dense (worst cell)",
+            min(worst.ms["dense_mm"], worst.ms["dense_linear"]) / worst.ms["ours"], ">= 0.95x", lambda v: v >= 0.95)
+    if mlp:
+        add("MLP 784-4096-4096-10 90% ERK: max relative error vs dense", max(r["max_rel_err"] for r in mlp),
+            "<= 1e-5", lambda v: v <= 1e-5)
+    return out
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    config: InferenceConfig
+    cells: tuple[Cell, ...]
+    cold: tuple[Cell, ...]  # 4096 x 4096, batch 1, one thread, weights read from DRAM
+    mlp: tuple[dict[str, Any], ...]
+    backend: str
+    load_average: tuple[float, float, float]
+
+    def criteria(self) -> dict[str, dict[str, Any]]:
+        return criteria(list(self.cells), list(self.cold), list(self.mlp))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "bench inference", "quick": self.config.quick, "repeats": self.config.repeats,
+                "torch": torch.__version__, "backend": self.backend,
+                "machine": platform.processor() or platform.machine(), "load_average": self.load_average,
+                "cells": [vars(c) for c in self.cells], "cold_cells": [vars(c) for c in self.cold],
+                "mlp": list(self.mlp), "criteria": self.criteria()}
+
+
+def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_progress) -> InferenceResult:
+    """Time the grid (threads outermost), the cold-cache cells and the MLP; ``out`` is not used."""
+    c = config
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's product is single-threaded anyway
+    progress("", advance=0, total=len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3)
+    cells, cold = [], []
+    for t in c.threads:
+        for (o, i) in c.shapes:
+            for d in c.densities:
+                for b in c.batches:
+                    cells.append(layer_cell(o, i, d, b, t, repeats=c.repeats))
+                    progress(f"{o}x{i} density {d} batch {b} threads {t}")
+    for d in (0.1, 0.05):
+        cold.append(layer_cell(4096, 4096, d, 1, 1, repeats=c.repeats, cold=True))
+        progress(f"cold cache, density {d}")
+    mlp = mlp_rows((1, 64), 1, c.repeats)
+    progress("MLP 784-4096-4096-10")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return InferenceResult(c, tuple(cells), tuple(cold), tuple(mlp), backend_name(), os.getloadavg())
