@@ -103,8 +103,6 @@ def tables(b: ConnectivityBench) -> list[TableData]:
 
 
 BENCHMARK = Experiment(
-    name="connectivity",
-    summary="connectivity analysis of a 100M-weight mask",
-    doc="Time the connectivity analysis of a random MLP mask of 100M weights (quick: 10M) at 10 % density.",
-    config=ConnectivityConfig, run=run, write_outputs=result_writer("bench-connectivity"), tables=tables,
-)
+    "connectivity", "connectivity analysis of a 100M-weight mask", ConnectivityConfig, run,
+    result_writer("bench-connectivity"), tables=tables,
+    doc="Time the connectivity analysis of a random MLP mask of 100M weights (quick: 10M) at 10 % density.")

@@ -101,7 +101,8 @@ class MasksBench:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": "bench masks", "quick": self.quick, "torch": torch.__version__, "epochs": self.epochs, "train_examples": self.train_examples, "accuracy": self.accuracy,
+        return {"command": "bench masks", "quick": self.quick, "torch": torch.__version__, "epochs": self.epochs,
+                "train_examples": self.train_examples, "accuracy": self.accuracy,
                 "threads": self.threads, "seconds": self.seconds,
                 "totals": {f"{k}_{s:.1%}": self.total(k, s) for k in ("trained", "random") for s in SPARSITIES},
                 "rows": [asdict(r) | {"ratio": r.ratio} for r in self.rows], "criteria": self.criteria()}
@@ -200,11 +201,8 @@ def write_outputs(b: MasksBench, out: Path) -> dict[str, Any]:
 
 
 BENCHMARK = Experiment(
-    name="masks",
-    summary="trained masks coded against the i.i.d. bound",
-    doc="Train LeNet-300-100 on MNIST, prune globally by magnitude to 90 % and 96.4 %, and code each mask as "
-        "sparseflow.save does: bits against N·H(p) per layer and in total, random masks of equal densities as the "
-        "control. Goal: trained masks ≤ 0.90 × Σ N_l·H(p_l).",
-    config=MasksConfig, run=run, write_outputs=write_outputs, options=MasksOptions, tables=tables,
-    check=check_data,
-)
+    "masks", "trained masks coded against the i.i.d. bound", MasksConfig, run, write_outputs,
+    options=MasksOptions, tables=tables, check=check_data,
+    doc=("Train LeNet-300-100 on MNIST, prune globally by magnitude to 90 % and 96.4 %, and code each mask as "
+         "sparseflow.save does: bits against N·H(p) per layer and in total, random masks of equal densities as"
+         " the control. Goal: trained masks ≤ 0.90 × Σ N_l·H(p_l)."))

@@ -254,9 +254,6 @@ def write_outputs(result: MethodsResult, out: Path) -> dict[str, Any]:
 
 
 BENCHMARK = Experiment(
-    name="methods",
-    summary="every sparsification method on one training budget",
-    doc="Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead.",
-    config=MethodsConfig, run=run, write_outputs=write_outputs, options=MethodsOptions, tables=tables,
-    check=check_data,
-)
+    "methods", "every sparsification method on one training budget", MethodsConfig, run, write_outputs,
+    options=MethodsOptions, tables=tables, check=check_data,
+    doc="Every method on LeNet-300-100 / MNIST at equal budget, mean ± std over seeds, plus RigL's overhead.")

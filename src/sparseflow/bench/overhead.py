@@ -240,8 +240,6 @@ def tables(result: OverheadResult) -> list[TableData]:
 
 
 BENCHMARK = Experiment(
-    name="overhead",
-    summary="training-step time of masked training vs dense",
-    doc="Training-step time of masked training (static mask, GMP) vs dense, same model, same run.",
-    config=OverheadConfig, run=run, write_outputs=result_writer("bench-overhead"), tables=tables,
-)
+    "overhead", "training-step time of masked training vs dense", OverheadConfig, run, result_writer("bench-overhead"),
+    tables=tables,
+    doc="Training-step time of masked training (static mask, GMP) vs dense, same model, same run.")

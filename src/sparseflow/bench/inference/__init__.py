@@ -6,11 +6,9 @@ from sparseflow.bench.inference.run import InferenceConfig, InferenceResult, cri
 from sparseflow.experiments.protocol import Experiment
 
 BENCHMARK = Experiment(
-    name="inference",
-    summary="sparse kernels against dense and the stock sparse libraries",
-    doc="Sparse x dense products per layer shape, density, batch and threads, side by side; MLP end to end.",
-    config=InferenceConfig, run=run, write_outputs=write_outputs, tables=tables,
-)
+    "inference", "sparse kernels against dense and the stock sparse libraries", InferenceConfig, run, write_outputs,
+    tables=tables,
+    doc="Sparse x dense products per layer shape, density, batch and threads, side by side; MLP end to end.")
 
 __all__ = ["BENCHMARK", "METHODS", "Cell", "InferenceConfig", "InferenceResult", "criteria", "erk_mlp",
            "layer_cell", "mlp_rows", "run", "tables", "write_outputs"]

@@ -7,11 +7,9 @@ from sparseflow.bench.storage.run import run
 from sparseflow.experiments.protocol import Experiment
 
 BENCHMARK = Experiment(
-    name="storage",
-    summary="mask storage at the entropy bound",
-    doc="Bytes of a 4096x4096 fp32 layer at 50-99 % sparsity in every format, mask coding against "
-        "log2 C(N, nnz), codec throughput, and ResNet-50 against RigL's size table (1-bit-mask accounting).",
-    config=StorageConfig, run=run, write_outputs=write_outputs, tables=tables,
-)
+    "storage", "mask storage at the entropy bound", StorageConfig, run, write_outputs,
+    tables=tables,
+    doc=("Bytes of a 4096x4096 fp32 layer at 50-99 % sparsity in every format, mask coding against log2 C(N, "
+         "nnz), codec throughput, and ResNet-50 against RigL's size table (1-bit-mask accounting)."))
 
 __all__ = ["BENCHMARK", "StorageBench", "StorageConfig", "run", "tables", "write_outputs"]

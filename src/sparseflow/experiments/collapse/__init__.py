@@ -14,15 +14,9 @@ from sparseflow.experiments.collapse.run import (
 from sparseflow.experiments.protocol import Experiment
 
 EXPERIMENT = Experiment(
-    name="collapse",
-    summary="layer collapse at initialisation",
-    doc="Layer collapse at initialisation (Tanaka et al. 2020 Fig. 1): magnitude, random, SNIP, GraSP, SynFlow.",
-    config=CollapseConfig,
-    run=run,
-    write_outputs=write_outputs,
-    tables=tables,
-    full_s=120,
-)
+    "collapse", "layer collapse at initialisation", CollapseConfig, run, write_outputs,
+    tables=tables, full_s=120,
+    doc="Layer collapse at initialisation (Tanaka et al. 2020 Fig. 1): magnitude, random, SNIP, GraSP, SynFlow.")
 
 __all__ = ["EXPERIMENT", "CollapseConfig", "CollapseRow", "CollapseTable", "Probe", "collapse_sparsity", "has_path",
            "probe", "run", "write_outputs"]

@@ -13,17 +13,9 @@ def _check(config: GolgiConfig, options: DataBudgetOptions) -> None:
 
 
 EXPERIMENT = Experiment(
-    name="golgi",
-    summary="Golgi stain: trained vs random masks",
-    doc="Stain a trained RigL / GMP mask of LeNet-300-100 next to a random mask with the same per-layer counts.",
-    config=GolgiConfig,
-    run=run,
-    write_outputs=write_outputs,
-    options=DataBudgetOptions,
-    tables=tables,
-    check=_check,
-    full_s=420,
-    data=Data(("mnist",), ("--data-dir",), optional=True),
-)
+    "golgi", "Golgi stain: trained vs random masks", GolgiConfig, run, write_outputs,
+    options=DataBudgetOptions, tables=tables, check=_check, full_s=420, data=Data(("mnist",), ("--data-dir",),
+    optional=True),
+    doc="Stain a trained RigL / GMP mask of LeNet-300-100 next to a random mask with the same per-layer counts.")
 
 __all__ = ["EXPERIMENT", "GolgiConfig", "GolgiResult", "matched_random", "run", "write_outputs"]

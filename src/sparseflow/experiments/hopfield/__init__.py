@@ -8,16 +8,8 @@ from sparseflow.experiments.protocol import Experiment
 from sparseflow.training.options import BudgetOptions
 
 EXPERIMENT = Experiment(
-    name="hopfield",
-    summary="sparse Hopfield memory capacity",
-    doc="Capacity P_max/N of a sparse Hopfield memory vs coding level a and size N (covariance rule, threshold).",
-    config=HopConfig,
-    run=run.run,
-    write_outputs=report.write_outputs,
-    options=BudgetOptions,
-    tables=report.tables,
-    check=run.check,
-    full_s=2000,
-)
+    "hopfield", "sparse Hopfield memory capacity", HopConfig, run.run, report.write_outputs,
+    options=BudgetOptions, tables=report.tables, check=run.check, full_s=2000,
+    doc="Capacity P_max/N of a sparse Hopfield memory vs coding level a and size N (covariance rule, threshold).")
 
 __all__ = ["EXPERIMENT", "HopConfig", "HopResult"]

@@ -6,17 +6,9 @@ from sparseflow.experiments.normalisation.result import NormResult
 from sparseflow.experiments.protocol import Data, Experiment
 
 EXPERIMENT = Experiment(
-    name="normalisation",
-    summary="BatchNorm vs Group/LayerNorm with small batches",
-    doc="BatchNorm vs GroupNorm / LayerNorm / none at batch sizes 2 to 128, dense and 90 % sparse (Wu & He 2018).",
-    config=NormConfig,
-    run=run.run,
-    write_outputs=report.write_outputs,
-    options=NormOptions,
-    tables=report.tables,
-    check=run.check,
-    full_s=2300,
-    data=Data(("fashion-mnist",), ("--data-dir",)),
-)
+    "normalisation", "BatchNorm vs Group/LayerNorm with small batches", NormConfig, run.run, report.write_outputs,
+    options=NormOptions, tables=report.tables, check=run.check, full_s=2300, data=Data(("fashion-mnist",),
+    ("--data-dir",)),
+    doc="BatchNorm vs GroupNorm / LayerNorm / none at batch sizes 2 to 128, dense and 90 % sparse (Wu & He 2018).")
 
 __all__ = ["EXPERIMENT", "NormConfig", "NormOptions", "NormResult"]

@@ -15,16 +15,8 @@ def _check(config: RegConfig, options: BudgetOptions) -> str:
 
 
 EXPERIMENT = Experiment(
-    name="regularisation",
-    summary="sparsity as a regulariser vs data size",
-    doc="Sparsity as a regulariser: MNIST-1D test accuracy vs sparsity for training sets of 500 to 16000.",
-    config=RegConfig,
-    run=run,
-    write_outputs=write_outputs,
-    options=BudgetOptions,
-    tables=tables,
-    check=_check,
-    full_s=1500,
-)
+    "regularisation", "sparsity as a regulariser vs data size", RegConfig, run, write_outputs,
+    options=BudgetOptions, tables=tables, check=_check, full_s=1500,
+    doc="Sparsity as a regulariser: MNIST-1D test accuracy vs sparsity for training sets of 500 to 16000.")
 
 __all__ = ["EXPERIMENT", "RegConfig", "RegResult", "run", "write_outputs"]

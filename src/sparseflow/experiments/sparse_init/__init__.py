@@ -12,16 +12,8 @@ def _check(config: InitConfig, options: DataOptions) -> str | None:
 
 
 EXPERIMENT = Experiment(
-    name="init",
-    summary="dense vs sparsity-aware initialisation",
-    doc="Dense He vs sparsity-aware init, 20-layer ReLU MLP at 90/95/98 % sparsity (Evci et al. 2022).",
-    config=InitConfig,
-    run=run,
-    write_outputs=write_outputs,
-    options=DataOptions,
-    tables=tables,
-    check=_check,
-    full_s=600,
-)
+    "init", "dense vs sparsity-aware initialisation", InitConfig, run, write_outputs,
+    options=DataOptions, tables=tables, check=_check, full_s=600,
+    doc="Dense He vs sparsity-aware init, 20-layer ReLU MLP at 90/95/98 % sparsity (Evci et al. 2022).")
 
 __all__ = ["EXPERIMENT", "InitConfig", "InitResult", "criteria", "run", "write_outputs"]
