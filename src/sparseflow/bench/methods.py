@@ -68,7 +68,8 @@ def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) 
     """One training run in a worker process: (spec, test accuracy, measured sparsity of the targets)."""
     import torch
 
-    from sparseflow.training.job import TrainJob, build_method, first_batch
+    from sparseflow.training.build import build_method, first_batch
+    from sparseflow.training.job import TrainJob
     from sparseflow.training.data import loaders
     from sparseflow.training.models import build_model
     from sparseflow.targets import Targets

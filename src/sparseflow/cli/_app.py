@@ -45,23 +45,9 @@ def _emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise SparseflowError(f"--hidden takes comma-separated widths such as 300,100, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise SparseflowError(f"--hidden needs positive widths such as 300,100, got {text!r}")
-    return widths
-
-
 def parse_numbers(flag: str, text: str, kind: type, example: str | None = None) -> tuple:
     """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option (``kind`` int, float or str); one clear
     error naming ``flag`` otherwise."""
-    from sparseflow.errors import SparseflowError
-
     try:
         values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:

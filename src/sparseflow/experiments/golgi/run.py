@@ -37,7 +37,8 @@ from sparseflow.analysis.stain import Stain, degree_stats, stain, trees
 from sparseflow.training.data import Dataset, load_dataset, loaders
 from sparseflow.errors import SparseflowError
 from sparseflow.init import rescale_
-from sparseflow.training.job import TrainJob, build_method
+from sparseflow.training.build import build_method
+from sparseflow.training.job import TrainJob
 from sparseflow.mask import Mask
 from sparseflow.methods import FixedMask
 from sparseflow.training.models import build_model
