@@ -4,8 +4,8 @@ A checkpoint holds the model, optimizer, LR scheduler and method state (mask, st
 random generator), torch's RNG and the train loader's generators, the history, the elapsed time and, in the
 middle of an epoch, its :class:`EpochPosition`: the RNG as the epoch began and the number of batches trained
 on (so a resume re-draws the same order and skips exactly those), the running loss sums over all ranks and
-the last LR. File format, checksums and the fallback to the previous checkpoint:
-:mod:`sparseflow.training.checkpoints`.
+the last LR. :class:`RunDir` is fit's side of it: the run directory, when to checkpoint, the time spent.
+File format, checksums and the fallback to the previous checkpoint: :mod:`sparseflow.training.checkpoints`.
 """
 
 from __future__ import annotations
@@ -135,12 +135,11 @@ def restore(checkpoint: Checkpoint, state: TrainState, scheduler: LambdaLR, load
 
 @dataclass
 class RunDir:
-    """The run directory of one :func:`~sparseflow.training.loop.fit` call (None: nothing is written) and the time spent so far.
-
-    Only rank 0 writes; every rank waits at each checkpoint until it is on disk.
+    """The run directory of one :func:`~sparseflow.training.loop.fit` call (``path`` None: nothing is written)
+    and the training time so far. Only rank 0 writes; every rank waits at each checkpoint until it is on disk.
     """
 
-    path: str | Path | None
+    path: Path | None
     cfg: TrainConfig
     state: TrainState
     scheduler: LambdaLR
@@ -155,7 +154,7 @@ class RunDir:
         checkpoint is in the middle of one) and write config.json."""
         if self.path is None:
             return None
-        run_dir = self.path = Path(self.path)
+        run_dir = self.path = Path(self.path)  # (fit takes a str too)
         main = distributed.is_main()
         run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume and has_checkpoint(run_dir)
@@ -168,8 +167,8 @@ class RunDir:
         if resumed:
             checkpoint = load_checkpoint(run_dir, quarantine=True)  # prints a fallback on stderr
             self.notes = (checkpoint.fallback,) if checkpoint.fallback else ()
-            self.elapsed_before, resume_at = restore(checkpoint, self.state, self.scheduler, self.loader,
-                                                          self.cfg, self.device)
+            self.elapsed_before, resume_at = restore(checkpoint, self.state, self.scheduler, self.loader, self.cfg,
+                                                     self.device)
             if resume_at is not None and not main:
                 resume_at.loss_sum, resume_at.seen = 0.0, 0  # the stored sums are over all ranks: rank 0 holds them
             if main:
@@ -203,12 +202,12 @@ class RunDir:
         history on resume, so it goes second)."""
         if self.path is not None and distributed.is_main():
             self._save(None, elapsed_s)
-            write_metrics(Path(self.path), self.state.history)
+            write_metrics(self.path, self.state.history)
         distributed.barrier()  # every rank continues only once the epoch's checkpoint is on disk
 
     def _save(self, pos: EpochPosition | None, elapsed_s: float | None = None) -> None:
-        save(Path(self.path), self.state, self.scheduler, self.loader, self.cfg, self.device,
-                  self.elapsed() if elapsed_s is None else elapsed_s, pos)
+        save(self.path, self.state, self.scheduler, self.loader, self.cfg, self.device,
+             self.elapsed() if elapsed_s is None else elapsed_s, pos)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
