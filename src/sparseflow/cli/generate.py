@@ -72,10 +72,7 @@ def _parameter(name: str, o: Opt, tp: Any, default: Any) -> inspect.Parameter:
     if o.positional:
         info = typer.Argument(help=_help(o), metavar=metavar, show_default=default is not dataclasses.MISSING)
     else:
-        names = [flag(name, o)]
-        if unwrap(tp)[0] is bool and o.flag is None:
-            names = [f"{names[0]}/--no-{names[0][2:]}"]
-        info = typer.Option(*names, *([o.short] if o.short else []), help=_help(o), metavar=metavar)
+        info = typer.Option(flag(name, o), *([o.short] if o.short else []), help=_help(o), metavar=metavar)
     d = inspect.Parameter.empty if default is dataclasses.MISSING else _cli_default(default)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=Annotated[cli_tp, info])
 

@@ -65,14 +65,15 @@ class ExportConfig:
     out: Path = option(MISSING, "The .sfz file to write.", short="-o")
     dtype: str = option("fp32", "Stored value dtype: fp32, fp16 or bf16.", choices=tuple(DTYPES))
     compress_values: bool = option(
-        False, "Also entropy-code the values by byte planes (lossless; ~17 % smaller fp32).", flag="--compress-values")
+        False, "Also entropy-code the values by byte planes (lossless; ~17 % smaller fp32).")
     dense: bool = option(
-        False, "Write a plain dense safetensors state dict instead (for tools without sparseflow).", flag="--dense")
+        False, "Write a plain dense safetensors state dict instead (for tools without sparseflow).")
 
     def __post_init__(self) -> None:
         check(self)
         if not self.dense and self.out.suffix != ".sfz":
-            raise SparseflowError(f"--out should end in .sfz (got {str(self.out)!r}); pass --dense for a plain .safetensors")
+            raise SparseflowError(
+                f"--out should end in .sfz (got {str(self.out)!r}); pass --dense for a plain .safetensors")
         if self.out.resolve() == self.source.resolve():
             raise SparseflowError(f"--out {str(self.out)!r} is the source itself; choose another file")
 

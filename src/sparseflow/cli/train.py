@@ -43,7 +43,7 @@ def train(call: Call) -> None:
     world = o.nproc if o.nproc is not None else (int(os.environ["WORLD_SIZE"]) if distributed.launched() else 1)
     job = dataclasses.replace(call.config, world_size=world)
     if o.nproc is not None:  # the processes build the same job from the same options
-        _launch(call, o.resume if o.resume is not None else o.out if o.out is not None else Path("runs") / job.run_name())
+        _launch(call, o.resume or o.out or Path("runs") / job.run_name())
         return
     out, resume = o.out, o.resume
     if resume is not None:

@@ -11,5 +11,5 @@ from sparseflow.lottery.prune import next_mask, random_mask
 from sparseflow.lottery.report import criteria, summarize, write_report
 from sparseflow.lottery.run import LotteryResult, run_lottery
 
-__all__ = ["LotteryJob", "LotteryOptions", "LotteryResult", "criteria", "level_counts", "next_mask", "random_mask", "run_lottery",
-           "summarize", "write_report"]
+__all__ = ["LotteryJob", "LotteryOptions", "LotteryResult", "criteria", "level_counts", "next_mask", "random_mask",
+           "run_lottery", "summarize", "write_report"]

@@ -71,8 +71,10 @@ class LotteryJob:
     levels: int | None = option(None, "At most this many pruning levels.", min=1, max=MAX_LEVELS, quick=5)
     rewind: str = option("weights", "weights (Frankle & Carbin) | lr (learning-rate rewinding)", choices=REWINDS)
     rewind_step: int = option(0, "Rewind to this step k (0: the initialisation).", min=0)
-    reinit: bool = option(True, "Control: the same mask from a fresh random initialisation.")
-    random_mask: bool = option(True, "Control: a random mask with the same per-layer densities.")
+    reinit: bool = option(True, "Control: the same mask from a fresh random initialisation.",
+                          flag="--reinit/--no-reinit")
+    random_mask: bool = option(True, "Control: a random mask with the same per-layer densities.",
+                               flag="--random-mask/--no-random-mask")
     seeds: tuple[int, ...] = option((0,), "Replicate seeds, comma-separated.", distinct=True)
 
     def __post_init__(self) -> None:
@@ -130,7 +132,7 @@ class LotteryOptions:
         "sparsity; else the last level).", min=0, max=1)
     recompute_level: int | None = option(None, "Delete level K and later ones and run them again.", min=0,
                                          metavar="K")
-    progress: bool = option(True, "Show a progress bar (on stderr).")
+    progress: bool = option(True, "Show a progress bar (on stderr).", flag="--progress/--no-progress")
 
     def __post_init__(self) -> None:
         check(self)

@@ -54,14 +54,18 @@ class Sweep:
     hidden: tuple[int, ...] | None = like(TrainJob, "hidden")
     pattern: str = like(TrainJob, "pattern")
     norm: str = like(TrainJob, "norm")
-    subset: int | None = like(TrainJob, "subset", quick=_quick_subset)
-    test_subset: int | None = like(TrainJob, "test_subset", quick=_quick_test_subset)
+    subset: int | None = like(TrainJob, "subset", help="Use this many training examples (quick: 2000 when a "
+                              "dataset is mnist or fashion-mnist).", quick=_quick_subset)
+    test_subset: int | None = like(TrainJob, "test_subset", help="Evaluate on the first N test examples (quick, "
+                                   "without --subset: 1000 when a dataset is mnist or fashion-mnist).",
+                                   quick=_quick_test_subset)
     epochs: int = like(TrainJob, "epochs", help="Training epochs per cell.", quick=5)
     batch_size: int = like(TrainJob, "batch_size")
     lr: float = like(TrainJob, "lr")
     optimizer: str = like(TrainJob, "optimizer")
     weight_decay: float = like(TrainJob, "weight_decay")
-    baseline: bool = like(TrainJob, "baseline", False, help="Also train each cell's dense baseline (or add method 'dense').")
+    baseline: bool = like(TrainJob, "baseline", False,
+                          help="Also train each cell's dense baseline (or add method 'dense').")
     prune_first: bool = like(TrainJob, "prune_first")
     prune_last: bool = like(TrainJob, "prune_last")
 
@@ -120,8 +124,8 @@ class SweepOptions:
     ray: str | None = option(None, "Run the cells on the Ray cluster at ADDRESS (HOST:PORT); needs sparseflow[ray].",
                              metavar="ADDRESS")
     cpus_per_cell: int = option(1, "CPUs each Ray task reserves (and torch threads it uses).", min=1)
-    yes: bool = option(False, "Run even when the estimate exceeds an hour.", flag="--yes")
-    progress: bool = option(True, "Show a progress bar over cells (on stderr).")
+    yes: bool = option(False, "Run even when the estimate exceeds an hour.")
+    progress: bool = option(True, "Show a progress bar over cells (on stderr).", flag="--progress/--no-progress")
 
     def __post_init__(self) -> None:
         check(self)

@@ -76,17 +76,24 @@ class TrainJob:
                                             metavar="WIDTHS")
     norm: str = option("none", _names(NORMS), choices=NORMS)
     dataset: str = option("digits", _names(DATASETS))
-    subset: int | None = option(None, "Use this many training examples.", min=1, quick=quick_subset)
-    test_subset: int | None = option(None, "Evaluate on the first N test examples.", min=1, quick=quick_test_subset)
-    epochs: int = option(30, "Training epochs (each run).", min=1, quick=quick_epochs)
+    subset: int | None = option(None, "Use this many training examples (quick: 4000 of mnist or fashion-mnist, "
+                                "1000 for a convolutional model).", min=1, quick=quick_subset)
+    test_subset: int | None = option(None, "Evaluate on the first N test examples (quick, without --subset: 2000 "
+                                     "of mnist or fashion-mnist, 1000 for a convolutional model).", min=1,
+                                     quick=quick_test_subset)
+    epochs: int = option(30, "Training epochs (each run; quick: 10, on mnist1d, mnist and fashion-mnist 5, 3 for "
+                         "a convolutional model).", min=1, quick=quick_epochs)
     batch_size: int = option(64, "Minibatch size (per process when data-parallel).", min=1)
     lr: float = option(0.05, "Peak learning rate (cosine decay).", min=0, min_open=True)
     optimizer: str = option("sgd", _names(OPTIMIZERS), choices=OPTIMIZERS)
     weight_decay: float = option(5e-4, "Weight decay.", min=0)
     seed: int = option(0, "Seed for weights, mask and data order.")
-    baseline: bool = option(True, "Also train the dense baseline on the same budget.")
-    prune_first: bool = option(True, "Prune the first (input) layer; --no-prune-first keeps it dense.")
-    prune_last: bool = option(True, "Prune the last (output) layer; --no-prune-last keeps it dense.")
+    baseline: bool = option(True, "Also train the dense baseline on the same budget.",
+                            flag="--baseline/--no-baseline")
+    prune_first: bool = option(True, "Prune the first (input) layer; --no-prune-first keeps it dense.",
+                               flag="--prune-first/--no-prune-first")
+    prune_last: bool = option(True, "Prune the last (output) layer; --no-prune-last keeps it dense.",
+                              flag="--prune-last/--no-prune-last")
     # Data-parallel processes (torchrun): each takes batch_size examples of every global batch of
     # world_size * batch_size, so the run equals one process with that global batch.
     world_size: int = option(1, "Data-parallel processes.", min=1, cli=False)

@@ -48,7 +48,7 @@ class Opt:
     min_open: bool = False
     max_open: bool = False
     choices: tuple[Any, ...] | None = None
-    flag: str | None = None  # the command-line name when it is not --field-name (bool: --x/--no-x otherwise)
+    flag: str | None = None  # the command-line name when it is not --field-name
     short: str | None = None  # a one-letter alias such as -o
     metavar: str | None = None
     positional: bool = False  # a command-line argument instead of an --option

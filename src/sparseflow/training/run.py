@@ -65,8 +65,9 @@ class TrainOptions:
     checkpoint_every: int | None = option(None, "Also checkpoint every K steps (always at every epoch's end).",
                                           min=1, metavar="K")
     data_dir: Path | None = option(None, "Folder with the IDX .gz files (mnist, fashion-mnist).")
-    download: bool = option(False, "Fetch missing dataset files (checksums verified).")
-    progress: bool = option(True, "Show progress bars (on stderr).")
+    download: bool = option(False, "Fetch missing dataset files (checksums verified).",
+                            flag="--download/--no-download")
+    progress: bool = option(True, "Show progress bars (on stderr).", flag="--progress/--no-progress")
     nproc: int | None = option(None, "Train data-parallel on N processes (starts torchrun).", min=1)
     dist_timeout: float = option(300.0, "Seconds a collective may wait for another process before the run stops.")
     backend: str = option("auto", "Distributed backend: auto (nccl with CUDA, else gloo) | gloo | nccl")
