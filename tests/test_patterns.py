@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sparseflow import NM, Block, MaskError, Unstructured
-from sparseflow.patterns import _as_matrix, _from_matrix
+from sparseflow.patterns import _as_matrix, _from_matrix, largest_among, topk_mask
 
 
 def _scores(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -68,6 +68,52 @@ def test_unstructured_topk_out_of_range() -> None:
         Unstructured().topk(_scores(2, 3), 7)
     with pytest.raises(MaskError):
         Unstructured().topk(_scores(2, 3), -1)
+
+
+# --- k largest among allowed positions ----------------------------------------------------------------
+def _masked_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    return topk_mask(scores.masked_fill(~allowed, -math.inf), k).nonzero().squeeze(1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.sampled_from([1, 7, 100, 5000, 20000, 70000]),
+    density=st.floats(0.01, 1.0),
+    levels=st.sampled_from([0, 2, 5]),  # 0: distinct scores; else that many distinct values (ties everywhere)
+    frac=st.floats(0.0, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]),  # float16: the masked top-k path
+    seed=st.integers(0, 2**16),
+)
+@example(n=70000, density=0.5, levels=5, frac=0.02, dtype=torch.float32, seed=1)  # the sampled threshold, ties
+@example(n=70000, density=0.3, levels=0, frac=0.1, dtype=torch.float32, seed=2)  # the sampled threshold
+def test_largest_among_equals_topk_mask_on_masked_scores(n, density, levels, frac, dtype, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    allowed = torch.rand(n, generator=g) < density
+    scores = torch.randn(n, generator=g)
+    if levels:
+        scores = (scores * levels).round()
+    scores = scores.to(dtype)
+    k = math.floor(frac * int(allowed.sum()))
+    got = largest_among(scores, allowed, k)
+    assert got.dtype == torch.int64 and torch.equal(got, _masked_topk(scores, allowed, k))
+
+
+@pytest.mark.parametrize("k", [1, 100, 2000])
+def test_largest_among_sample_missing_the_kth_score_falls_back(k: int) -> None:
+    # The strided sample sees only huge scores, so its threshold admits fewer than k: all allowed are ranked.
+    g = torch.Generator().manual_seed(k)
+    n = 100_000
+    scores, allowed = torch.rand(n, generator=g), torch.rand(n, generator=g) < 0.5
+    scores[:: n // 4096] = 1e6
+    assert torch.equal(largest_among(scores, allowed, k), _masked_topk(scores, allowed, k))
+
+
+def test_largest_among_rejects_k_beyond_the_allowed() -> None:
+    allowed = torch.tensor([True, False, True])
+    assert largest_among(torch.tensor([3.0, 9.0, 1.0]), allowed, 2).tolist() == [0, 2]
+    assert largest_among(torch.tensor([3.0, 9.0, 3.0]), allowed, 1).tolist() == [0]  # tie: lower index
+    with pytest.raises(MaskError, match="3 of 2"):
+        largest_among(torch.zeros(3), allowed, 3)
 
 
 # --- NM ------------------------------------------------------------------------------------------

@@ -82,3 +82,116 @@ def test_gmp_follows_the_cubic_schedule_at_its_updates() -> None:
 def test_magnitude_pruning_prunes_once() -> None:
     mp = sf.MagnitudePruning(0.5, at_step=7)
     assert [t for t in range(20) if mp.target_sparsity(t) is not None] == [7]
+
+
+# --- schedule values -----------------------------------------------------------------------------------
+def test_one_shot_value() -> None:
+    s = sf.OneShot(7)
+    assert [t for t in range(20) if s.is_update(t)] == [7]
+    assert s.sparsity_at(7, 0.5) == 0.5
+    assert sf.OneShot() == sf.OneShot(at_step=0) and sf.OneShot().is_update(0)
+    with pytest.raises(sf.SparseflowError, match="at_step must be an integer >= 0, got -1"):
+        sf.OneShot(-1)
+
+
+def test_cubic_value_by_hand() -> None:
+    # end = 32 rounds down to the last update 30: n = (32 - 10) // 5 = 4, Δt = 5; s_i = 0.1, s_f = 0.9
+    s = sf.Cubic(start=10, end=32, every=5, initial_sparsity=0.1)
+    assert s.n == 4
+    assert [t for t in range(60) if s.is_update(t)] == [10, 15, 20, 25, 30]
+    by_hand = {10: 0.1, 15: 0.9 - 0.8 * 0.421875, 20: 0.9 - 0.8 * 0.125, 25: 0.9 - 0.8 * 0.015625, 30: 0.9}
+    for t, want in by_hand.items():
+        assert s.sparsity_at(t, 0.9) == pytest.approx(want, abs=1e-15)
+    assert sf.Cubic(start=0, end=10, every=5).sparsity_at(5, 0.8) == pytest.approx(0.8 - 0.8 * 0.125)  # s_i = 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"start": 5, "end": 9, "every": 5}, "end - start >= every.*start=5, end=9, every=5"),
+        ({"start": 0, "end": 10, "every": 0}, "every must be an integer >= 1, got 0"),
+        ({"start": -1, "end": 10, "every": 5}, "start must be an integer >= 0, got -1"),
+        ({"start": 0, "end": 10.0, "every": 5}, "end must be an integer"),
+        ({"start": 0, "end": 10, "every": 5, "initial_sparsity": 1.0}, "initial_sparsity must be in"),
+    ],
+)
+def test_cubic_value_rejects(kwargs: dict, match: str) -> None:
+    with pytest.raises(sf.SparseflowError, match=match):
+        sf.Cubic(**kwargs)
+
+
+def test_cosine_drop_value_by_hand() -> None:
+    s = sf.CosineDrop(until=45, update_every=10)  # α = 0.3 by default
+    assert [t for t in range(200) if s.is_update(t)] == [10, 20, 30, 40]
+    assert s.drop_fraction(15) == pytest.approx(0.15 * 1.5, abs=1e-15)  # cos(π/3) = 1/2
+    assert s.drop_fraction(0) == pytest.approx(0.3) and s.drop_fraction(45) == pytest.approx(0.0, abs=1e-17)
+    assert s.drop_fraction(46) == 0.0
+    started = sf.CosineDrop(until=50, update_every=10, start=5, alpha=1)
+    assert [t for t in range(200) if started.is_update(t)] == [5, 15, 25, 35, 45]
+    assert started.alpha == 1.0 and isinstance(started.alpha, float)
+    assert [t for t in range(100) if sf.CosineDrop(until=50, update_every=100, start=50).is_update(t)] == [50]
+    with pytest.raises(sf.SparseflowError, match="until=40 is before the first update at step 45"):
+        sf.CosineDrop(until=40, update_every=10, start=45)
+    with pytest.raises(sf.SparseflowError, match="alpha.*1.5"):
+        sf.CosineDrop(until=40, update_every=10, alpha=1.5)
+
+
+# --- schedules injected into methods -------------------------------------------------------------------
+def test_gmp_is_magnitude_pruning_on_a_cubic_schedule() -> None:
+    gmp = sf.GMP(0.9, initial_sparsity=0.1, start=10, end=32, every=5)
+    same = sf.MagnitudePruning(0.9, schedule=sf.Cubic(start=10, end=32, every=5, initial_sparsity=0.1))
+    assert isinstance(gmp, sf.MagnitudePruning) and gmp.schedule == same.schedule
+    assert [gmp.target_sparsity(t) for t in range(40)] == [same.target_sparsity(t) for t in range(40)]
+    assert sf.GMP(0.9, schedule=sf.Cubic(start=10, end=32, every=5)).end == 32  # keywords mirror the schedule
+    assert sf.MagnitudePruning(0.5, at_step=7).schedule == sf.OneShot(7)
+    assert sf.MagnitudePruning(0.5).schedule == sf.OneShot(0)
+
+
+def test_set_keywords_and_schedule_are_the_same_method() -> None:
+    by_keywords = sf.SET(0.9, update_every=25, until=75, start=5, alpha=0.5)
+    by_value = sf.SET(0.9, schedule=sf.CosineDrop(until=75, update_every=25, start=5, alpha=0.5))
+    assert by_keywords.schedule == by_value.schedule
+    assert (by_value.until, by_value.update_every, by_value.start, by_value.alpha) == (75, 25, 5, 0.5)
+    assert sf.RigL(0.9, until=175).schedule == sf.CosineDrop(until=175, update_every=100, start=0, alpha=0.3)
+
+
+def test_replace_keeps_the_schedule() -> None:
+    import dataclasses
+
+    gmp = sf.GMP(0.9, initial_sparsity=0.1, start=10, end=32, every=5)
+    assert dataclasses.replace(gmp, sparsity=0.8).schedule == gmp.schedule
+    rigl = sf.RigL(0.9, update_every=25, until=75)
+    assert dataclasses.replace(rigl, seed=3).schedule == rigl.schedule
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: sf.MagnitudePruning(0.5, at_step=3, schedule=sf.OneShot(4)), "at_step=3 disagree"),
+        (lambda: sf.MagnitudePruning(0.5, at_step=3, schedule=sf.Cubic(start=0, end=10, every=5)), "at_step=3"),
+        (lambda: sf.MagnitudePruning(0.5, schedule=sf.Cubic(start=0, end=10, every=5, initial_sparsity=0.6)),
+         "initial_sparsity must be in"),
+        (lambda: sf.MagnitudePruning(0.5, schedule=sf.CosineDrop(until=10, update_every=5)), "sparsity_at"),
+        (lambda: sf.GMP(0.5, end=10, every=5, schedule=sf.Cubic(start=0, end=20, every=5)), "end=10 disagree"),
+        (lambda: sf.GMP(0.5, schedule=sf.OneShot(3)), "cubic schedule"),
+        (lambda: sf.SET(0.5, alpha=0.1, schedule=sf.CosineDrop(until=10, update_every=5)), "alpha=0.1"),
+        (lambda: sf.RigL(0.5, schedule=sf.OneShot(3)), "drop_fraction"),
+        (lambda: sf.SET(0.5, total_steps=5, schedule=sf.CosineDrop(until=10, update_every=5)), "until=10 is beyond"),
+    ],
+)
+def test_schedule_and_keywords_must_agree(make, match: str) -> None:
+    with pytest.raises(sf.SparseflowError, match=match):
+        make()
+
+
+def test_any_value_with_the_interface_is_a_schedule() -> None:
+    class Twice:  # prune to half the final sparsity at step 2, to all of it at step 4
+        def is_update(self, step: int) -> bool:
+            return step in (2, 4)
+
+        def sparsity_at(self, step: int, final: float) -> float:
+            return final / 2 if step == 2 else final
+
+    method = sf.MagnitudePruning(0.8, schedule=Twice())
+    assert [method.target_sparsity(t) for t in range(6)] == [None, None, 0.4, None, 0.8, None]
+    assert method.at_step is None

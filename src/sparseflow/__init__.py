@@ -25,6 +25,7 @@ from sparseflow.methods import SNIP, GraSP, SynFlow
 from sparseflow.methods import SET, FixedMask, RigL
 from sparseflow.training.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
+from sparseflow.schedules import CosineDrop, Cubic, OneShot
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
                                 load_mask, load_masks, mask_sequence_bits, read, remove_torch_prune_, save,
                                 save_masks, to_torch_prune_)
@@ -80,6 +81,8 @@ __all__ = [
     "GMP",
     "MASK_SAFE_OPTIMIZERS",
     "Block",
+    "CosineDrop",
+    "Cubic",
     "DataError",
     "Global",
     "MagnitudePruning",
@@ -91,6 +94,7 @@ __all__ = [
     "MaskError",
     "Method",
     "NM",
+    "OneShot",
     "RandomSparse",
     "SNIP",
     "GraSP",

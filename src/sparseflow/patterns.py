@@ -7,6 +7,9 @@ Every pattern is a frozen value with the same three methods:
 - ``unit_scores(scores)``: one score per unit, flat, for ranking units (within or across layers);
 - ``topk(scores, k)``: the boolean mask keeping the ``k`` best units of a score tensor (higher = keep).
 
+Two selection helpers underlie them and the dynamic methods: :func:`topk_mask` (the ``k`` largest of a
+flat tensor) and :func:`largest_among` (the ``k`` largest among allowed positions, as indices).
+
 Weights are viewed as matrices ``(out, in)``: a Linear weight as it is, a convolution weight
 ``(out, in, *kernel)`` as ``(out, kernel..., in)`` so that groups run along input channels, the reduction
 dimension that 2:4 sparse tensor cores (and NVIDIA's ASP) group along.
@@ -71,6 +74,39 @@ def topk_mask(flat: Tensor, k: int) -> Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
     mask[torch.topk(flat, k, sorted=False).indices] = True
     return mask
+
+
+def largest_among(scores: Tensor, allowed: Tensor, k: int) -> Tensor:
+    """Increasing flat indices (int64) of the ``k`` largest ``scores`` among the ``allowed`` positions; ties
+    go to lower indices.
+
+    ``scores``: 1-D, finite; ``allowed``: 1-D bool of the same length, with at least ``k`` True. The result
+    is exactly ``topk_mask(scores.masked_fill(~allowed, -inf), k).nonzero()``. On the CPU only the allowed
+    scores are ranked, and when k is a small part of them (growth in dynamic sparse training) a threshold t
+    is read off a strided sample of the allowed scores, deep enough that usually at least k allowed scores
+    are >= t, and only those are ranked: if at least k are, the k-th largest allowed score is >= t, so every
+    score that ranks (ties included) is among them, and ranking them in index order gives the same set.
+    Otherwise all allowed scores are ranked.
+    """
+    n_allowed = int(torch.count_nonzero(allowed))
+    if not 0 <= k <= n_allowed:
+        raise MaskError(f"cannot select {k} of {n_allowed} allowed positions")
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64):
+        return topk_mask(scores.masked_fill(~allowed, -math.inf), k).nonzero().squeeze(1)
+    s, ok = scores.detach().contiguous().numpy(), allowed.contiguous().numpy()
+    sel = None
+    if s.size >= 16384 and 8 * k <= n_allowed:
+        stride = s.size // 4096
+        sample = s[::stride][ok[::stride]]
+        if sample.size:
+            r = min(sample.size - 1, int(2 * k * sample.size / n_allowed) + 32)  # twice the expected rank
+            t = np.partition(sample, sample.size - 1 - r)[sample.size - 1 - r]  # the r-th largest (0-based)
+            sel = np.flatnonzero((s >= t) & ok)
+            if sel.size < k:
+                sel = None
+    if sel is None:
+        sel = np.flatnonzero(ok)
+    return torch.from_numpy(sel[topk_mask(torch.from_numpy(s[sel]), k).numpy()]).to(torch.int64)
 
 
 def _check_k(k: int, units: int, what: str) -> None:

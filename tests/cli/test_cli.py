@@ -113,8 +113,8 @@ def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, 
     assert total - kept == int(0.9 * total + 0.5)  # exact count rule over the pruned layers only
 
 
-def test_experiment_collapse_quick_json(run_cli: RunCli) -> None:
-    code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json"])
+def test_experiment_collapse_quick_json(tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
     assert set(result["summary"]) >= {"magnitude", "snip", "grasp", "synflow"}

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from sparseflow import GLOBAL, MagnitudePruning, SparseflowError
-from sparseflow.experiments.collapse import CollapseTable, Probe, collapse_sparsity, collapse_table, has_path, probe
+from sparseflow.experiments.collapse import CollapseConfig, CollapseTable, Probe, collapse_sparsity, has_path, probe, run
 from sparseflow.experiments.collapse.run import compression_grid
+from sparseflow.training.options import build
 
 
 def _b(rows: list[list[int]]) -> torch.Tensor:
@@ -62,7 +63,7 @@ def test_compression_grid() -> None:
 
 def test_quick_table_is_sane() -> None:
     threads = torch.get_num_threads()
-    table = collapse_table(quick=True, seeds=(0,))
+    table = run(build(CollapseConfig, {"seeds": 1}, quick=True))
     assert torch.get_num_threads() == threads  # restored
     assert isinstance(table, CollapseTable)
     assert [r.method for r in table.rows] == ["magnitude", "random", "snip", "grasp", "synflow"]

@@ -15,7 +15,8 @@ from conftest import RunCli
 from sparseflow.analysis.connectivity import connectivity
 from sparseflow.training.data import load_dataset
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.golgi.run import LOW, GolgiConfig, matched_random, run_golgi
+from sparseflow.experiments.golgi import GolgiConfig, matched_random, run
+from sparseflow.experiments.golgi.run import LOW
 from sparseflow.mask import Mask
 
 
@@ -32,7 +33,12 @@ def test_matched_random_keeps_every_count() -> None:
 def test_measurements_equal_their_definitions() -> None:
     cfg = GolgiConfig(quick=True, methods=("gmp",), epochs=3, train_random=False)
     ticks: list[str] = []
-    result = run_golgi(cfg, ticks.append)
+
+    def tick(what: str = "", advance: float = 1, total: float | None = None) -> None:
+        if advance:
+            ticks.append(what)
+
+    result = run(cfg, progress=tick)
     assert len(ticks) == 2 and len(result.arms) == 2
     x = load_dataset("digits").x_train.flatten(1)
     assert torch.allclose(result.pixel_std.flatten(), x.std(0))
@@ -81,7 +87,7 @@ def test_cli_writes_the_run_directory(tmp_path: Path, run_cli: RunCli) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "sgd"], "unknown method"), (["--sparsity", "1.5"], "sparsity must be in (0, 1)"),
+    (["--methods", "sgd"], "unknown method"), (["--sparsity", "1.5"], "sparsity must be a finite number in (0, 1)"),
     (["--data-dir", "/nonexistent/mnist"], "is not a folder"), (["--epochs", "0"], "epochs must be"),
     (["--units", "0"], "units must be"),
 ])
@@ -93,7 +99,7 @@ def test_cli_bad_input_exits_2(tmp_path: Path, run_cli: RunCli, args: list[str],
 
 def test_connectivity_of_an_arm_is_the_library_value() -> None:
     cfg = GolgiConfig(quick=True, methods=("rigl",), epochs=1, train_random=False)
-    arm = run_golgi(cfg).arms[1]  # the random control: an untrained model, so its mask defines the structure
+    arm = run(cfg).arms[1]  # the random control: an untrained model, so its mask defines the structure
     from sparseflow.training.models import build_model
 
     model = build_model("lenet300-100", (1, 8, 8), 10, seed=0)

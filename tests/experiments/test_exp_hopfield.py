@@ -12,9 +12,13 @@ import pytest
 import torch
 
 import sparseflow.experiments.hopfield.run as hx
+from sparseflow.analysis.stats import t_interval
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.hopfield.run import Cell, HopConfig, HopResult, Trial, capacity, tf_capacity
-from sparseflow.experiments.hopfield.report import criteria, product, summary, t_interval
+from sparseflow.experiments.hopfield.config import S_PER_N2, HopConfig
+from sparseflow.experiments.hopfield.result import (Cell, HopResult, Trial, criteria, product, result_from_json, summary,
+                                                    tf_capacity)
+from sparseflow.experiments.hopfield.run import capacity
+from sparseflow.training.options import build
 from sparseflow.training.rundir import read_run
 
 
@@ -40,7 +44,7 @@ def test_stream_is_the_same_whatever_the_path() -> None:
 def test_search_finds_a_known_boundary(monkeypatch: pytest.MonkeyPatch, boundary: int, n: int) -> None:
     # loads up to `boundary` succeed: the search must return it exactly (tol small enough for 1 pattern)
     monkeypatch.setattr(hx, "try_load", lambda net, stream, cfg, seed: Trial(net.p, 0.0, 1.0, 1.0, net.p <= boundary))
-    cfg = HopConfig(quick=True, codings=(0.5,), sizes=(n,), seeds=(0, 1), tol=1e-4)
+    cfg = HopConfig(quick=True, codings=(0.5,), sizes=(n,), seeds=2, tol=1e-4)
     cell = capacity(0.5, n, 0, cfg)
     assert cell.p_max == boundary and cell.alpha == boundary / n
     tried = [t.p for t in cell.trials]
@@ -58,7 +62,7 @@ def test_search_stores_exactly_the_first_p_patterns(monkeypatch: pytest.MonkeyPa
         return Trial(net.p, 0.0, 1.0, 1.0, net.p <= 23)
 
     monkeypatch.setattr(hx, "try_load", fake)
-    capacity(0.1, 200, 1, HopConfig(quick=True, codings=(0.1,), sizes=(200,), seeds=(0, 1), tol=1e-4))
+    capacity(0.1, 200, 1, HopConfig(quick=True, codings=(0.1,), sizes=(200,), seeds=2, tol=1e-4))
     assert seen and all(seen)
 
 
@@ -66,15 +70,15 @@ def test_dense_capacity_at_n500_lies_in_the_theory_band() -> None:
     # AGS: alpha_c = 0.138 for N -> inf. At N = 500 with a 0.95-overlap criterion from a 10 %-flipped cue the
     # finite-size value may sit lower; anything in [0.10, 0.17] is consistent with it, while the naive
     # signal-to-noise estimate (0.235 at m = 0.95) and a broken rule (alpha ~ 0 or > 0.2) are not.
-    cfg = HopConfig(quick=True, codings=(0.5,), sizes=(500,), seeds=(0, 1))
-    alphas = [capacity(0.5, 500, seed, cfg).alpha for seed in cfg.seeds]
+    cfg = HopConfig(quick=True, codings=(0.5,), sizes=(500,), seeds=2)
+    alphas = [capacity(0.5, 500, seed, cfg).alpha for seed in cfg.seed_values]
     assert 0.10 <= sum(alphas) / 2 <= 0.17, alphas
 
 
 def _result(alphas: dict[tuple[float, int], list[float]]) -> HopResult:
     codings = tuple(sorted({a for a, _ in alphas}, reverse=True))
     sizes = tuple(sorted({n for _, n in alphas}))
-    cfg = HopConfig(quick=True, codings=codings, sizes=sizes, seeds=(0, 1))
+    cfg = HopConfig(quick=True, codings=codings, sizes=sizes, seeds=2, dilution=())
     cells = tuple(Cell(a, n, s, 1.0, round(al * n), (), 0.0) for (a, n), v in alphas.items() for s, al in enumerate(v))
     return HopResult(cfg, cells)
 
@@ -99,18 +103,18 @@ def test_criteria_follow_the_measurements() -> None:
 
 
 def test_config_checks_and_estimate() -> None:
-    cfg = HopConfig.default(quick=False)
+    cfg = HopConfig()
     assert cfg.codings == (0.5, 0.2, 0.1, 0.05, 0.02) and cfg.sizes == (500, 1000, 2000, 4000)
     assert cfg.runs() == 5 * 4 * 3 + 4 * 3
     per_seed = sum(n * n for n in cfg.sizes) * (1 + 4 * 3.5) + 4 * 1000**2 * 3.5
-    assert cfg.estimate_s() == pytest.approx(3 * per_seed * hx.S_PER_N2)
-    base = HopConfig.default(quick=True).__dict__
-    for bad in (dict(codings=(0.7,)), dict(sizes=(800, 400)), dict(seeds=(0,)), dict(mode="parallel"),
+    assert cfg.estimate_s() == pytest.approx(3 * per_seed * S_PER_N2)
+    base = build(HopConfig, {}, quick=True).__dict__
+    for bad in (dict(codings=(0.7,)), dict(sizes=(800, 400)), dict(seeds=1), dict(mode="parallel"),
                 dict(m0=0.0), dict(tol=0.6), dict(codings=(0.01,), sizes=(100,)), dict(dilution=(0.0,))):
         with pytest.raises(SparseflowError):
-            HopConfig(**{**base, **bad}).check()
+            HopConfig(**{**base, **bad})
     with pytest.raises(SparseflowError, match="seeds"):
-        HopConfig.default(quick=True, seeds=1)
+        build(HopConfig, {"seeds": 1}, quick=True)
 
 
 def test_cli_tiny_run_writes_results_report_and_figures(tmp_path: Path, run_cli) -> None:
@@ -132,7 +136,7 @@ def test_cli_tiny_run_writes_results_report_and_figures(tmp_path: Path, run_cli)
                                       "alpha a|ln a| varies <= 25% over a in {0.1, 0.05} at N=300"}
     for c in saved["criteria"].values():  # computed from the cells, not written in
         assert isinstance(c["pass"], bool) and isinstance(c["value"], float)
-    again = hx.result_from_json(saved)  # the saved run redraws to the same tables
+    again = result_from_json(saved)  # the saved run redraws to the same tables
     assert summary(again)["table"] == saved["table"] and again.criteria() == saved["criteria"]
     report = (out / "report.md").read_text()
     assert "![capacity vs coding level, and the scaled capacity vs N](capacity.png)" in report

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from sparseflow.distributions import kept_total
-from sparseflow.experiments.methods.run import FULL, GRID, IMP, LABELS, ComparisonConfig, RunRecord, imp_mask
-from sparseflow.experiments.methods.report import REFERENCE, ComparisonResult, ci95, kendall_tau_b, t975
+from sparseflow.experiments.methods.config import FULL, MethodsConfig
+from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonConfig, RunRecord, imp_mask
+from sparseflow.experiments.methods.result import REFERENCE, ComparisonResult, ci95, kendall_tau_b, t975
 from sparseflow.io import json_safe
 from sparseflow.mask import Mask
 
@@ -140,7 +141,7 @@ def test_criteria_are_computed_from_the_records() -> None:
 
 
 def test_grid_size_and_equal_step_budget_of_the_defaults() -> None:
-    cfg = ComparisonConfig.default(quick=False)
+    cfg = ComparisonConfig.of(MethodsConfig())
     assert [label for label, _, _ in GRID] == [m for m in LABELS if m != IMP]
     assert cfg.imp_levels() == (0.5, 0.8, 0.9, 0.95, 0.98)
     # per dataset and seed: 8 grid methods x 4 sparsities + dense + 5 IMP levels

@@ -10,15 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from sparseflow.experiments.normalisation.run import (
-    Cell,
-    NormConfig,
-    batch_stats_accuracy,
-    load_data,
-    scaled_lr,
-    train_cell,
-)
-from sparseflow.experiments.normalisation.report import NormResult, bn_minus, conclusion, t_interval
+from sparseflow.experiments.normalisation.config import NormConfig
+from sparseflow.experiments.normalisation.report import conclusion
+from sparseflow.experiments.normalisation.result import Cell, NormResult, bn_minus, t_interval
+from sparseflow.experiments.normalisation.run import batch_stats_accuracy, load_data, scaled_lr, train_cell
+from sparseflow.training.options import build
 
 DATA = Path("/work/shared/data/fashion-mnist")
 needs_data = pytest.mark.skipif(not (DATA / "t10k-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not present")
@@ -34,13 +30,13 @@ def test_estimate_by_hand() -> None:
     # Batch sizes 4 and 8 over 8 images for 3 epochs: 6 steps of (STEP_S + 4 x per-example) and 3 of
     # (STEP_S + 8 x per-example) at 14 x 14, one norm ("group", so no BN evaluation), dense, one seed; plus
     # 10 test images evaluated once per cell (2 cells).
-    from sparseflow.experiments.normalisation.run import EVAL_S, EXAMPLE_S, SPARSE_OVERHEAD, STEP_S
+    from sparseflow.experiments.normalisation.config import EVAL_S, EXAMPLE_S, SPARSE_OVERHEAD, STEP_S
 
-    cfg = NormConfig(quick=True, data_dir=DATA, seeds=(0,), norms=("group",), batch_sizes=(4, 8), variants=("dense",),
+    cfg = NormConfig(quick=True, seeds=1, norms=("group",), batch_sizes=(4, 8), variants=("dense",),
                      epochs=3, train_size=8, test_size=10)
     steps = 3 * 2 * (STEP_S + 4 * EXAMPLE_S) + 3 * 1 * (STEP_S + 8 * EXAMPLE_S)
     assert cfg.estimate_s() == pytest.approx(steps + 2 * 10 * EVAL_S)
-    two = NormConfig(**{**cfg.__dict__, "seeds": (0, 1)})
+    two = NormConfig(**{**cfg.__dict__, "seeds": 2})
     assert two.estimate_s() == pytest.approx(2 * cfg.estimate_s())
     sparse = NormConfig(**{**cfg.__dict__, "variants": ("sparse",)})
     assert sparse.estimate_s() == pytest.approx(SPARSE_OVERHEAD * steps + 2 * 10 * EVAL_S)
@@ -54,14 +50,12 @@ def test_estimate_by_hand() -> None:
 
 
 def test_default_grid_is_the_issue_grid() -> None:
-    full = NormConfig.default(quick=False, data_dir=DATA)
+    full = NormConfig()
     assert set(full.norms) == {"batch", "group", "layer", "none"} and full.batch_sizes == (2, 4, 8, 32, 128)
-    assert full.variants == ("dense", "sparse") and full.sparsity == 0.9 and len(full.seeds) >= 3
-    full.check()
+    assert full.variants == ("dense", "sparse") and full.sparsity == 0.9 and full.seeds >= 3
     assert full.estimate_s() <= 40 * 60  # sized for the 40-minute budget of the full run
-    quick = NormConfig.default(quick=True, data_dir=DATA)
-    quick.check()
-    assert quick.batch_sizes == full.batch_sizes and len(quick.seeds) == 2 and quick.estimate_s() <= 30
+    quick = build(NormConfig, {}, quick=True)
+    assert quick.batch_sizes == full.batch_sizes and quick.seeds == 2 and quick.estimate_s() <= 30
 
 
 def test_t_interval_by_hand() -> None:
@@ -94,7 +88,7 @@ def _cell(variant: str, norm: str, batch: int, seed: int, acc: float) -> Cell:
 
 
 def test_criteria_from_hand_made_cells() -> None:
-    cfg = NormConfig(quick=True, data_dir=DATA, seeds=(0, 1), norms=("batch", "group", "layer"),
+    cfg = NormConfig(quick=True, seeds=2, norms=("batch", "group", "layer"),
                      batch_sizes=(2, 8, 128), variants=("dense",))
     acc = {("batch", 2): (0.80, 0.82), ("batch", 8): (0.84, 0.84), ("batch", 128): (0.86, 0.84),
            ("group", 2): (0.85, 0.85), ("group", 8): (0.852, 0.854), ("group", 128): (0.848, 0.850),
@@ -124,7 +118,7 @@ def test_criteria_from_hand_made_cells() -> None:
 
 
 def test_result_survives_json(tmp_path: Path) -> None:
-    cfg = NormConfig(quick=True, data_dir=DATA, seeds=(0, 1), norms=("group", "none"), batch_sizes=(2, 8),
+    cfg = NormConfig(quick=True, seeds=2, norms=("group", "none"), batch_sizes=(2, 8),
                      variants=("sparse",))
     cells = tuple(_cell("sparse", n, b, s, 0.5 + 0.01 * s + 0.001 * b)
                   for n in cfg.norms for b in (2, 8) for s in (0, 1))
@@ -137,19 +131,19 @@ def test_result_survives_json(tmp_path: Path) -> None:
 
 @needs_data
 def test_load_data_pools_and_keeps_the_test_subset_fixed() -> None:
-    cfg = NormConfig(quick=True, data_dir=DATA, seeds=(0,), train_size=20, test_size=30, pool=2)
-    a, b = load_data(cfg, 0), load_data(cfg, 1)
+    cfg = NormConfig(quick=True, seeds=1, train_size=20, test_size=30, pool=2, batch_sizes=(2, 4))
+    a, b = load_data(cfg, DATA, 0), load_data(cfg, DATA, 1)
     assert a.x_train.shape == (20, 1, 14, 14) and a.x_test.shape == (30, 1, 14, 14)
     assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_train, b.x_train)
-    full = load_data(NormConfig(**{**cfg.__dict__, "pool": 1}), 0)
+    full = load_data(NormConfig(**{**cfg.__dict__, "pool": 1}), DATA, 0)
     blocks = full.x_train.reshape(20, 1, 14, 2, 14, 2).mean((3, 5))  # oracle: mean of each 2 x 2 block
     assert torch.allclose(a.x_train, blocks, atol=1e-6)
 
 
 @needs_data
 def test_train_cell_sparse_counts() -> None:
-    cfg = NormConfig(quick=True, data_dir=DATA, seeds=(0,), epochs=2, train_size=10, test_size=20)
-    ds = load_data(cfg, 0)
+    cfg = NormConfig(quick=True, seeds=1, epochs=2, train_size=10, test_size=20, batch_sizes=(2, 4))
+    ds = load_data(cfg, DATA, 0)
     cell = train_cell(ds, cfg, "sparse", "group", 4, seed=0)
     assert cell.steps == 2 * math.ceil(10 / 4) and cell.lr == pytest.approx(scaled_lr(4, cfg.lr_ref, cfg.batch_ref))
     assert cell.density == pytest.approx(0.1, abs=1e-3) and cell.batch_stats_accuracy is None

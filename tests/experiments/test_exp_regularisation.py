@@ -14,16 +14,12 @@ import pytest
 import torch
 
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments.regularisation.run import (
-    Cell,
-    RegConfig,
-    RegResult,
-    ResidualMLP,
-    batch_indices,
-    mnist1d_pool,
-    train_cell,
-)
-from sparseflow.experiments.regularisation.report import criteria, gap, t_interval, tied, trend
+from sparseflow.analysis.stats import t_interval
+from sparseflow.experiments.regularisation.config import RegConfig
+from sparseflow.experiments.regularisation.run import RegResult, criteria
+from sparseflow.experiments.regularisation.stats import gap, tied, trend
+from sparseflow.experiments.regularisation.train import Cell, ResidualMLP, batch_indices, mnist1d_pool, train_cell
+from sparseflow.training.options import build
 from sparseflow.training.rundir import read_run
 
 
@@ -81,9 +77,9 @@ def test_gap_and_tied_by_hand() -> None:
 
 
 def _result(acc: np.ndarray, sizes: tuple[int, ...], sparsities: tuple[float, ...]) -> RegResult:
-    cfg = RegConfig(quick=True, sizes=sizes, sparsities=sparsities, seeds=tuple(range(acc.shape[2])))
+    cfg = RegConfig(quick=True, sizes=sizes, sparsities=sparsities, seeds=acc.shape[2])
     cells = tuple(Cell(n, s, seed, float(acc[i, j, k]), 1.0, 0.0, 0.0) for i, n in enumerate(sizes)
-                  for j, s in enumerate(sparsities) for k, seed in enumerate(cfg.seeds))
+                  for j, s in enumerate(sparsities) for k, seed in enumerate(range(cfg.seeds)))
     return RegResult(cfg, cells)
 
 
@@ -103,18 +99,18 @@ def test_criteria_follow_the_measurements() -> None:
 
 
 def test_config_checks_and_compare_size() -> None:
-    cfg = RegConfig.default(quick=False)
+    cfg = RegConfig()
     assert cfg.runs() == 6 * 7 * 5 and cfg.compare_size() == 4000
     macs = 40 * 500 + 500 * 500 + 500 * 10
     assert cfg.estimate_s() == pytest.approx(210 * 1500 * 100 * macs * 2.0e-10 + 20000 * 3.5e-4)
     # 2000 and 8000 are equally far from 4000 on a log scale: the smaller wins
-    assert RegConfig(quick=True, sizes=(500, 2000, 8000), sparsities=SP, seeds=(0, 1)).compare_size() == 2000
-    for bad in (dict(sizes=(4000, 500)), dict(sparsities=(0.5, 0.9)), dict(seeds=(0,)), dict(sparsities=(0.0, 1.0)),
+    assert RegConfig(quick=True, sizes=(500, 2000, 8000), sparsities=SP, seeds=2).compare_size() == 2000
+    for bad in (dict(sizes=(4000, 500)), dict(sparsities=(0.5, 0.9)), dict(seeds=1), dict(sparsities=(0.0, 1.0)),
                 dict(steps=0), dict(lr=-1.0)):
         with pytest.raises(SparseflowError):
-            RegConfig(**{**RegConfig.default(quick=True).__dict__, **bad}).check()
+            build(RegConfig, bad, quick=True)
     with pytest.raises(SparseflowError, match="seeds"):
-        RegConfig.default(quick=True, seeds=1)
+        build(RegConfig, {"seeds": 1}, quick=True)
 
 
 def test_batches_are_full_and_cover_every_example_equally() -> None:
@@ -160,7 +156,7 @@ def test_pool_is_the_packages_draw_and_the_test_set_ignores_the_training_size() 
 
 def test_train_cell_is_deterministic_and_paired() -> None:
     data = mnist1d_pool(60, 50, train_seed=3, test_seed=4)
-    cfg = RegConfig(quick=True, sizes=(20, 60), sparsities=SP, seeds=(0, 1), steps=5, hidden=16, batch_size=8)
+    cfg = RegConfig(quick=True, sizes=(20, 60), sparsities=SP, seeds=2, steps=5, hidden=16, batch_size=8)
     a, b = train_cell(data, cfg, 20, 0.9, 1), train_cell(data, cfg, 20, 0.9, 1)
     assert (a.test_acc, a.train_acc, a.final_loss) == (b.test_acc, b.train_acc, b.final_loss)
     assert (a.size, a.sparsity, a.seed) == (20, 0.9, 1) and 0 <= a.test_acc <= 1

@@ -16,7 +16,7 @@ from scipy.optimize import brentq
 
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.collapse.run import has_path
-from sparseflow.experiments.percolation.run import (
+from sparseflow.experiments.percolation.theory import (
     backward_reach,
     critical_prune_fraction,
     critical_scan,
@@ -198,9 +198,9 @@ def test_cli_small_run_writes_report_and_criteria(tmp_path: Path, run_cli: RunCl
     [
         (["--seeds", "0"], "seeds must be an integer >= 1"),
         (["--widths", "256,abc"], "comma-separated integers"),
-        (["--widths", "0"], "integers >= 1"),
+        (["--widths", "0"], "--widths must be comma-separated values, each an integer >= 1"),
         (["--widths", "8"], "must be >= the largest mean fan-in"),
-        (["--pc-depth", "1"], "integers >= 2"),
+        (["--pc-depth", "1"], "--pc-depth must be an integer >= 2"),
         (["--data-dir", "/nonexistent/mnist"], "is not a folder"),
     ],
 )

@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sparseflow.cli import (analyze, bench, bench_inference, bench_masks, bench_storage,  # noqa: F401
-                           collapse, experiments, exp_hopfield, exp_methods, exp_normalisation, exp_regularisation, lottery,
-                           percolation, report, sparse_init, stain, storage, sweep, train)  # (importing a module registers its commands)
+                           experiments, lottery, report, stain, storage, sweep, train)  # (importing a module registers its commands)
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
@@ -38,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 def _check_experiment_name(args: list[str]) -> None:
     # "sparseflow experiment NAME": an unknown NAME is answered with the list of known experiments.
     if len(args) >= 2 and args[0] == "experiment" and not args[1].startswith("-"):
-        from sparseflow.cli._app import experiment_app
+        from sparseflow.experiments.registry import experiment_names
 
-        known = sorted(c.name or c.callback.__name__ for c in experiment_app.registered_commands if c.callback)
+        known = experiment_names()
         if args[1] not in known:
             raise SparseflowError(f"unknown experiment {args[1]!r}; known experiments: {', '.join(known)}")

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from sparseflow import __version__
+from sparseflow.cli.generate import version_option
 from sparseflow.errors import SparseflowError
 from sparseflow.io import json_safe
 
@@ -24,6 +26,7 @@ app = typer.Typer(
     help="Sparse neural networks: create, analyse, store and run them.",
 )
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: ratios against a dense baseline in the same run.")
+version_option(app, __version__)
 app.add_typer(bench_app, name="bench")
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: one principle each, with a report.")
 app.add_typer(experiment_app, name="experiment")

@@ -19,12 +19,17 @@ def _handler(exp: Experiment):
     def handler(call: Call) -> None:
         out = default_out(call.options.out, exp.name, call.quick)
         check_out(out)
+        notes = exp.check(call.config, call.options) if exp.check is not None else None
+        for line in [notes] if isinstance(notes, str) else notes or []:
+            call.run.note(line)
         kwargs = {"options": call.options} if exp.options is not None else {}
         with call.run.progress(f"experiment {exp.name}") as tick:
             result = exp.run(call.config, out, tick, **kwargs)
         obj = exp.write_outputs(result, out)
         for t in exp.tables(result) if exp.tables is not None else []:
-            call.run.table(t.title, t.columns, t.rows, left=t.left)
+            call.run.table(t.title, t.columns, t.rows, left=t.left, min_width=t.min_width)
+            if t.note:
+                call.run.print(t.note)
         call.run.print(f"run directory: {out}")
         call.run.finish({**obj, "out": str(out)})
 

@@ -21,7 +21,7 @@ import typer
 
 from sparseflow.cli.runner import Runner
 from sparseflow.errors import SparseflowError
-from sparseflow.training.options import Opt, build, check_value, fields, item_type, parse_items, unwrap
+from sparseflow.training.options import Opt, build, check_value, fields, flag, item_type, parse_items, unwrap
 
 COMMON = ("quick", "as_json")
 
@@ -37,11 +37,6 @@ class Call:
     given: frozenset[str]  # field names given on the command line
     ctx: typer.Context
     run: Runner
-
-
-def flag(name: str, o: Opt) -> str:
-    """The command-line name of field ``name``: ``--name-with-dashes`` unless the option names its own."""
-    return o.flag or "--" + name.replace("_", "-")
 
 
 def _cli_type(tp: Any) -> tuple[Any, bool]:
@@ -62,7 +57,7 @@ def _help(o: Opt) -> str:
     text = o.help
     if o.has_quick and not callable(o.quick):
         q = o.quick
-        text += f" (quick: {_cli_default(q) if q is not None else 'none'})"
+        text += f" (quick: {_cli_default(q) if q not in (None, ()) else 'none'})"
     return text
 
 
@@ -144,3 +139,22 @@ def reject(given: frozenset[str], names: tuple[str, ...], why: str) -> None:
 def default_out(out: Path | None, name: str, quick: bool) -> Path:
     """``out``, or ``runs/NAME`` (``runs/NAME-quick`` under --quick)."""
     return out if out is not None else Path("runs") / (f"{name}-quick" if quick else name)
+
+
+def version_option(app: typer.Typer, version: str) -> None:
+    """``sparseflow --version``: print the package version and exit."""
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"sparseflow {version}")
+            raise typer.Exit()
+
+    def root(**kwargs: Any) -> None:
+        """Sparse neural networks: create, analyse, store and run them."""
+
+    info = typer.Option("--version", help="Print the sparseflow version and exit.", callback=show, is_eager=True)
+    p = inspect.Parameter("version", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[bool], info])
+    root.__signature__ = inspect.Signature([p])  # type: ignore[attr-defined]
+    root.__annotations__ = {"version": p.annotation}
+    app.callback()(root)

@@ -10,6 +10,7 @@ through :func:`sparseflow.training.rundir.read_run`, which refuses files from an
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
+from sparseflow.training.options import check, option
 from sparseflow.training.rundir import REPORT, read_run, results_path
 
 _IMG = re.compile(r'(<img\b[^>]*\bsrc=")([^":]+?\.png)(")')
@@ -29,6 +31,18 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 section{border-top:2px solid #ddd;margin-top:2.5em;padding-top:.5em}code,pre{background:#f6f6f6}
 pre{padding:.6em;overflow-x:auto}nav a{margin-right:1em}
 """
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Settings of ``sparseflow report RUN_DIR``."""
+
+    run_dir: Path = option(dataclasses.MISSING, "A run directory (experiment, bench, lottery, train or "
+                                                "'experiment all').", positional=True)
+    out: Path | None = option(None, "HTML file to write (default RUN_DIR/report.html).")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ fails does not take the others down, and each starts from a clean interpreter: s
 running it alone), collects the JSON object it prints, and writes ``OUT/results.json`` (stamped, with a
 row per experiment) and ``OUT/report.html`` (:mod:`sparseflow.experiments.html`).
 
-``full_s`` is the wall time of each full run measured on a 2-core x86-64 (README); it sizes the
-``--yes`` check of a full ``experiment all``.
+An experiment that follows the protocol (:mod:`sparseflow.experiments.protocol`) is listed by its
+``EXPERIMENT``, which gives its name, summary, data needs and ``full_s``, the wall time of its full run
+measured on a 2-core x86-64 (README) that sizes the ``--yes`` check of a full ``experiment all``; other
+commands are listed by their command line.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.experiments import meanfield
+from sparseflow.experiments import (collapse, golgi, hopfield, meanfield, methods, normalisation, percolation,
+                                    regularisation, sparse_init)
 from sparseflow.experiments.protocol import Experiment
+from sparseflow.training.options import BudgetOptions, check, option
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class Entry:
     data_flags: tuple[str, ...] = ()  # the flag passing each of them
     data_optional: bool = False  # runs without the data too (on a built-in dataset) when it is not given
     data_any: bool = False  # runs on whichever of its datasets are given; skipped only when none is
+
+    @classmethod
+    def of(cls, exp: Experiment) -> Entry:
+        """The entry of an experiment that follows the protocol: ``sparseflow experiment NAME``."""
+        d = exp.data
+        if d is None:
+            return cls(exp.name, ("experiment", exp.name), exp.summary, exp.full_s)
+        return cls(exp.name, ("experiment", exp.name), exp.summary, exp.full_s, d.folders, d.flags, d.optional, d.any)
 
     def command(self, quick: bool, out: Path, data_root: Path | None) -> list[str] | str:
         """The argument list, or a reason to skip (data it needs but was not given)."""
@@ -55,37 +67,54 @@ class Entry:
         return argv + (["--quick"] if quick else []) + ["--out", str(out), "--json"]
 
 
-EXPERIMENTS: tuple[Entry, ...] = (
-    Entry("collapse", ("experiment", "collapse"), "layer collapse at initialisation", 120),
-    Entry("percolation", ("experiment", "percolation"), "percolation threshold p_c = 1 - 1/b", 900),
-    Entry("meanfield", ("experiment", "meanfield"), "mean-field variance through depth", 300),
-    Entry("init", ("experiment", "init"), "dense vs sparsity-aware initialisation", 600),
-    Entry("regularisation", ("experiment", "regularisation"), "sparsity as a regulariser vs data size", 1500),
-    Entry("hopfield", ("experiment", "hopfield"), "sparse Hopfield memory capacity", 2000),
-    Entry("normalisation", ("experiment", "normalisation"), "BatchNorm vs Group/LayerNorm with small batches",
-          2300, ("fashion-mnist",), ("--data-dir",)),
-    Entry("methods", ("experiment", "methods"), "dense-to-sparse vs from-scratch vs dynamic", 2460,
-          ("mnist", "fashion-mnist"), ("--mnist-dir", "--fashion-dir"), data_any=True),
-    Entry("golgi", ("experiment", "golgi"), "Golgi stain: trained vs random masks", 420,
-          ("mnist",), ("--data-dir",), data_optional=True),
+# In the order ``experiment all`` runs them: the experiments that follow the protocol, by their EXPERIMENT, and
+# the other commands (and experiments whose commands are still written by hand) by their command line.
+_ALL: tuple[Experiment | Entry, ...] = (
+    collapse.EXPERIMENT,
+    percolation.EXPERIMENT,
+    meanfield.EXPERIMENT,
+    sparse_init.EXPERIMENT,
+    regularisation.EXPERIMENT,
+    hopfield.EXPERIMENT,
+    normalisation.EXPERIMENT,
+    methods.EXPERIMENT,
+    golgi.EXPERIMENT,
     Entry("lottery", ("lottery",), "lottery tickets with reinit and random-mask controls", 1600),
     Entry("storage", ("bench", "storage"), "mask storage at the entropy bound", 120),
 )
+EXPERIMENTS: tuple[Entry, ...] = tuple(e if isinstance(e, Entry) else Entry.of(e) for e in _ALL)
 NAMES = tuple(e.name for e in EXPERIMENTS)
 # The experiments that follow the protocol (sparseflow.experiments.protocol): their commands are generated.
-PROTOCOL: tuple[Experiment, ...] = (meanfield.EXPERIMENT,)
+PROTOCOL: tuple[Experiment, ...] = tuple(e for e in _ALL if isinstance(e, Experiment))
 
 
-def select(only: str | None) -> list[Entry]:
-    """The entries named in ``only`` (comma-separated, in registry order), or all of them."""
+def experiment_names() -> tuple[str, ...]:
+    """The names ``sparseflow experiment NAME`` takes: every entry run as ``experiment NAME``, and ``all``."""
+    return tuple(sorted({e.argv[1] for e in EXPERIMENTS if e.argv[0] == "experiment"} | {"all"}))
+
+
+def select(only: tuple[str, ...] | None) -> list[Entry]:
+    """The entries named in ``only`` (in registry order), or all of them."""
     if only is None:
         return list(EXPERIMENTS)
-    names = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in NAMES]
-    if unknown or not names:
+    unknown = [n for n in only if n not in NAMES]
+    if unknown or not only:
         raise SparseflowError(f"unknown experiment {', '.join(map(repr, unknown)) or repr(only)}; "
                               f"known experiments: {', '.join(NAMES)}")
-    return [e for e in EXPERIMENTS if e.name in names]
+    return [e for e in EXPERIMENTS if e.name in only]
+
+
+@dataclass(frozen=True)
+class AllOptions(BudgetOptions):
+    """Settings of ``sparseflow experiment all``."""
+
+    out: Path = option(Path("runs/all"), "Run directory: one sub-folder per experiment, results.json, report.html.")
+    only: tuple[str, ...] | None = option(None, "Comma-separated experiment names (default: all of them).")
+    data_dir: Path | None = option(None, "Folder holding mnist/ and fashion-mnist/ (the experiments that need them "
+                                         "are skipped without it).")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)

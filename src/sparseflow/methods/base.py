@@ -21,8 +21,9 @@ multiply per weight per step (measured in ``sparseflow bench overhead``). For an
 ``step()`` also re-applies the mask to the weights and to the state. When the mask changes, weights and
 state at the newly pruned (and, for dynamic methods, newly grown) positions are zeroed.
 
-Subclasses say *when* to change the mask (:meth:`Method.target_sparsity`) and may override *what* to keep
-through the one score override point, :meth:`Method.scores` (higher = keep).
+Subclasses say *when* to change the mask (:meth:`Method.target_sparsity`; magnitude pruning reads it off
+an injected schedule value, :mod:`sparseflow.schedules`) and may override *what* to keep through the one
+score override point, :meth:`Method.scores` (higher = keep).
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@
   where the dense gradient is largest. RigL is SET with one method overridden, :meth:`SET.grow_scores`
   (as in jaxpruner's ``sparse_trainers.py``).
 
-Both start from a random mask with exact per-layer counts (default ERK, as in RigL) and update it every
+Both start from a random mask with exact per-layer counts (default ERK, as in RigL) and update it on a
+drop-and-grow schedule injected as a value, by default :class:`~sparseflow.schedules.CosineDrop`: every
 ``update_every`` steps t = ΔT, 2ΔT, ... ≤ ``until`` (T_end, typically 75 % of training). At an update,
 in every layer that is not dense, following the RigL reference code (``rigl/sparse_optimizers.py``,
 ``SparseSETOptimizer._get_update_op``):
 
-1. k = floor(f(t) · n_active) with the cosine drop fraction f(t) = (α/2)(1 + cos(π t / T_end))
+1. k = floor(f(t) · n_active) with the schedule's drop fraction, by default f(t) = (α/2)(1 + cos(π t / T_end))
    (the reference truncates: ``int(n_ones * drop_fraction)``);
 2. drop the k active weights of smallest |w| (ties: the higher flat index goes first);
 3. grow the k positions of highest grow score among all positions *not kept in step 2* (so a connection
@@ -27,25 +28,25 @@ optimizer step of an update iteration is not skipped (the user's loop stays as i
 
 RigL's dense gradient is copied (one clone per layer) only in the backward pass whose ``step()`` is an
 update; every other step costs what a static mask costs. The selection is exact top-k (no approximation);
-on the CPU a threshold read off a sample only narrows which scores need ranking (see :func:`_largest`).
+on the CPU a threshold read off a sample only narrows which scores need ranking
+(:func:`sparseflow.patterns.largest_among`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from sparseflow.distributions import Global
 from sparseflow.errors import SparseflowError
 from sparseflow.methods.base import _all_finite
-from sparseflow.methods.pruning import RandomSparse, _check_int
-from sparseflow.patterns import Unstructured, topk_mask
-from sparseflow.schedules import cosine_drop, is_update
+from sparseflow.methods.pruning import RandomSparse
+from sparseflow.patterns import Unstructured, largest_among
+from sparseflow.schedules import CosineDrop, DropSchedule, check_int, resolve
 
 
 @dataclass(eq=False)
@@ -57,18 +58,22 @@ class SET(RandomSparse):
         distribution: per-layer densities (default :func:`~sparseflow.erk`); not GLOBAL.
         pattern: :class:`~sparseflow.Unstructured` only.
         seed: seeds the initial mask and the random regrowth (one ``torch.Generator``, saved in state_dict).
-        alpha: initial drop fraction α in [0, 1] of the cosine schedule.
-        update_every: ΔT, optimizer steps between mask updates.
+        alpha: initial drop fraction α in [0, 1] of the cosine schedule (default 0.3).
+        update_every: ΔT, optimizer steps between mask updates (default 100).
         until: T_end, the last step that may update the mask; required (typically 75 % of training).
-        start: first update step (0: the first update is at ``update_every``).
+        start: first update step (default 0: the first update is at ``update_every``).
         total_steps: optional length of training, only to check that ``until`` lies within it.
+        schedule: keyword-only; the drop-and-grow schedule instead of the four keywords above:
+            :class:`~sparseflow.CosineDrop` (what the keywords build) or any value with ``is_update(step)``
+            and ``drop_fraction(step)``.
     """
 
-    alpha: float = 0.3
-    update_every: int = 100
+    alpha: float | None = None
+    update_every: int | None = None
     until: int | None = None
-    start: int = 0
+    start: int | None = None
     total_steps: int | None = None
+    schedule: DropSchedule | None = field(default=None, kw_only=True)
 
     # Whether grow_scores needs the dense gradient (collected only in the backward before an update).
     uses_gradient: ClassVar[bool] = False
@@ -80,25 +85,15 @@ class SET(RandomSparse):
             raise SparseflowError(f"{name} supports pattern=Unstructured() only, got {self.pattern!r}")
         if isinstance(self.distribution, Global):
             raise SparseflowError(f"{name} needs per-layer densities (uniform, er or erk), got GLOBAL")
-        a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:  # also rejects NaN
-            raise SparseflowError(f"alpha (the drop fraction) must be a number in [0, 1], got {a!r}")
-        self.alpha = float(a)
-        _check_int(self.update_every, "update_every", 1)
-        _check_int(self.start, "start", 0)
-        if self.until is None:
+        if self.schedule is None and self.until is None:
             raise SparseflowError(f"{name} needs until= the last mask-update step (typically 75% of the training steps)")
-        _check_int(self.until, "until", 1)
-        first = self.start if self.start > 0 else self.update_every
-        if first > self.until:
-            raise SparseflowError(
-                f"until={self.until} is before the first update at step {first} (start={self.start}, "
-                f"update_every={self.update_every}): the mask would never change; pass a later until= "
-                "(typically 75% of the training steps) or a smaller update_every="
-            )
+        keywords = {"alpha": self.alpha, "update_every": self.update_every, "until": self.until, "start": self.start}
+        self.schedule = resolve(name, self.schedule, DropSchedule, keywords, CosineDrop)
+        for k in keywords:  # the keyword fields show the schedule they describe
+            setattr(self, k, getattr(self.schedule, k, None))
         if self.total_steps is not None:
-            _check_int(self.total_steps, "total_steps", 1)
-            if self.until > self.total_steps:
+            check_int(self.total_steps, "total_steps", 1)
+            if self.until is not None and self.until > self.total_steps:
                 raise SparseflowError(f"until={self.until} is beyond total_steps={self.total_steps}")
         self._grads: dict[str, Tensor] = {}
 
@@ -112,14 +107,14 @@ class SET(RandomSparse):
 
     # --- schedule -----------------------------------------------------------------------------
     def is_update_step(self, t: int) -> bool:
-        """Whether ``step()`` number ``t`` drops and regrows: t = start + j·ΔT, 0 < t ≤ until."""
-        assert self.until is not None
-        return t > 0 and is_update(t, every=self.update_every, start=self.start, end=self.until)
+        """Whether ``step()`` number ``t`` drops and regrows (by default t = start + j·ΔT, 0 < t ≤ until)."""
+        assert self.schedule is not None
+        return self.schedule.is_update(t)
 
     def drop_fraction(self, t: int) -> float:
-        """Cosine drop fraction (α/2)(1 + cos(π t / until)) at step ``t`` (0 after ``until``)."""
-        assert self.until is not None
-        return cosine_drop(t, alpha=self.alpha, end=self.until)
+        """The schedule's drop fraction at step ``t`` (by default (α/2)(1 + cos(π t / until)), 0 after ``until``)."""
+        assert self.schedule is not None
+        return self.schedule.drop_fraction(t)
 
     # --- Method hooks -------------------------------------------------------------------------
     def step(self) -> None:
@@ -148,52 +143,58 @@ class SET(RandomSparse):
     # --- the update ---------------------------------------------------------------------------
     @torch.no_grad()
     def _update(self) -> None:
+        """In every layer that is not dense: drop the k = ⌊f(t)·n_active⌋ smallest active |w|, grow the k
+        best ``grow_scores`` among the positions not kept (the rule in the module docstring)."""
         t = self._step
         frac = self.drop_fraction(t)
         self._check_finite()
         swaps: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (dropped, grown) flat indices
         for name, p in self._params.items():  # compute everything first: a failure changes nothing
-            old = self._mask[name]
-            n_active = int(torch.count_nonzero(old))
-            if n_active == old.numel():
+            active = self._mask[name].reshape(-1)
+            n_active = int(torch.count_nonzero(active))
+            if n_active == active.numel():
                 continue  # a dense layer has nothing to regrow
-            grad = None
-            if self.uses_gradient:
-                grad = self._grads.get(name)
-                if grad is None:
-                    raise SparseflowError(
-                        f"{type(self).__name__} needs the dense gradient of {name!r} at update step {t}, but no "
-                        "backward pass reached it: call loss.backward() before optimizer.step() and method.step() "
-                        "(or leave that parameter out of the targets)"
-                    )
-            w = p.detach()
             # Scored for every sparse layer at every update, even when k = 0: SET draws one uniform tensor
             # per sparse layer per update, in target order, so the generator's stream depends on nothing else.
-            grow = self.grow_scores(name, w, grad)
-            if grow.shape != p.shape:
-                raise SparseflowError(
-                    f"grow_scores() for {name!r} returned shape {tuple(grow.shape)}, expected {tuple(p.shape)}"
-                )
-            grow = grow.detach().reshape(-1).to(torch.float32)
-            if not _all_finite(grow):
-                raise SparseflowError(f"grow scores for {name!r} contain NaN or inf at step {t}")
+            grow = self._grow_scores(name, p, t)
             k = math.floor(frac * n_active + 1e-9)  # 1e-9: frac * n computed in floats (0.29 * 100)
-            if k == 0:
-                continue
-            mag = w.abs().reshape(-1).to(torch.float32)
-            swaps[name] = _drop_and_grow(mag, old.reshape(-1), grow, k)
+            if k > 0:
+                swaps[name] = _drop_and_grow(p.detach().abs().reshape(-1).to(torch.float32), active, grow, k)
         for name, (dropped, grown) in swaps.items():
-            p = self._params[name]
-            flat = self._mask[name].reshape(-1)
-            born = grown[~flat[grown]].to(p.device)  # newly active: weight and optimizer state start at 0
-            for t in (p, *self._state_like(p)):
-                _zero_at_(t, born)
-            new = flat.clone()
-            new[dropped.to(new.device)] = False
-            new[grown.to(new.device)] = True
-            self._mask[name] = new.reshape(p.shape)
+            self._swap(name, dropped, grown)
         if swaps:
             self._refresh()  # zeroes weights and state at the dropped positions, rebuilds the float masks
+
+    def _grow_scores(self, name: str, p: Tensor, t: int) -> Tensor:
+        """:meth:`grow_scores` of target ``name`` at update ``t``, checked, as a flat float32 tensor."""
+        grad = None
+        if self.uses_gradient:
+            grad = self._grads.get(name)
+            if grad is None:
+                raise SparseflowError(
+                    f"{type(self).__name__} needs the dense gradient of {name!r} at update step {t}, but no "
+                    "backward pass reached it: call loss.backward() before optimizer.step() and method.step() "
+                    "(or leave that parameter out of the targets)"
+                )
+        grow = self.grow_scores(name, p.detach(), grad)
+        if grow.shape != p.shape:
+            raise SparseflowError(f"grow_scores() for {name!r} returned shape {tuple(grow.shape)}, expected {tuple(p.shape)}")
+        grow = grow.detach().reshape(-1).to(torch.float32)
+        if not _all_finite(grow):
+            raise SparseflowError(f"grow scores for {name!r} contain NaN or inf at step {t}")
+        return grow
+
+    def _swap(self, name: str, dropped: Tensor, grown: Tensor) -> None:
+        """Apply one layer's swap to its mask; a newly active position starts with weight and state 0."""
+        p = self._params[name]
+        flat = self._mask[name].reshape(-1)
+        born = grown[~flat[grown]].to(p.device)  # grown but not dropped in this update: new
+        for t in (p, *self._state_like(p)):
+            _zero_at_(t, born)
+        new = flat.clone()
+        new[dropped.to(new.device)] = False
+        new[grown.to(new.device)] = True
+        self._mask[name] = new.reshape(p.shape)
 
 
 @dataclass(eq=False)
@@ -211,52 +212,17 @@ class RigL(SET):
         return grad.abs()
 
 
-# --- selection ---------------------------------------------------------------------------------
-def _largest(s: np.ndarray, allowed: np.ndarray, k: int, n_allowed: int) -> np.ndarray:
-    """Increasing flat indices of the ``k`` largest ``s`` among ``allowed`` (ties: lower index first).
-
-    Exactly the set ``topk_mask(s masked to -inf outside allowed, k)``. When k is a small part of the
-    candidates (growth), a threshold t is read off a strided sample of the allowed scores, deep enough that
-    usually at least k allowed scores are >= t, and only those are ranked: if at least k are, the k-th
-    largest allowed score is >= t, so every score that ranks (ties included) is among them, and ranking them
-    in index order gives the same set. Otherwise all allowed scores are ranked.
-    """
-    sel = None
-    if s.size >= 16384 and 8 * k <= n_allowed:
-        stride = s.size // 4096
-        sample = s[::stride][allowed[::stride]]
-        if sample.size:
-            r = min(sample.size - 1, int(2 * k * sample.size / n_allowed) + 32)  # twice the expected rank
-            t = np.partition(sample, sample.size - 1 - r)[sample.size - 1 - r]  # the r-th largest (0-based)
-            sel = np.flatnonzero((s >= t) & allowed)
-            if sel.size < k:
-                sel = None
-    if sel is None:
-        sel = np.flatnonzero(allowed)
-    return sel[topk_mask(torch.from_numpy(s[sel]), k).numpy()]
-
-
 def _drop_and_grow(magnitude: Tensor, active: Tensor, grow: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Flat indices (int64) of the ``k`` dropped and the ``k`` grown positions of one layer.
+    """Flat indices (int64, increasing) of the ``k`` dropped and the ``k`` grown positions of one layer.
 
     ``magnitude``, ``grow``: 1-D float32 scores; ``active``: 1-D bool mask. Dropped: the k smallest
-    ``magnitude`` among the active (ties: the higher index goes first). Grown: the k largest ``grow`` among the
-    positions not kept (the inactive and the just dropped; ties: lower index first).
+    ``magnitude`` among the active (ties: the higher index goes first), i.e. the active not among the
+    n_active - k largest. Grown: the k largest ``grow`` among the positions not kept (the inactive and the
+    just dropped; ties: lower index first).
     """
-    n_active = int(torch.count_nonzero(active))
-    if magnitude.device.type != "cpu":  # plain top-k on the device
-        kept = topk_mask(magnitude.masked_fill(~active, -math.inf), n_active - k)
-        grown = topk_mask(grow.masked_fill(kept, -math.inf), k)
-        return (active & ~kept).nonzero().squeeze(1), grown.nonzero().squeeze(1)
-    # CPU: numpy on index lists (selection over the active only; growth through a sampled threshold)
-    act_np = active.contiguous().numpy()
-    act = np.flatnonzero(act_np)
-    keep = topk_mask(torch.from_numpy(magnitude.contiguous().numpy()[act]), n_active - k).numpy()
-    dropped = act[~keep]
-    allowed = ~act_np
-    allowed[dropped] = True
-    grown = _largest(grow.contiguous().numpy(), allowed, k, act_np.size - n_active + k)
-    return torch.from_numpy(dropped).to(torch.int64), torch.from_numpy(grown).to(torch.int64)
+    kept = torch.zeros_like(active)
+    kept[largest_among(magnitude, active, int(torch.count_nonzero(active)) - k)] = True
+    return (active & ~kept).nonzero().squeeze(1), largest_among(grow, ~kept, k)
 
 
 def _zero_at_(t: Tensor, idx: Tensor) -> None:

@@ -1,8 +1,10 @@
-"""Pruning methods: one-shot magnitude, gradual magnitude (GMP) and static random masks.
+"""Pruning methods: magnitude pruning on a schedule, and static random masks.
 
-They differ only in *when* the mask changes (:meth:`~sparseflow.Method.target_sparsity`) and in their
-score (:meth:`~sparseflow.Method.scores`); allocation, patterns and the zeroing invariant come from
-:class:`~sparseflow.Method`.
+:class:`MagnitudePruning` is the one magnitude method; *when* it prunes is the schedule value injected
+into it (:mod:`sparseflow.schedules`, as in jaxpruner): :class:`~sparseflow.schedules.OneShot` prunes once
+(Han et al. 2015), :class:`~sparseflow.schedules.Cubic` prunes gradually (GMP, Zhu & Gupta 2017), and
+:class:`GMP` is the name of that configuration. Allocation, patterns and the zeroing invariant come from
+:class:`~sparseflow.Method`; the score is |w| (:meth:`~sparseflow.Method.scores`).
 """
 
 from __future__ import annotations
@@ -13,83 +15,96 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparseflow.distributions import check_sparsity, erk
+from sparseflow.distributions import erk
 from sparseflow.errors import SparseflowError
 from sparseflow.methods.base import Method
-from sparseflow.schedules import cubic, is_update
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SparseflowError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
+from sparseflow.schedules import Cubic, OneShot, PruningSchedule, resolve
 
 
 @dataclass(eq=False)
 class MagnitudePruning(Method):
-    """One-shot magnitude pruning: keep the largest |w| at step ``at_step`` (0 = in ``prepare``).
+    """Magnitude pruning: at every update of ``schedule``, keep the largest |w| among the weights still active.
 
     Layer-wise with a distribution (default uniform), or across all layers with ``distribution=GLOBAL``
     (Han et al. 2015, "Learning both Weights and Connections"; global ranking as in Frankle & Carbin 2019).
-    Prune a trained model in ``prepare`` and fine-tune, or train dense up to ``at_step`` and prune there.
+
+    Args:
+        at_step: prune once, at this step (0 = in ``prepare``): the same as ``schedule=OneShot(at_step)``.
+            Prune a trained model in ``prepare`` and fine-tune, or train dense up to ``at_step`` and prune there.
+        schedule: keyword-only; when the mask is pruned and to which sparsity: :class:`~sparseflow.OneShot`
+            (the default, at step 0), :class:`~sparseflow.Cubic` (gradual, as :class:`GMP`), or any value
+            with ``is_update(step)`` and ``sparsity_at(step, final)``.
     """
 
-    at_step: int = 0
+    at_step: int | None = None
+    schedule: PruningSchedule | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int(self.at_step, "at_step", 0)
+        self.schedule = resolve(type(self).__name__, self.schedule, PruningSchedule, self._keywords(), self._build)
+        initial = getattr(self.schedule, "initial_sparsity", 0.0)
+        if not initial <= self.sparsity:
+            raise SparseflowError(f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {initial!r}")
+        for name in self._keywords():  # the keyword fields show the schedule they describe
+            setattr(self, name, getattr(self.schedule, name, None))
+
+    def _keywords(self) -> dict[str, Any]:
+        """The schedule's keywords as given to the constructor (None = not given)."""
+        return {"at_step": self.at_step}
+
+    def _build(self, **given: Any) -> PruningSchedule:
+        """The schedule made of the given keywords, when no ``schedule=`` is passed."""
+        return OneShot(**given)
 
     def target_sparsity(self, step: int) -> float | None:
-        return self.sparsity if step == self.at_step else None
+        assert self.schedule is not None
+        return self.schedule.sparsity_at(step, self.sparsity) if self.schedule.is_update(step) else None
 
 
 @dataclass(eq=False)
-class GMP(Method):
-    """Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune").
+class GMP(MagnitudePruning):
+    """Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"): magnitude pruning on the
+    :class:`~sparseflow.Cubic` schedule.
 
     Sparsity follows s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n Δt))³, updated every ``every`` steps from
     ``start`` (t0) to ``end`` (= t0 + n Δt, rounded down to a multiple of ``every``); each update keeps the
-    largest magnitudes among the weights still active.
+    largest magnitudes among the weights still active. ``GMP(s, start=a, end=b, every=c, initial_sparsity=i)``
+    is ``MagnitudePruning(s, schedule=Cubic(start=a, end=b, every=c, initial_sparsity=i))`` under its own
+    name (the name a checkpoint records).
 
     Args:
-        initial_sparsity: s_i, applied at ``start``.
-        start: first pruning step t0.
+        initial_sparsity: s_i, applied at ``start`` (default 0).
+        start: first pruning step t0 (default 0).
         end: last pruning step; required (typically 50-80 % of training).
-        every: Δt, steps between pruning updates.
+        every: Δt, steps between pruning updates (default 100).
+        schedule: keyword-only, a :class:`~sparseflow.Cubic` instead of the four keywords.
     """
 
-    initial_sparsity: float = 0.0
-    start: int = 0
-    end: int = 0
-    every: int = 100
+    at_step: None = field(default=None, init=False, repr=False)  # a cubic schedule has no single step
+    initial_sparsity: float | None = None
+    start: int | None = None
+    end: int | None = None
+    every: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int(self.start, "start", 0)
-        _check_int(self.every, "every", 1)
-        _check_int(self.end, "end", 0)
-        self.initial_sparsity = check_sparsity(self.initial_sparsity, "initial_sparsity")
-        if not self.initial_sparsity <= self.sparsity:
+        if not isinstance(self.schedule, Cubic):
             raise SparseflowError(
-                f"initial_sparsity must be in [0, sparsity={self.sparsity}], got {self.initial_sparsity!r}"
-            )
-        if self.end - self.start < self.every:
-            raise SparseflowError(
-                f"GMP needs end - start >= every to prune at least twice, got start={self.start}, "
-                f"end={self.end}, every={self.every}: pass end= the last pruning step (e.g. 75% of the "
-                "training steps) or a smaller every="
+                f"GMP prunes on the cubic schedule: pass schedule=Cubic(...) or none, got {self.schedule!r}; "
+                "other schedules go to MagnitudePruning(sparsity, schedule=...)"
             )
 
     @property
     def n(self) -> int:
         """Number of pruning intervals n."""
-        return (self.end - self.start) // self.every
+        assert isinstance(self.schedule, Cubic)
+        return self.schedule.n
 
-    def target_sparsity(self, step: int) -> float | None:
-        if not is_update(step, every=self.every, start=self.start, end=self.start + self.n * self.every):
-            return None
-        return cubic(step, initial=self.initial_sparsity, final=self.sparsity, start=self.start, every=self.every, n=self.n)
+    def _keywords(self) -> dict[str, Any]:
+        return {"initial_sparsity": self.initial_sparsity, "start": self.start, "end": self.end, "every": self.every}
+
+    def _build(self, **given: Any) -> PruningSchedule:
+        return Cubic(**({"start": 0, "end": 0, "every": 100} | given))  # end=0: Cubic says end= is missing
 
 
 @dataclass(eq=False)

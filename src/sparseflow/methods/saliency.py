@@ -192,7 +192,9 @@ class GraSP(_WithData):
     Logits are divided by ``temperature`` (T = 200 in the official code) before the loss.
 
     Args:
-        data, loss, batches: as for :class:`SNIP`.
+        data: as for :class:`SNIP`.
+        loss: as for :class:`SNIP`.
+        batches: as for :class:`SNIP`.
         temperature: T.
     """
 

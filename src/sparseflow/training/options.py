@@ -67,6 +67,11 @@ def option(default: Any, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"option": Opt(help, **kw)})
 
 
+def flag(name: str, o: Opt) -> str:
+    """The command-line name of field ``name``: ``--name-with-dashes`` unless the option names its own."""
+    return o.flag or "--" + name.replace("_", "-")
+
+
 def opt_of(f: dataclasses.Field) -> Opt | None:
     return f.metadata.get("option")
 
@@ -227,6 +232,35 @@ def parse_items(text: str, item: Any, label: str, noun: str | None = None) -> tu
         raise SparseflowError(f"{label} takes comma-separated {kind} such as {example}, got {text!r}") from None
 
 
+def _arg(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(_arg, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def command_line(prefix: str, *objs: Any) -> str:
+    """The command that rebuilds ``objs`` (a config, then options): ``prefix``, ``--quick`` when the first has
+    ``quick`` set, and every command-line option whose value differs from its default (its quick value under
+    --quick), in declaration order. Reports print it so that a run can be repeated."""
+    quick = bool(getattr(objs[0], "quick", False)) if objs else False
+    parts = [prefix, *(["--quick"] if quick else [])]
+    for obj in objs:
+        base = quick_values(type(obj), {}) if quick else {}
+        for f, o, _ in fields(obj):
+            value = getattr(obj, f.name)
+            if not o.cli or value == base.get(f.name, f.default):
+                continue
+            name = flag(f.name, o)
+            if o.positional:
+                parts.append(_arg(value))
+            elif isinstance(value, bool):  # "--x" or "--x/--no-x"
+                on, _, off = name.partition("/")
+                parts.append(on if value else off or "--no-" + on.removeprefix("--"))
+            else:
+                parts += [name, _arg(value)]
+    return " ".join(parts)
+
+
 def known(value: Any, names: Collection[Any], what: str) -> None:
     """Refuse a name that is not in a registry: "unknown method 'x'; choose one of dense, gmp, ..."."""
     if value not in names:
@@ -255,3 +289,19 @@ class RunOptions:
     """The run directory every command that writes one takes (``--out``)."""
 
     out: Path | None = option(None, "Run directory (default runs/<name>, runs/<name>-quick under --quick).")
+
+
+@dataclass(frozen=True)
+class BudgetOptions(RunOptions):
+    """:class:`RunOptions` and ``--yes``: run a grid estimated past the budget (:func:`~sparseflow.training.rundir.check_budget`)."""
+
+    yes: bool = option(False, "Run even when the estimated time exceeds an hour.")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def check_budget(self, estimate_s: float, what: str) -> None:
+        """Refuse a run estimated past the budget unless ``--yes`` (:func:`sparseflow.training.rundir.check_budget`)."""
+        from sparseflow.training.rundir import check_budget
+
+        check_budget(estimate_s, self.yes, what)

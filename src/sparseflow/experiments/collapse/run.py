@@ -20,16 +20,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from sparseflow.training.data import load_dataset
 from sparseflow.distributions import GLOBAL, uniform
 from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.experiments.collapse.config import CollapseConfig
+from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.methods import SNIP, GraSP, MagnitudePruning, Method, RandomSparse, SynFlow
-from sparseflow.training.models import build_model
 from sparseflow.targets import prunable
+from sparseflow.training.data import load_dataset
+from sparseflow.training.models import build_model
 
 
 def has_path(masks: Sequence[Tensor]) -> bool:
@@ -112,6 +115,7 @@ class CollapseTable:
     rows: tuple[CollapseRow, ...]
     grid: tuple[float, ...]
     setting: str
+    quick: bool = False
 
     def summary(self) -> dict[str, tuple[float | None, float | None]]:
         """Per method: (median collapse sparsity, median largest non-empty sparsity) over seeds."""
@@ -120,6 +124,24 @@ class CollapseTable:
             rows = [r for r in self.rows if r.method == name]
             out[name] = (_median([r.collapse for r in rows]), _median([r.largest_nonempty for r in rows]))
         return out
+
+    def criteria(self) -> dict[str, dict]:
+        """SynFlow's median collapse sparsity above global magnitude's (Tanaka et al. 2020, Fig. 1)."""
+        summary = self.summary()
+        if "synflow" not in summary or "magnitude" not in summary:
+            return {}
+        syn, mag = summary["synflow"][0], summary["magnitude"][0]
+        later = mag is not None and (syn is None or syn > mag)
+        return {"SynFlow collapses later than magnitude": {
+            "value": {"SynFlow": syn, "magnitude": mag}, "target": "SynFlow > magnitude (Tanaka et al. 2020)",
+            "pass": later}}
+
+    def to_json(self) -> dict:
+        out = {"command": "experiment collapse", "setting": self.setting, "quick": self.quick, "grid": list(self.grid),
+               "summary": {k: {"collapse": c, "largest_nonempty": e} for k, (c, e) in self.summary().items()},
+               "rows": [r.__dict__ for r in self.rows]}
+        crit = self.criteria()
+        return {**out, "criteria": crit} if crit else out
 
     def markdown(self) -> str:
         from sparseflow.training.report import md_table
@@ -153,27 +175,25 @@ def _scan(
     return collapse, nonempty
 
 
-def collapse_table(
-    *, quick: bool = False, seeds: Sequence[int] | None = None, depth: int = 10, width: int = 100
-) -> CollapseTable:
+def run(config: CollapseConfig, out: Path | None = None, progress: Tick = no_progress) -> CollapseTable:
     """Collapse and largest non-empty sparsity of magnitude (global, at init), random, SNIP, GraSP and SynFlow.
 
-    ``quick`` uses a coarser grid (steps of 10^0.5) and two seeds (seconds on a CPU); the full setting
+    The quick run uses a coarser grid (steps of 10^0.5) and two seeds (seconds on a CPU); the full setting
     steps by 10^0.25 with five seeds. Runs with one torch thread (restored afterwards): on 100 x 100 weights
     thread synchronisation costs more than it saves (quick, one seed, loaded 2-core machine: 4.4 s with one
-    thread, 11.2 s with two).
+    thread, 11.2 s with two). ``out`` is not used: the run keeps no partial results.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _collapse_table(quick, seeds, depth, width)
+        return _collapse_table(config, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _collapse_table(quick: bool, seeds: Sequence[int] | None, depth: int, width: int) -> CollapseTable:
-    seeds = tuple(seeds) if seeds is not None else ((0, 1) if quick else (0, 1, 2, 3, 4))
-    grid = compression_grid(0.5 if quick else 0.25)
+def _collapse_table(config: CollapseConfig, progress: Tick) -> CollapseTable:
+    seeds, depth, width = tuple(range(config.seeds)), config.depth, config.width
+    grid = compression_grid(config.grid_step)
     ds = load_dataset("digits")
     per_class = [torch.nonzero(ds.y_train == c).squeeze(1)[:10] for c in range(ds.num_classes)]
     idx = torch.cat(per_class)
@@ -185,12 +205,14 @@ def _collapse_table(quick: bool, seeds: Sequence[int] | None, depth: int, width:
         "grasp": lambda s, seed: GraSP(s, data=batch),
         "synflow": lambda s, seed: SynFlow(s),
     }
+    progress("", advance=0, total=len(methods) * len(seeds))
     rows = []
     for name, make in methods.items():
         for seed in seeds:
             model = lambda seed=seed: build_model("mlp", ds.input_shape, ds.num_classes, hidden=(width,) * depth, seed=seed)
             collapse, nonempty = _scan(lambda s, make=make, seed=seed: make(s, seed), model, grid)
             rows.append(CollapseRow(name, seed, collapse, nonempty))
+            progress(f"{name}, seed {seed}")
     n_weights = sum(p.numel() for p in prunable(build_model("mlp", ds.input_shape, ds.num_classes, hidden=(width,) * depth)).values())
     setting = (
         f"Layer collapse at initialisation: MLP {depth} x {width} (ReLU, PyTorch default init) on 8x8 digits, "
@@ -199,4 +221,4 @@ def _collapse_table(quick: bool, seeds: Sequence[int] | None, depth: int, width:
         f"A path needs one weight per layer: {depth + 1} of {n_weights}, so no mask can be connected beyond "
         f"compression 10^{math.log10(n_weights / (depth + 1)):.2f}."
     )
-    return CollapseTable(tuple(rows), tuple(grid), setting)
+    return CollapseTable(tuple(rows), tuple(grid), setting, config.quick)

@@ -1,62 +1,24 @@
-"""Figures and the report of the Golgi experiment (:mod:`sparseflow.experiments.golgi.run`): every figure puts a
-trained mask next to its random control of the same per-layer counts."""
+"""Report of the Golgi experiment (:mod:`sparseflow.experiments.golgi.run`): results.json, report.md and the
+figures, every one of which puts a trained mask next to its random control of the same per-layer counts."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from sparseflow.analysis import stain_plots
 from sparseflow.analysis.stain import degree_stats
+from sparseflow.experiments.golgi.plots import plot_fanout, plot_trees
 from sparseflow.experiments.golgi.run import LOW, GolgiResult
+from sparseflow.experiments.protocol import TableData
+from sparseflow.training.report import md_table
 from sparseflow.training.rundir import write_run
-from sparseflow.training.report import md_table, save_figure
 
 FIELDS = 3  # first-layer units whose receptive fields are drawn
 
 
-def plot_fanout(result: GolgiResult, path: Path) -> None:
-    """Per method: each pixel's kept fan-out against its standard deviation over the training set."""
-    plt = stain_plots._plt()
-    pairs = result.pairs()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4), squeeze=False, layout="constrained")
-    std = result.pixel_std.flatten().numpy()
-    for ax, pair in zip(axes[0], pairs):
-        for arm, colour in zip(pair, ("tab:blue", "tab:orange")):
-            fan = arm.stain.degrees[0].fan_out.reshape(-1, std.size).sum(0).numpy()
-            ax.scatter(std, fan, s=8, alpha=0.6, color=colour, linewidths=0,
-                       label=f"{arm.name}: Spearman ρ = {arm.pixel_rho:.2f}")
-        ax.set(xlabel="pixel std over the training set (input units)",
-               ylabel="kept first-layer connections of the pixel", title=f"{pair[0].method} vs random, per pixel")
-        ax.legend(fontsize=8)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_trees(result: GolgiResult, path: Path) -> None:
-    """Per method and hidden layer: how many input pixels reach each unit (its input tree at the input)."""
-    plt = stain_plots._plt()
-    pairs = result.pairs()
-    layers = list(pairs[0][0].in_pixels)
-    fig, axes = plt.subplots(len(pairs), len(layers), figsize=(4.6 * len(layers), 3.3 * len(pairs)), squeeze=False,
-                             layout="constrained")
-    n_pixels = result.pixel_std.numel()
-    for row, pair in zip(axes, pairs):
-        for ax, layer in zip(row, layers):
-            bins = np.arange(-0.5, n_pixels + 1.5, max(1, int(np.ceil((n_pixels + 1) / 50))))  # whole pixels
-            for arm, colour in zip(pair, ("tab:blue", "tab:orange")):
-                v = arm.in_pixels[layer].numpy()
-                ax.hist(v, bins=bins, histtype="step", lw=1.4, color=colour,
-                        label=f"{arm.name}: mean {v.mean():.1f}, median {np.median(v):.0f}")
-            ax.set(xlabel=f"pixels in the input tree of a {layer} unit (of {n_pixels})", ylabel="units")
-            ax.legend(fontsize=7)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def write_outputs(result: GolgiResult, out: Path, command: str | None = None) -> list[str]:
-    """The PNGs, results.json and report.md into ``out`` (created if missing); returns the figure names."""
+def write_outputs(result: GolgiResult, out: Path) -> dict[str, Any]:
+    """The PNGs, results.json and report.md into ``out`` (created if missing); returns the JSON object."""
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     for t, r in result.pairs():
@@ -70,8 +32,9 @@ def write_outputs(result: GolgiResult, out: Path, command: str | None = None) ->
     plot_fanout(result, out / "fanout.png")
     plot_trees(result, out / "trees.png")
     figures += ["fanout.png", "trees.png"]
-    write_run(out, "golgi", result.to_json() | {"figures": figures}, report_markdown(result, figures, command))
-    return figures
+    data = result.to_json() | {"figures": figures}
+    write_run(out, "golgi", data, report_markdown(result, figures))
+    return data
 
 
 def summary_rows(result: GolgiResult) -> list[list[object]]:
@@ -86,7 +49,7 @@ def summary_rows(result: GolgiResult) -> list[list[object]]:
     return rows
 
 
-def report_markdown(result: GolgiResult, figures: list[str], command: str | None = None) -> str:
+def report_markdown(result: GolgiResult, figures: list[str]) -> str:
     cfg = result.config
     arm = result.arms[0]
     st = arm.stain
@@ -101,7 +64,7 @@ def report_markdown(result: GolgiResult, figures: list[str], command: str | None
     figs = "\n".join(f"![{f}]({f})" for f in figures)
     passed = sum(row[-1] == "pass" for row in crit)
     stained = "; ".join(f"{a.name} {list(a.stain.trees.units)} (of {a.stain.alive} on a path)" for a in result.arms)
-    data = "MNIST" if cfg.data_dir is not None else "the embedded 8x8 digits (scikit-learn)"
+    data = "MNIST" if result.data_dir is not None else "the embedded 8x8 digits (scikit-learn)"
     return f"""# Golgi stain: trained masks against random masks of the same per-layer counts
 
 LeNet-300-100 on {data}{f' ({cfg.subset} training examples)' if cfg.subset else ''}, {cfg.epochs} epochs,
@@ -112,7 +75,7 @@ Stained: {len(st.trees.units)} units of `{st.graph.labels[st.trees.space]}` in e
 stains of two masks are compared as samples, not unit by unit. Training and staining{' (quick run)' if cfg.quick else ''}
 took {result.wall_s:.1f} s (figures not included); {passed} of {len(crit)} criteria pass.
 
-Command: `{command or 'sparseflow experiment golgi' + (' --quick' if cfg.quick else '')}`
+Command: `{result.command}`
 
 ## Masks
 
@@ -135,3 +98,10 @@ training set. Input tree pixels: input pixels with a path of kept connections to
 
 {figs}
 """
+
+
+def tables(result: GolgiResult) -> list[TableData]:
+    columns = ("mask", "test acc", "pixels covered", "reach output", "ρ(fan-out, std)", "low-var share",
+               "fan-out Gini", "fan-out var", "input-tree pixels", "no output")
+    title = f"golgi ({'quick' if result.config.quick else 'full'} run, {result.dataset}, {result.wall_s:.1f} s)"
+    return [TableData(title, columns, summary_rows(result), min_width=120)]

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,72 +33,20 @@ from torch import Tensor
 
 from sparseflow.analysis.connectivity import connectivity
 from sparseflow.analysis.stain import Stain, degree_stats, stain, trees
-from sparseflow.training.data import Dataset, load_dataset, loaders
-from sparseflow.errors import SparseflowError
+from sparseflow.experiments.golgi.config import GolgiConfig
+from sparseflow.experiments.options import DataOptions
+from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.init import rescale_
-from sparseflow.training.build import build_method
-from sparseflow.training.job import TrainJob
 from sparseflow.mask import Mask
 from sparseflow.methods import FixedMask
-from sparseflow.training.models import build_model
+from sparseflow.training.build import build_method
+from sparseflow.training.data import Dataset, load_dataset, loaders
 from sparseflow.training.loop import TrainConfig, fit
+from sparseflow.training.models import build_model
+from sparseflow.training.options import command_line
 
-METHODS = ("rigl", "gmp")
-LAYERS = ("input", "layers.0", "layers.1", "layers.2", "output")
-# One LeNet-300-100 SGD step (batch 64, one thread, test evaluation included) measured on a busy 2-core x86-64.
-SECONDS_PER_STEP = {"digits": 0.003, "mnist": 0.008}
 RHO_MIN, RHO_RANDOM_MAX = 0.5, 0.2
 LOW = 0.1  # the least-varying tenth of the pixels (the border of a digit)
-
-
-@dataclass(frozen=True)
-class GolgiConfig:
-    """One run; :meth:`default` gives the full and the quick scale."""
-
-    quick: bool
-    methods: tuple[str, ...] = METHODS
-    sparsity: float = 0.95
-    epochs: int = 30
-    data_dir: Path | None = None  # MNIST IDX files; None: the embedded 8x8 digits
-    subset: int | None = None
-    seed: int = 0
-    units: int = 3
-    layer: str = "layers.0"  # the first hidden layer: a unit's input tree is its receptive field
-    train_random: bool = True
-
-    @classmethod
-    def default(cls, *, quick: bool, data_dir: Path | None = None) -> GolgiConfig:
-        # digits: 23 steps per epoch, so RigL needs ~100 epochs for ~17 prune-and-regrow updates (every 100 steps).
-        epochs = (20 if quick else 100) if data_dir is None else (2 if quick else 20)
-        return cls(quick=quick, epochs=epochs, data_dir=data_dir, subset=(6400 if quick and data_dir else None))
-
-    def __post_init__(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise SparseflowError(f"unknown method(s) {bad or list(self.methods)}; choose from {', '.join(METHODS)}")
-        if not 0 < self.sparsity < 1:
-            raise SparseflowError(f"sparsity must be in (0, 1), got {self.sparsity!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise SparseflowError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if self.layer.removesuffix(".weight") not in LAYERS:
-            raise SparseflowError(f"no layer {self.layer!r} in LeNet-300-100; choose one of {', '.join(LAYERS)}")
-        if isinstance(self.units, bool) or not isinstance(self.units, int) or not 1 <= self.units <= 10:
-            raise SparseflowError(f"units must be an integer from 1 to 10 (one colour each), got {self.units!r}")
-
-    @property
-    def dataset(self) -> str:
-        return "digits" if self.data_dir is None else "mnist"
-
-    def job(self, method: str) -> TrainJob:
-        return TrainJob(method=method, sparsity=self.sparsity, model="lenet300-100", dataset=self.dataset,
-                        subset=self.subset, epochs=self.epochs, seed=self.seed, baseline=False)
-
-    def estimate_s(self, train_examples: int) -> float:
-        steps = self.epochs * -(-train_examples // 64)
-        return len(self.methods) * (2 if self.train_random else 1) * steps * SECONDS_PER_STEP[self.dataset]
-
-    def work_units(self) -> int:
-        return len(self.methods) * (3 if self.train_random else 2)
 
 
 def matched_random(mask: Mask, seed: int) -> Mask:
@@ -141,10 +88,16 @@ class Arm:
 
 @dataclass(frozen=True, eq=False)
 class GolgiResult:
-    config: GolgiConfig
+    config: GolgiConfig  # with the epochs and the subset the run used
     arms: tuple[Arm, ...]  # per method: trained, then its random control
     pixel_std: Tensor  # (H, W) std of each input pixel over the training set
     wall_s: float
+    data_dir: Path | None = None  # MNIST; None: the embedded 8x8 digits
+    command: str = "sparseflow experiment golgi"  # the command line that repeats the run
+
+    @property
+    def dataset(self) -> str:
+        return "digits" if self.data_dir is None else "mnist"
 
     def pairs(self) -> list[tuple[Arm, Arm]]:
         return [(self.arms[i], self.arms[i + 1]) for i in range(0, len(self.arms), 2)]
@@ -167,9 +120,9 @@ class GolgiResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.config).items()}
+        cfg = {**dataclasses.asdict(self.config), "data_dir": None if self.data_dir is None else str(self.data_dir)}
         return {"command": "experiment golgi", "quick": self.config.quick, "wall_s": self.wall_s,
-                "dataset": self.config.dataset, "config": cfg, "arms": [a.to_json() for a in self.arms],
+                "dataset": self.dataset, "config": cfg, "arms": [a.to_json() for a in self.arms],
                 "criteria": self.criteria()}
 
 
@@ -196,9 +149,9 @@ def _arm(name: str, method: str, model: torch.nn.Module, mask: Mask, acc: float 
                in_pixels, out_reached)
 
 
-def _pair(cfg: GolgiConfig, method: str, ds: Dataset, pixel_std: Tensor, progress: Callable[[str], None]) -> list[Arm]:
+def _pair(cfg: GolgiConfig, method: str, ds: Dataset, pixel_std: Tensor, progress: Tick) -> list[Arm]:
     """Train ``method`` and its random control from the same initialisation; stain both."""
-    job = cfg.job(method)
+    job = cfg.job(method, ds.name)
     tc = TrainConfig(**job.train_config_kwargs())
     model = build_model(job.model, ds.input_shape, ds.num_classes, seed=cfg.seed)
     train, test = loaders(ds, job.batch_size, seed=cfg.seed)
@@ -220,10 +173,16 @@ def _pair(cfg: GolgiConfig, method: str, ds: Dataset, pixel_std: Tensor, progres
     return arms
 
 
-def run_golgi(cfg: GolgiConfig, progress: Callable[[str], None] = lambda _: None) -> GolgiResult:
-    """Train each method and its random control, stain both; ``progress(what)`` after each unit of work."""
+def run(config: GolgiConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: DataOptions | None = None) -> GolgiResult:
+    """Train each method and its random control on MNIST from ``options.data_dir`` (else the embedded digits),
+    stain both. ``out`` is not used: the run keeps no partial results."""
     start = time.perf_counter()
-    ds = load_dataset(cfg.dataset, cfg.data_dir, subset=cfg.subset, seed=cfg.seed)
+    data_dir = None if options is None else options.data_dir
+    dataset = "digits" if data_dir is None else "mnist"
+    cfg = replace(config, epochs=config.train_epochs(dataset), subset=config.train_subset(dataset))
+    progress("", advance=0, total=cfg.work_units())
+    ds = load_dataset(dataset, data_dir, subset=cfg.subset, seed=cfg.seed)
     pixel_std = ds.x_train.flatten(1).std(0).reshape(ds.input_shape[-2:])
     arms: list[Arm] = []
     threads = torch.get_num_threads()
@@ -233,4 +192,5 @@ def run_golgi(cfg: GolgiConfig, progress: Callable[[str], None] = lambda _: None
             arms += _pair(cfg, method, ds, pixel_std, progress)
     finally:
         torch.set_num_threads(threads)
-    return GolgiResult(cfg, tuple(arms), pixel_std, time.perf_counter() - start)
+    command = command_line("sparseflow experiment golgi", config, *(() if options is None else (options,)))
+    return GolgiResult(cfg, tuple(arms), pixel_std, time.perf_counter() - start, data_dir, command)

@@ -13,6 +13,7 @@ EXPERIMENT = Experiment(
     config=MeanfieldConfig,
     run=run,
     write_outputs=write_outputs,
+    full_s=300,
 )
 
 __all__ = ["EXPERIMENT", "MeanfieldConfig", "MeanfieldResult", "run", "write_outputs"]

@@ -1,4 +1,4 @@
-"""Figures of the methods experiment (:mod:`sparseflow.experiments.methods.report`): test accuracy against
+"""Figures of the methods experiment (:mod:`sparseflow.experiments.methods.result`): test accuracy against
 sparsity, one panel per dataset, one line per method, 95 % t-intervals over seeds, the dense baseline as a
 band; and the same as the gap to dense, where the small differences between methods are visible."""
 
@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sparseflow.experiments.methods.run import FAMILY, LABELS
+from sparseflow.experiments.methods.grid import FAMILY, LABELS
+from sparseflow.experiments.methods.result import ComparisonResult
 from sparseflow.training.report import save_figure
-
-if TYPE_CHECKING:
-    from sparseflow.experiments.methods.report import ComparisonResult
 
 STYLE = {"dense-to-sparse": "-", "from scratch": "--", "dynamic": "-."}
 MARKERS = "osDv^<>pP*"

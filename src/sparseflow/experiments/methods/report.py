@@ -1,184 +1,21 @@
-"""The methods experiment's measurement: per-cell means with 95 % intervals, the measured ordering of the
-methods at every dataset x sparsity, its agreement with the literature (Kendall's τ_b), the criteria, the
-JSON and the Markdown report. Training: :mod:`sparseflow.experiments.methods.run`; figures: ``methods_plots``.
-
-Reference (:data:`REFERENCE`): Evci et al. 2020 ("Rigging the Lottery"), ResNet-50 on ImageNet at 90 %
-sparsity, top-1 %: static 65.8 < SNIP 67.2 < SET 69.6 < RigL 72.0 (ERK 73.0) < GMP 73.9. Their static and
-SET use uniform densities and ours ERK; our RigL is ERK, so it takes the ERK figure. The five methods'
-order is the same under either mapping. τ_b is computed at every sparsity against this one ordering.
-"""
+"""Report of the methods experiment: conclusions computed from the records, report.md, results.json, the figure
+and the console tables (measurement and criteria: :mod:`.result`; figures: :mod:`.plots`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparseflow.experiments.methods.run import (FAMILY, IMP, LABELS, ComparisonConfig, RunRecord, config_from_json,
-                                           config_json)
-
-REFERENCE = {"static ERK": 65.8, "SNIP": 67.2, "SET": 69.6, "RigL": 73.0, "GMP": 73.9}
-REFERENCE_SPARSITY = 0.9
-# t quantile 0.975 for 1..30 degrees of freedom (two-sided 95 % interval of a mean).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t975(df: int) -> float:
-    """Student's t 0.975 quantile; beyond the table, the Cornish-Fisher expansion around z = 1.95996."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
-def ci95(values: list[float]) -> float | None:
-    """Half-width of the 95 % t-interval of the mean of ``values`` (None for fewer than two)."""
-    if len(values) < 2:
-        return None
-    return t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
-def kendall_tau_b(x: list[float], y: list[float]) -> float:
-    """Kendall's τ_b = (P - Q) / sqrt((P + Q + T_x)(P + Q + T_y)): P, Q concordant and discordant pairs,
-    T_x, T_y pairs tied only in x or only in y (pairs tied in both count nowhere). NaN when undefined."""
-    p = q = tx = ty = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif dx == dy:
-                p += 1
-            else:
-                q += 1
-    denom = math.sqrt((p + q + tx) * (p + q + ty))
-    return (p - q) / denom if denom else math.nan
-
-
-@dataclass(frozen=True)
-class ComparisonResult:
-    config: ComparisonConfig
-    runs: tuple[RunRecord, ...]
-    wall_s: float
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ComparisonResult:
-        """Rebuild a result from its :meth:`to_json` (e.g. ``rundir.read_run(out, "methods")``)."""
-        return cls(config_from_json(obj["config"]), tuple(RunRecord(**r) for r in obj["runs"]), float(obj["wall_s"]))
-
-    def accuracies(self, dataset: str, method: str, sparsity: float) -> dict[int, float]:
-        """seed -> test accuracy of one cell (dense: any sparsity)."""
-        return {r.seed: r.accuracy for r in self.runs if r.dataset == dataset and r.method == method
-                and (method == "dense" or abs(r.sparsity - sparsity) < 1e-9)}
-
-    def summary(self) -> list[dict[str, Any]]:
-        rows = []
-        for s in self.config.settings:
-            for method, sp in [("dense", 0.0)] + [(m, x) for m in LABELS for x in self.config.sparsities]:
-                runs = [r for r in self.runs if r.dataset == s.dataset and r.method == method and abs(r.sparsity - sp) < 1e-9]
-                if not runs:
-                    continue
-                acc = [r.accuracy for r in runs]
-                rows.append({"dataset": s.dataset, "method": method, "family": FAMILY.get(method, "dense"),
-                             "sparsity": sp, "n": len(acc), "mean": statistics.fmean(acc), "ci95": ci95(acc),
-                             "std": statistics.stdev(acc) if len(acc) > 1 else None, "accuracies": acc,
-                             "measured_sparsity": statistics.fmean(r.measured_sparsity for r in runs),
-                             "budgets": runs[0].budgets, "steps": runs[0].steps})
-        return rows
-
-    def orderings(self) -> list[dict[str, Any]]:
-        """Per dataset x sparsity: methods from worst to best mean accuracy, τ_b of the mean accuracies against
-        REFERENCE, τ_b of each seed alone (every method of a seed shares its initialisation, data order and
-        subset, so a seed is one paired replicate of the whole ordering) with the 95 % t-interval of their
-        mean, and the reference pairs measured the other way round with their paired 95 % interval."""
-        out = []
-        for s in self.config.settings:
-            for sp in self.config.sparsities:
-                cells = {m: self.accuracies(s.dataset, m, sp) for m in LABELS}
-                means = {m: statistics.fmean(a.values()) for m, a in cells.items() if a}
-                ref = [m for m in REFERENCE if m in means]
-                tau = kendall_tau_b([means[m] for m in ref], [REFERENCE[m] for m in ref])
-                shared = sorted(set.intersection(*(set(cells[m]) for m in ref))) if ref else []
-                per_seed = {k: kendall_tau_b([cells[m][k] for m in ref], [REFERENCE[m] for m in ref]) for k in shared}
-                seed_taus = [t for t in per_seed.values() if not math.isnan(t)]
-                flipped = []
-                for i, lo in enumerate(ref):
-                    for hi in ref[i + 1:]:  # the reference has lo < hi
-                        if means[lo] > means[hi]:
-                            seeds = sorted(set(cells[lo]) & set(cells[hi]))
-                            d = [100 * (cells[lo][k] - cells[hi][k]) for k in seeds]
-                            half = ci95(d)
-                            flipped.append({"measured": f"{lo} > {hi}", "reference": f"{lo} < {hi}",
-                                            "diff_pp": statistics.fmean(d), "ci95_pp": half,
-                                            "resolved": half is not None and statistics.fmean(d) - half > 0})
-                out.append({"dataset": s.dataset, "sparsity": sp,
-                            "ascending": sorted(means, key=lambda m: (means[m], LABELS.index(m))),
-                            "means": means, "reference_order": ref, "tau_b": tau,
-                            "tau_b_seeds": per_seed, "tau_b_seed_mean": statistics.fmean(seed_taus) if seed_taus else math.nan,
-                            "tau_b_ci95": ci95(seed_taus), "flipped": flipped})
-        return out
-
-    def criteria(self) -> dict[str, dict[str, Any]]:
-        cfg = self.config
-        have = {(r.dataset, r.method, round(r.sparsity, 9), r.seed) for r in self.runs}
-        want = {(s.dataset, m, round(sp, 9), seed) for s in cfg.settings for seed in cfg.seeds
-                for m, sp in [("dense", 0.0)] + [(m, x) for m in LABELS for x in cfg.sparsities]}
-        finite = all(math.isfinite(r.accuracy) for r in self.runs)
-        sparse = [r for r in self.runs if r.method != "dense"]
-        worst = min((r.measured_sparsity - r.sparsity) * r.pruned_weights for r in sparse) if sparse else 0.0
-        steps = {s.dataset: sorted({r.steps for r in self.runs if r.dataset == s.dataset}) for s in cfg.settings}
-        planned = {s.dataset: s.steps() for s in cfg.settings}
-        return {
-            "table complete": {
-                "value": len(have & want) / len(want), "pass": have >= want and finite,
-                "target": f"1 ({len(want)} runs: every dataset x method x sparsity x seed, dense per seed; finite accuracy)"},
-            "sparsity reached": {
-                "value": round(worst, 6), "pass": worst >= -1.0 - 1e-6,
-                "target": "every sparse run: zeros among the pruned weights >= target - 1 weight "
-                          "(value: min over runs of (measured - target) x N, in weights)"},
-            "equal budget": {
-                "value": steps, "pass": all(v == [planned[k]] for k, v in steps.items()),
-                "target": f"one optimizer-step count per dataset, the planned {planned} (IMP: per level)"},
-        }
-
-    def agreement(self) -> dict[str, Any]:
-        cells = self.orderings()
-        taus = [c["tau_b"] for c in cells if not math.isnan(c["tau_b"])]
-        return {"reference": REFERENCE, "source": "Evci et al. 2020, ResNet-50 / ImageNet, 90 % sparsity (top-1 %)",
-                "tau_b": {f"{c['dataset']} {c['sparsity']:g}": c["tau_b"] for c in cells},
-                "mean_tau_b": statistics.fmean(taus) if taus else None,
-                "at_90": {c["dataset"]: {"measured": " < ".join(m for m in c["ascending"] if m in REFERENCE),
-                                         "reference": " < ".join(REFERENCE), "tau_b": c["tau_b"],
-                                         "tau_b_seed_mean": c["tau_b_seed_mean"], "tau_b_ci95": c["tau_b_ci95"],
-                                         "flipped": [f["measured"] for f in c["flipped"]]}
-                          for c in cells if abs(c["sparsity"] - REFERENCE_SPARSITY) < 1e-9},
-                "note": "reported, not a pass condition: 1 = the reference order, -1 = reversed, 0 = unrelated"}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"command": "experiment methods", "quick": self.config.quick, "wall_s": self.wall_s,
-                "config": config_json(self.config), "settings": {s.dataset: s.describe() for s in self.config.settings},
-                "imp": imp_definition(self.config), "summary": self.summary(), "orderings": self.orderings(),
-                "agreement": self.agreement(), "criteria": self.criteria(),
-                "runs": [dataclasses.asdict(r) for r in self.runs]}
-
-
-def imp_definition(cfg: ComparisonConfig) -> str:
-    levels = " -> ".join(f"{s:g}" for s in (0.0, *cfg.imp_levels()))
-    return (f"IMP with learning-rate rewinding (Renda et al. 2020), sparsity {levels}: each level prunes the "
-            "previous level's trained weights layer-wise by magnitude (uniform density) and retrains the kept "
-            "weights for the same budget as every other run, with the full LR schedule. IMP at the i-th level "
-            "has spent i + 1 budgets (the dense level included); the table's 'budgets' column says how many.")
-
+from sparseflow.experiments.methods.grid import FAMILY, IMP, LABELS
+from sparseflow.experiments.methods.plots import plot_accuracy
+from sparseflow.experiments.methods.result import (REFERENCE, REFERENCE_SPARSITY, ComparisonResult, ci95,
+                                                   imp_definition)
+from sparseflow.experiments.methods.train import JOURNAL
+from sparseflow.experiments.protocol import TableData
+from sparseflow.training.report import md_table
+from sparseflow.training.rundir import write_run
 
 def paired_pp(result: ComparisonResult, dataset: str, a: str, b: str, sparsity: float) -> tuple[float, float | None]:
     """Accuracy of ``a`` minus ``b`` in percentage points over the seeds both have (same seed = same
@@ -240,10 +77,8 @@ def accuracy_rows(result: ComparisonResult, dataset: str) -> list[list[str]]:
     return rows
 
 
-def report_markdown(result: ComparisonResult, figures: list[str], command: str) -> str:
-    from sparseflow.training.report import md_table
-
-    cfg = result.config
+def report_markdown(result: ComparisonResult, figures: list[str]) -> str:
+    cfg, command = result.config, result.command
     parts = [f"# Sparse training methods on one budget{' (quick run)' if cfg.quick else ''}\n",
              f"Command: `{command}`. Seeds {list(cfg.seeds)}; cells are mean test accuracy (%) ± the half-width "
              "of the 95 % t-interval over seeds (none with one seed). Sparsity is over the pruned layers and "
@@ -303,13 +138,30 @@ def report_markdown(result: ComparisonResult, figures: list[str], command: str) 
     return "\n".join(parts)
 
 
-def write_outputs(result: ComparisonResult, out: Path, command: str = "sparseflow experiment methods") -> list[str]:
-    """Figures, then the stamped results.json and report.md (:func:`sparseflow.training.rundir.write_run`)."""
-    from sparseflow.experiments.methods.plots import plot_accuracy
-    from sparseflow.training.rundir import write_run
+def tables(result: ComparisonResult) -> list[TableData]:
+    """Accuracy per method and sparsity for each dataset, then the measured orderings with Kendall's τ_b."""
+    cfg, out = result.config, []
+    for s in cfg.settings:
+        out.append(TableData(f"test accuracy (%), {s.model} on {s.dataset}, {s.steps()} steps, 95 % interval over "
+                             f"{len(cfg.seeds)} seed(s)", ["method", "family", *(f"{100 * x:g} %" for x in cfg.sparsities)],
+                             accuracy_rows(result, s.dataset), left=("method", "family"), min_width=120))
+    rows = []
+    for c in result.orderings():
+        seeds = "-" if c["tau_b_ci95"] is None else f"{c['tau_b_seed_mean']:+.2f} ± {c['tau_b_ci95']:.2f}"
+        rows.append([c["dataset"], f"{100 * c['sparsity']:g} %", " < ".join(c["ascending"]), f"{c['tau_b']:+.2f}", seeds])
+    columns = ["dataset", "sparsity", "ordering", "τ_b (means)", "τ_b per seed (95 %)"]
+    out.append(TableData("measured ordering (worst to best) and Kendall τ_b against the RigL paper's", columns, rows,
+                         left=columns, min_width=120))
+    return out
 
+
+def write_outputs(result: ComparisonResult, out: Path) -> dict[str, Any]:
+    """Figures, then the stamped results.json and report.md (:func:`sparseflow.training.rundir.write_run`); the
+    resume journal goes, every record being in results.json now. Returns the JSON object the command prints."""
     out.mkdir(parents=True, exist_ok=True)
     figures = plot_accuracy(result, out)
-    write_run(out, "methods", result.to_json() | {"figures": figures, "command_line": command},
-              report_markdown(result, figures, command))
-    return figures
+    data = result.to_json()
+    write_run(out, "methods", data | {"figures": figures, "command_line": result.command},
+              report_markdown(result, figures))
+    (out / JOURNAL).unlink(missing_ok=True)
+    return {**{k: v for k, v in data.items() if k != "runs"}, "skipped": list(result.skipped)}

@@ -1,4 +1,4 @@
-"""Training of the methods experiment (:mod:`sparseflow.experiments.methods.run`): one budget per task, tasks
+"""Training of the methods experiment (:mod:`sparseflow.experiments.methods.grid`): one budget per task, tasks
 spread over worker processes, IMP's levels chained in one task per seed.
 
 A grid task trains one (method, sparsity, seed) with the method :func:`sparseflow.training.build.build_method` makes
@@ -28,9 +28,12 @@ from typing import Any
 import torch
 
 from sparseflow.bench.methods import RunSpec
-from sparseflow.experiments.methods.run import (GRID, IMP, LABELS, ComparisonConfig, RunRecord, Setting, config_json,
-                                           imp_mask)
+from sparseflow.experiments.methods.config import Setting
+from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonConfig, RunRecord, config_json, imp_mask
+from sparseflow.experiments.methods.result import ComparisonResult
 from sparseflow.mask import Mask
+
+JOURNAL = "runs.partial.jsonl"  # finished tasks of an unfinished run: rerunning the same command resumes
 
 
 @dataclass(frozen=True)
@@ -160,11 +163,9 @@ def _init_worker(threads: int) -> None:
 
 
 def run_methods(cfg: ComparisonConfig, progress: Callable[[str, int], None] = lambda what, n: None,
-                journal: Path | None = None) -> Any:
+                journal: Path | None = None) -> ComparisonResult:
     """Train every (dataset, method, sparsity, seed) of ``cfg``; ``progress(what, runs)`` after each task.
     With ``journal``, tasks finished there by an earlier run of the same ``cfg`` are not trained again."""
-    from sparseflow.experiments.methods.report import ComparisonResult
-
     cfg.check()
     for s in cfg.settings:  # read and verify the files here, so a bad folder fails before any training
         _data(s, dict(cfg.data_dirs)[s.dataset], cfg.seeds[0])

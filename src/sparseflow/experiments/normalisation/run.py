@@ -25,143 +25,41 @@ the gradient-noise scale per epoch fixed, so batch 2 gets a small step, not a br
 batch 128 did better than 3e-3 at batches 32 and 128 in a one-seed pilot (by 0.3 to 1.8 pp, GroupNorm and BatchNorm);
 1e-2 and 2e-2 did no better at 64 steps.
 Per seed s, the subset, the init, the mask and the batch order all come from s: cells are paired.
-Figures, report and criteria: :mod:`sparseflow.experiments.normalisation.report`.
+Settings: :mod:`.config`; statistics and criteria: :mod:`.result`; figures and report: :mod:`.report`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from sparseflow.training.data import Dataset, load_dataset, loaders
-from sparseflow.distributions import check_sparsity, erk
+from sparseflow.distributions import erk
 from sparseflow.errors import SparseflowError
+from sparseflow.experiments.normalisation.config import NormConfig, NormOptions
+from sparseflow.experiments.normalisation.result import Cell, NormResult
+from sparseflow.experiments.protocol import Tick, command_line, no_progress
 from sparseflow.methods import RandomSparse
-from sparseflow.training.models import NORMS, ResNet
+from sparseflow.training.data import Dataset, load_dataset, loaders
 from sparseflow.training.loop import TrainConfig, fit
+from sparseflow.training.models import ResNet
+from sparseflow.training.rundir import _human, check_budget
 
-if TYPE_CHECKING:
-    from sparseflow.experiments.normalisation.report import NormResult
-
-BATCH_SIZES = (2, 4, 8, 32, 128)
-VARIANTS = ("dense", "sparse")
 TEST_SEED = 0  # the test subset is one fixed draw, the same for every run seed
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")
-# Seconds per training step of ResNet-8 (width 16) on one core of this 2-core machine shared with other jobs,
-# measured with one torch thread: a fixed part (Python and kernel-launch overhead, dominant at batch 2) plus a
-# part per example at 14 x 14 pixels; evaluation per example at batch 500. A static mask costs about half again
-# per step (it is re-applied, and the optimizer state zeroed, after every step).
-STEP_S, EXAMPLE_S, EVAL_S = 6.0e-3, 3.0e-4, 1.8e-4
-SPARSE_OVERHEAD = 1.5
-
-
-@dataclass(frozen=True)
-class NormConfig:
-    """One run of the grid; :meth:`default` gives the full and the quick scale."""
-
-    quick: bool
-    data_dir: Path
-    seeds: tuple[int, ...]
-    norms: tuple[str, ...] = NORMS
-    batch_sizes: tuple[int, ...] = BATCH_SIZES
-    variants: tuple[str, ...] = VARIANTS
-    sparsity: float = 0.9
-    epochs: int = 4
-    train_size: int = 2048
-    test_size: int | None = None  # None: all 10,000 test images
-    pool: int = 2  # images are average-pooled pool x pool (28 x 28 -> 14 x 14) to fit the CPU budget
-    width: int = 16  # channels of the first stage (then 2x, 4x)
-    lr_ref: float = 6e-3  # Adam learning rate at batch_ref
-    batch_ref: int = 128
-
-    @classmethod
-    def default(cls, *, quick: bool, data_dir: Path, seeds: int | None = None) -> NormConfig:
-        if seeds is not None and (isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1):
-            raise SparseflowError(f"seeds must be an integer >= 1, got {seeds!r}")
-        n = seeds if seeds is not None else (2 if quick else 3)
-        if quick:
-            return cls(quick=True, data_dir=Path(data_dir), seeds=tuple(range(n)), epochs=1, train_size=128,
-                       test_size=256)
-        return cls(quick=False, data_dir=Path(data_dir), seeds=tuple(range(n)))
-
-    def check(self) -> None:
-        def positive_int(name: str, v: object) -> None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SparseflowError(f"{name} must be an integer >= 1, got {v!r}")
-
-        for name in ("epochs", "train_size", "pool", "width", "batch_ref"):
-            positive_int(name, getattr(self, name))
-        if self.test_size is not None:
-            positive_int("test_size", self.test_size)
-        if 28 % self.pool:
-            raise SparseflowError(f"pool must divide 28 (1, 2, 4, 7, 14), got {self.pool!r}")
-        for what, values, allowed in (("norms", self.norms, NORMS), ("variants", self.variants, VARIANTS)):
-            bad = [v for v in values if v not in allowed]
-            if bad or not values or len(set(values)) != len(values):
-                raise SparseflowError(f"{what} must be distinct values out of {', '.join(allowed)}, got {values!r}")
-        for b in self.batch_sizes:
-            positive_int("every batch size", b)
-        if len(self.batch_sizes) < 2 or list(self.batch_sizes) != sorted(set(self.batch_sizes)):
-            raise SparseflowError("batch sizes must be at least two distinct increasing sizes, "
-                                  f"got {self.batch_sizes!r}")
-        if max(self.batch_sizes) > self.train_size:
-            raise SparseflowError(f"the largest batch size {max(self.batch_sizes)} exceeds train_size "
-                                  f"{self.train_size}; pass a larger --train-size or smaller batch sizes")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise SparseflowError(f"seeds must be distinct, got {self.seeds!r}")
-        check_sparsity(self.sparsity)
-        if not (isinstance(self.lr_ref, (int, float)) and not isinstance(self.lr_ref, bool) and 0 < self.lr_ref < 1):
-            raise SparseflowError(f"lr must be an Adam learning rate in (0, 1) such as 3e-3, got {self.lr_ref!r}")
-
-    def cells(self) -> int:
-        return len(self.seeds) * len(self.variants) * len(self.norms) * len(self.batch_sizes)
-
-    def estimate_s(self) -> float:
-        """Seconds on one shared core: steps x (fixed + per-example cost) plus evaluation, summed over cells.
-        BatchNorm cells also evaluate with test batches of the training size: a forward pass costs about a third
-        of a training step."""
-        scale = (28 // self.pool) ** 2 / 14**2 * (self.width / 16) ** 2
-        test = 10_000 if self.test_size is None else self.test_size
-        per_row = sum(self.epochs * math.ceil(self.train_size / b) * (STEP_S + b * EXAMPLE_S * scale)
-                      for b in self.batch_sizes)
-        variants = sum(SPARSE_OVERHEAD if v == "sparse" else 1.0 for v in self.variants)
-        runs = len(self.seeds) * len(self.variants)
-        evals = runs * len(self.norms) * len(self.batch_sizes) * test * EVAL_S * scale
-        if "batch" in self.norms:
-            evals += runs * sum(math.ceil(test / b) * STEP_S / 3 + test * EVAL_S * scale for b in self.batch_sizes)
-        return len(self.seeds) * len(self.norms) * variants * per_row + evals
 
 
 def scaled_lr(batch: int, lr_ref: float, batch_ref: int) -> float:
     """Square-root scaling rule for Adam: ``lr_ref * sqrt(batch / batch_ref)``."""
     return lr_ref * math.sqrt(batch / batch_ref)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One trained network: its place in the grid and what it measured."""
-
-    variant: str
-    norm: str
-    batch: int
-    seed: int
-    accuracy: float  # eval mode (BN: running statistics)
-    batch_stats_accuracy: float | None  # BN only: test batches of `batch` normalised by their own statistics
-    train_loss: float
-    lr: float
-    steps: int
-    density: float
-    seconds: float
 
 
 def check_data(data_dir: Path) -> None:
@@ -176,10 +74,11 @@ def check_data(data_dir: Path) -> None:
                               "fashion-mnist --download --data-dir DIR)")
 
 
-def load_data(cfg: NormConfig, seed: int) -> Dataset:
-    """Fashion-MNIST: ``train_size`` seeded training images, a fixed test subset, both pooled by ``cfg.pool``."""
-    check_data(cfg.data_dir)
-    ds = load_dataset("fashion-mnist", cfg.data_dir, subset=cfg.train_size, seed=seed)
+def load_data(cfg: NormConfig, data_dir: Path, seed: int) -> Dataset:
+    """Fashion-MNIST from ``data_dir``: ``train_size`` seeded training images, a fixed test subset, both pooled by
+    ``cfg.pool``."""
+    check_data(data_dir)
+    ds = load_dataset("fashion-mnist", data_dir, subset=cfg.train_size, seed=seed)
     x_te, y_te = ds.x_test, ds.y_test
     if cfg.test_size is not None and cfg.test_size < len(y_te):
         keep = torch.randperm(len(y_te), generator=torch.Generator().manual_seed(TEST_SEED))[: cfg.test_size]
@@ -217,17 +116,41 @@ def train_cell(ds: Dataset, cfg: NormConfig, variant: str, norm: str, batch: int
                 1.0 if method is None else method.density(), time.perf_counter() - start)
 
 
-def run_normalisation(cfg: NormConfig, progress: Callable[[Cell], None] = lambda _: None) -> NormResult:
-    """Train every cell of ``cfg`` (seed by seed); ``progress(cell)`` is called after each one."""
-    from sparseflow.experiments.normalisation.report import NormResult
+def data_dir(options: NormOptions) -> Path:
+    """``options.data_dir``, checked to hold Fashion-MNIST's four IDX files."""
+    if options.data_dir is None:
+        raise SparseflowError("experiment normalisation trains on Fashion-MNIST: pass --data-dir, the folder "
+                              "holding its four IDX files (train-images-idx3-ubyte.gz, ...)")
+    check_data(options.data_dir)
+    return Path(options.data_dir)
 
-    cfg.check()
+
+def check(config: NormConfig, options: NormOptions) -> Sequence[str]:
+    """Refuse a missing data folder, or a grid estimated past an hour without ``--yes``; the estimate, as a note."""
+    data_dir(options)
+    check_budget(config.estimate_s(), options.yes, "experiment normalisation")
+    return [f"about {_human(config.estimate_s())} for {config.cells()} training runs"]
+
+
+def run(config: NormConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: NormOptions) -> NormResult:
+    """Train every cell of ``config`` (seed by seed) with ``options.threads`` torch threads (restored afterwards);
+    ``progress(what)`` after each. ``out`` only names the run in its command line."""
+    cfg, folder = config, data_dir(options)
     start, cells = time.perf_counter(), []
-    for seed in cfg.seeds:
-        ds = load_data(cfg, seed)
-        for variant in cfg.variants:
-            for norm in cfg.norms:
-                for batch in cfg.batch_sizes:
-                    cells.append(train_cell(ds, cfg, variant, norm, batch, seed))
-                    progress(cells[-1])
-    return NormResult(cfg, tuple(cells), time.perf_counter() - start)
+    before = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    progress("loading Fashion-MNIST", advance=0, total=cfg.cells())
+    try:
+        for seed in cfg.seed_values:
+            ds = load_data(cfg, folder, seed)
+            for variant in cfg.variants:
+                for norm in cfg.norms:
+                    for batch in cfg.batch_sizes:
+                        c = train_cell(ds, cfg, variant, norm, batch, seed)
+                        cells.append(c)
+                        progress(f"{c.variant} {c.norm} batch {c.batch} seed {c.seed}: {100 * c.accuracy:.1f} %")
+    finally:
+        torch.set_num_threads(before)
+    command = command_line("normalisation", cfg, dataclasses.replace(options, out=out))
+    return NormResult(cfg, tuple(cells), time.perf_counter() - start, folder, command)

@@ -1,18 +1,15 @@
-"""Figures and the Markdown report of the percolation experiment (see
-:mod:`sparseflow.experiments.percolation.report`)."""
+"""Figures of the percolation experiment (:mod:`sparseflow.experiments.percolation.run`): surviving.png,
+threshold.png and training.png."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparseflow.experiments.percolation.run import mean_field_fractions, surviving_fraction
-from sparseflow.training.report import md_table, save_figure
-
-if TYPE_CHECKING:
-    from sparseflow.experiments.percolation.report import PercolationResult
+from sparseflow.experiments.percolation.run import PercolationResult, train_summary
+from sparseflow.experiments.percolation.theory import mean_field_fractions, surviving_fraction
+from sparseflow.training.report import save_figure
 
 
 def _plt():  # type: ignore[no-untyped-def]
@@ -42,7 +39,7 @@ def plot_surviving(result: PercolationResult, path: Path) -> None:
                         color=colors[j], mfc="none" if i % 2 else colors[j], label=f"width {w}, depth {d}")
     ax.axvline(1.0, color="grey", ls=":", lw=1)
     ax.set(xlabel="mean fan-in c", ylabel="surviving fraction at depth L", xscale="log",
-           title=f"layered random masks ({len(cfg.seeds)} seeds, mean ± std)")
+           title=f"layered random masks ({len(result.seeds)} seeds, mean ± std)")
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(0.0, -0.14))  # below: keeps the curve clear
     width = max(cfg.widths)
     for c, curve in sorted(result.decay.items()):
@@ -88,8 +85,6 @@ def plot_threshold(result: PercolationResult, path: Path) -> None:
 
 def plot_training(result: PercolationResult, path: Path) -> None:
     """Test accuracy vs c with chance and c = 1 marked; connectivity of the same masks vs c."""
-    from sparseflow.experiments.percolation.report import train_summary
-
     plt = _plt()
     t = result.train
     assert t is not None
@@ -114,69 +109,3 @@ def plot_training(result: PercolationResult, path: Path) -> None:
     ax2.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
-
-
-def report_markdown(result: PercolationResult) -> str:
-    from sparseflow.experiments.percolation.report import CRITERION_C, train_summary
-
-    cfg, crit = result.config, result.criteria()
-    mask_rows = [[f"{r.c:g}", r.width, r.depth, f"{r.mean:.4f} ± {r.std:.4f}", f"{r.mean_field:.4f}", f"{r.theory:.4f}",
-                  f"{abs(r.mean - r.theory):.4f}" if r.c >= CRITERION_C else "-", f"{r.on_path:.4f}", f"{r.on_path_theory:.4f}"]
-                 for r in result.rows]
-    pc_rows = []
-    for s in result.scans:
-        seeds = np.array([p for p in s.per_seed if p is not None])
-        pc_rows.append([s.b, f"{s.theory:.4f}", "none" if s.estimate is None else f"{s.estimate:.4f}",
-                        f"{seeds.mean():.4f} ± {seeds.std():.4f} ({len(seeds)}/{len(s.per_seed)})" if len(seeds) else "none",
-                        "-" if s.estimate is None else f"{abs(s.estimate - s.theory):.4f}", s.width, f"{s.depth // 2}, {s.depth}", len(s.ps)])
-    crit_rows = [[k, "none" if v["value"] is None else f"{v['value']:.4f}", v["target"], "pass" if v["pass"] else "FAIL"] for k, v in crit.items()]
-    verdict = "all criteria pass" if all(v["pass"] for v in crit.values()) else "some criteria FAIL: " + ", ".join(k for k, v in crit.items() if not v["pass"])
-    text = f"""# Percolation in sparse layered networks{' (quick run)' if cfg.quick else ''}
-
-**Verdict: {verdict}.** Wall time {result.wall_s:.1f} s.
-
-## What is measured
-- *Layered random mask of mean fan-in c*: each of the width² links between consecutive layers kept with
-  probability c/width. The **forward surviving fraction** at depth L is the fraction of layer-L units reachable
-  from a fully active layer 0 through kept links; it is compared with the fixed point ρ(c) of ρ = 1 - exp(-cρ)
-  (ρ = 1 + W₀(-c e^(-c))/c, 0 for c <= 1) and with the finite-depth mean-field iterate ρ_L. Depths 10 and 30 are
-  the first layers of the deepest network of the same seed (forward reach does not depend on later layers).
-  Also measured, not a criterion: the fraction of the middle layer on a full input-to-output path, against ρ_(L/2)².
-- *Fixed fan-out b, pruned fraction p*: every unit sends b links to uniform random units of the next layer,
-  each kept with probability 1 - p; a branching process with mean b(1-p), critical at p_c = 1 - 1/b. p_c is
-  estimated from finite depth as the crossing of L·ρ_L(p) for L = {cfg.pc_depth // 2} and {cfg.pc_depth} (both
-  tend to 2 at p_c, grow with L below it and vanish above), first on a 0.05 grid of p, then on a 0.005 grid
-  around the bracket, using the seed-mean curves; the per-seed crossings give the spread.
-- Seeds {list(cfg.seeds)}; mean ± std over seeds.
-
-## Layered random masks: surviving fraction vs theory
-
-{md_table(["c", "width", "depth L", "simulated ρ_L", "mean field ρ_L", "fixed point ρ(c)", "abs error (c >= 1.5)", "on path (layer L/2)", "ρ_(L/2)²"], mask_rows)}
-
-![surviving fraction](surviving.png)
-
-## Fan-out b: percolation threshold
-
-{md_table(["b", "1 - 1/b", "estimated p_c", "per-seed p_c (found)", "abs error", "width", "depths", "grid points"], pc_rows)}
-
-![threshold](threshold.png)
-"""
-    if result.train is not None:
-        t = result.train
-        rows = [[f"{r['c']:g}", f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f}", f"{t.chance:.4f}", f"{r['connected']:.2f}",
-                 f"{r['reached']:.4f}", f"{r['reached_theory']:.4f}"] for r in train_summary(t)]
-        text += f"""
-## Training across the threshold
-
-MLP with {t.depth} hidden layers of {t.width} ReLU units on {t.dataset}, {t.epochs} epochs (Adam, lr 3e-3,
-cosine). The first Linear (input -> first hidden layer) and the classifier stay dense; each of the
-{t.depth - 1} hidden -> hidden Linear layers is a uniform random mask (RandomSparse) of density c/{t.width},
-mean fan-in c. Weights: He init per unit's kept fan-in (sparseflow.init.sparse_init_). Chance = accuracy
-of the most frequent test class. "reached" = fraction of the last hidden layer reachable from the input.
-
-{md_table(["c", "test accuracy", "chance", "seeds with a path", "reached (measured)", "reached (mean field)"], rows)}
-
-![training](training.png)
-"""
-    text += f"\n## Criteria\n\n{md_table(['criterion', 'value', 'target', 'result'], crit_rows)}\n"
-    return text

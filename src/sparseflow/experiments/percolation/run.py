@@ -1,264 +1,160 @@
-"""Percolation in layered sparse networks: theory and seeded Monte Carlo.
+"""The percolation experiment end to end: Monte Carlo against theory, p_c from finite depth, the training
+sweep, and the pass criteria.
 
-A sparse feed-forward network is a layered random graph: the units of a layer are its nodes, the kept weights
-its links. Information reaches a unit only along a path of kept links, so a mask that is too sparse cuts every
-input-output path even when no layer is empty (Tanaka et al. 2020; Frankle & Carbin 2019 note the same
-failure). Two classical results say where this happens (Harris 1963 for branching processes; Erdős & Rényi
-1960 for the giant component, in its directed, layered form).
-
-**Fixed fan-out b, pruned fraction p** (each of a unit's b outgoing links, to uniformly random units of the
-next layer, drawn with replacement, is kept with probability 1 - p). Starting from one unit, the units it reaches
-form a Galton-Watson branching process with Binomial(b, 1 - p) children: it survives forever with positive
-probability iff the mean b(1 - p) exceeds 1, i.e. iff p < p_c = 1 - 1/b (:func:`critical_prune_fraction`).
-
-**Layered random mask of mean fan-in c** (each of the width² links between consecutive layers kept with
-probability c/width). Start from a *fully active* input layer and call a unit reached when some kept link joins
-it to a reached unit of the layer before. With a fraction ρ of a layer reached, a unit of the next layer has
-Poisson(cρ) links from reached units in the wide limit, so ρ' = 1 - exp(-cρ). From ρ_0 = 1 the iterates
-(:func:`mean_field_fractions`) fall to the largest root of ρ = 1 - exp(-cρ) (:func:`surviving_fraction`):
-ρ = 1 + W_0(-c e^{-c})/c with W_0 the principal Lambert W branch, positive iff c > 1 and 0 for c <= 1, where
-ρ_L ~ 2/L at c = 1 and decays like c^L below. The fan-out model obeys the same recursion with c = b(1 - p), its
-in-degree being Poisson(b(1 - p)) in the wide limit, so its surviving fraction is ρ(b(1 - p)), zero from
-p_c = 1 - 1/b on: both models share the threshold.
-
-What is measured: the *forward surviving fraction* ρ_L, the fraction of layer-L units reachable from a fully
-active layer 0 (:func:`forward_reach`). It is what ρ(c) predicts, and it is compared with ρ(c) only. The
-fraction of the middle layer's units that lie on a full input-to-output path (reached from layer 0 *and*
-reaching layer L, :func:`on_path_fraction`) is also measured; by the forward/backward symmetry of the random
-mask and the independence of the two in the wide limit it is ≈ ρ_{L/2}², reported next to it, not a criterion.
-
-**Estimating p_c at finite depth** (:func:`crossing`). At finite depth the threshold is smeared: just above
-p_c, ρ_L has not yet reached its (zero) limit. In the mean-field scaling form ρ_L ≈ L^{-1} f((p_c - p) L)
-(δ = β/ν_∥ = 1 for directed percolation above its upper critical dimension, which a layered random graph is),
-L·ρ_L tends to a constant at p_c (= 2, from ρ' ≈ ρ - ρ²/2), grows with L below p_c and vanishes above.
-So the curves L·ρ_L(p) for two depths L/2 and L cross at p_c, up to O(log L / L) corrections: for the
-mean-field iterates at L = 64 the crossing sits at c = 0.9976, i.e. p_c + 0.0024/b. The estimator uses no
-knowledge of b or of the theory; it is the first downward sign change of L·ρ_L - (L/2)·ρ_{L/2} over a
-coarse grid of p, refined on a fine grid inside the coarse bracket, linearly interpolated.
+Theory, models and the p_c estimator: :mod:`sparseflow.experiments.percolation.theory`; the training setting:
+:mod:`sparseflow.experiments.percolation.train`; figures and report: :mod:`.plots`, :mod:`.report`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from scipy.special import lambertw
 
-from sparseflow.errors import SparseflowError
+from sparseflow.experiments.options import DataOptions
+from sparseflow.experiments.percolation.config import PercolationConfig
+from sparseflow.experiments.percolation.theory import (
+    CriticalScan,
+    critical_scan,
+    mean_field_fractions,
+    simulate_random_mask_paths,
+    surviving_fraction,
+)
+from sparseflow.experiments.percolation.train import TrainSweep, train_sweep
+from sparseflow.experiments.protocol import Tick, no_progress
 
-# One layer's kept links as (source unit, target unit) index arrays, both int64 of shape (links,).
-Links = tuple[np.ndarray, np.ndarray]
-
-
-# --- theory -------------------------------------------------------------------------------------
-
-
-def critical_prune_fraction(b: int) -> float:
-    """p_c = 1 - 1/b: the pruned fraction at which a fan-out-b branching process becomes critical."""
-    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
-        raise SparseflowError(f"fan-out b must be an integer >= 1, got {b!r}")
-    return 1.0 - 1.0 / int(b)
-
-
-def _check_c(c: float) -> float:
-    if isinstance(c, bool) or not isinstance(c, (int, float, np.floating, np.integer)) or not math.isfinite(c) or c < 0:
-        raise SparseflowError(f"mean fan-in c must be a finite number >= 0, got {c!r}")
-    return float(c)
-
-
-def surviving_fraction(c: float) -> float:
-    """Largest root ρ of ρ = 1 - exp(-cρ): ρ = 1 + W_0(-c e^{-c})/c for c > 1, else 0 (Lambert W form)."""
-    c = _check_c(c)
-    if c <= 1.0:
-        return 0.0
-    # For c > 1, -c e^{-c} lies in (-1/e, 0); W_0 of it is the root in (-1, 0), not the trivial -c (branch -1).
-    return float(1.0 + lambertw(-c * math.exp(-c), 0).real / c)
-
-
-def mean_field_fractions(c: float, depth: int) -> np.ndarray:
-    """ρ_0 = 1, ρ_{l+1} = 1 - exp(-c ρ_l) for l < depth: the wide-network surviving fraction at each depth."""
-    c = _check_c(c)
-    _check_int(depth, "depth", 0)
-    out = np.empty(depth + 1)
-    out[0] = 1.0
-    for i in range(depth):
-        out[i + 1] = -math.expm1(-c * out[i])
-    return out
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise SparseflowError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-# --- random layered graphs ------------------------------------------------------------------------
-
-
-def random_mask_links(c: float, width: int, rng: np.random.Generator) -> Links:
-    """Kept links of one width x width mask whose entries are i.i.d. Bernoulli(c / width).
-
-    Drawn exactly without touching all width² entries: Binomial(width², q) kept links at distinct uniform
-    positions (that is the law of an i.i.d. Bernoulli mask), so a 4096-wide layer costs O(c·width).
-    """
-    c, width = _check_c(c), _check_int(width, "width", 1)
-    if c > width:
-        raise SparseflowError(f"mean fan-in c={c} exceeds the width {width}; pass c <= width")
-    k = int(rng.binomial(width * width, c / width))
-    pos = rng.choice(width * width, size=k, replace=False)
-    return pos // width, pos % width  # (source in layer l, target in layer l+1)
-
-
-def fan_out_links(b: int, p: float, width: int, rng: np.random.Generator) -> Links:
-    """Kept links of one layer where every unit sends b links to uniform random units (with replacement),
-    each kept with probability 1 - p."""
-    b, width = _check_int(b, "fan-out b", 1), _check_int(width, "width", 1)
-    if not (0.0 <= p <= 1.0):
-        raise SparseflowError(f"pruned fraction p must be in [0, 1], got {p!r}")
-    targets = rng.integers(0, width, size=(width, b))
-    kept = rng.random((width, b)) >= p  # P(kept) = 1 - p
-    src = np.broadcast_to(np.arange(width)[:, None], (width, b))
-    return src[kept], targets[kept]
-
-
-def forward_reach(layers: Sequence[Links], width: int) -> np.ndarray:
-    """Reached units, bool (len(layers) + 1, width): row l is reached from a fully active row 0."""
-    reached = np.zeros((len(layers) + 1, width), dtype=bool)
-    reached[0] = True
-    for i, (src, dst) in enumerate(layers):
-        reached[i + 1, dst[reached[i, src]]] = True
-    return reached
-
-
-def backward_reach(layers: Sequence[Links], width: int) -> np.ndarray:
-    """Units that reach the last row, bool (len(layers) + 1, width) (row L itself fully active)."""
-    reaches = np.zeros((len(layers) + 1, width), dtype=bool)
-    reaches[-1] = True
-    for i in range(len(layers) - 1, -1, -1):
-        src, dst = layers[i]
-        reaches[i, src[reaches[i + 1, dst]]] = True
-    return reaches
-
-
-def on_path_fraction(layers: Sequence[Links], width: int, row: int) -> float:
-    """Fraction of row ``row``'s units on some path from row 0 to the last row."""
-    fwd = forward_reach(layers[:row], width)[-1]
-    bwd = backward_reach(layers[row:], width)[0]
-    return float((fwd & bwd).mean())
-
-
-def _rng(*key: int) -> np.random.Generator:
-    # One independent stream per (experiment, parameters, seed): results do not depend on run order.
-    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
-
-
-def simulate_random_mask(c: float, width: int, depth: int, seed: int) -> np.ndarray:
-    """Forward surviving fraction at every depth 0..depth of one seeded layered random mask, shape (depth + 1,)."""
-    rng = _rng(1, seed, width, round(c * 1_000_000))
-    layers = [random_mask_links(c, width, rng) for _ in range(_check_int(depth, "depth", 1))]
-    return forward_reach(layers, width).mean(axis=1)
-
-
-def simulate_random_mask_paths(c: float, width: int, depths: Sequence[int], seed: int) -> tuple[np.ndarray, list[float]]:
-    """(forward fractions up to max(depths), on-path fraction of the middle row of the first d layers per d)."""
-    rng = _rng(1, seed, width, round(c * 1_000_000))  # same stream as simulate_random_mask: same graphs
-    layers = [random_mask_links(c, width, rng) for _ in range(max(depths))]
-    frac = forward_reach(layers, width).mean(axis=1)
-    return frac, [on_path_fraction(layers[:d], width, d // 2) for d in depths]
-
-
-def simulate_fan_out(b: int, p: float, width: int, depth: int, seed: int) -> np.ndarray:
-    """Forward surviving fraction at every depth 0..depth of one seeded fan-out-b network, shape (depth + 1,)."""
-    rng = _rng(2, seed, width, b, round(p * 1_000_000))
-    layers = [fan_out_links(b, p, width, rng) for _ in range(_check_int(depth, "depth", 1))]
-    return forward_reach(layers, width).mean(axis=1)
-
-
-# --- p_c from finite depth ------------------------------------------------------------------------
-
-
-def crossing(ps: Sequence[float], rho_half: Sequence[float], rho_full: Sequence[float], depth: int) -> float | None:
-    """p where depth·ρ_depth(p) first falls to (depth//2)·ρ_{depth//2}(p), linearly interpolated.
-
-    ``ps`` ascending; ``rho_half`` and ``rho_full`` the surviving fractions at depths depth//2 and depth.
-    None when the difference never changes sign from positive to non-positive on the grid.
-    """
-    found = _first_drop(ps, rho_half, rho_full, depth)
-    if found is None:
-        return None
-    (p0, p1), (d0, d1) = found
-    return p0 + (p1 - p0) * d0 / (d0 - d1)
-
-
-def _first_drop(
-    ps: Sequence[float], rho_half: Sequence[float], rho_full: Sequence[float], depth: int
-) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """((p_i-1, p_i), (D_i-1, D_i)) for the first i with D_i-1 > 0 >= D_i, D = L·ρ_L - (L/2)·ρ_{L/2}."""
-    x = np.asarray(ps, dtype=float)
-    d = depth * np.asarray(rho_full, dtype=float) - (depth // 2) * np.asarray(rho_half, dtype=float)
-    if x.ndim != 1 or d.shape != x.shape or np.any(np.diff(x) <= 0):
-        raise SparseflowError(f"crossing needs ascending ps and curves of the same length, got {x.shape} and {d.shape}")
-    for i in range(1, len(x)):
-        if d[i - 1] > 0 >= d[i]:
-            return (float(x[i - 1]), float(x[i])), (float(d[i - 1]), float(d[i]))
-    return None
-
-
-def fan_out_curves(b: int, ps: Sequence[float], width: int, depth: int, seeds: Sequence[int]) -> np.ndarray:
-    """Surviving fractions at every depth, shape (len(seeds), len(ps), depth + 1)."""
-    return np.array([[simulate_fan_out(b, float(p), width, depth, s) for p in ps] for s in seeds])
+CRITERION_C = 1.5  # the surviving-fraction criterion covers c in [1.5, 10]
+RHO_TOL, PC_TOL, CHANCE_TOL = 0.03, 0.02, 0.05
 
 
 @dataclass(frozen=True)
-class CriticalScan:
-    """Surviving fractions of the fan-out-b model over a grid of pruned fractions, and p_c estimated from them.
+class MaskRow:
+    """Layered random mask of mean fan-in c at one width and depth, over seeds."""
 
-    ``rho_half`` / ``rho_full``: shape (seeds, len(ps)), at depths depth//2 and depth. ``estimate``: the
-    crossing of the seed-mean curves; ``per_seed``: the crossing of each seed's curves (None: no crossing).
-    """
-
-    b: int
+    c: float
     width: int
     depth: int
-    seeds: tuple[int, ...]
-    ps: tuple[float, ...]
-    rho_half: np.ndarray
-    rho_full: np.ndarray
-    estimate: float | None
-    per_seed: tuple[float | None, ...]
-
-    @property
-    def theory(self) -> float:
-        return critical_prune_fraction(self.b)
+    mean: float  # forward surviving fraction of layer `depth`
+    std: float
+    theory: float  # fixed point ρ(c)
+    mean_field: float  # ρ_depth from iterating ρ' = 1 - exp(-cρ) from 1
+    on_path: float  # fraction of layer depth//2 on an input-output path (mean over seeds)
+    on_path_theory: float  # ρ_{depth//2}²
 
 
-def critical_scan(
-    b: int, *, width: int, depth: int, seeds: Sequence[int], coarse: float = 0.05, fine: float = 0.005
-) -> CriticalScan:
-    """Scan p on a coarse grid (0, coarse, ..., < 1), then on a fine grid over the coarse bracket where the
-    seed-mean L·ρ_L - (L/2)·ρ_{L/2} first turns non-positive (widened by one coarse step each side), and
-    estimate p_c by :func:`crossing` on the union of both grids."""
-    depth = _check_int(depth, "depth", 2)
-    if not seeds:
-        raise SparseflowError("critical_scan needs at least one seed")
-    grid = [round(k * coarse, 10) for k in range(int(math.ceil(1 / coarse)))]
-    curves = {p: fan_out_curves(b, [p], width, depth, seeds)[:, 0] for p in grid}  # p -> (seeds, depth+1)
+@dataclass(frozen=True)
+class PercolationResult:
+    config: PercolationConfig
+    seeds: tuple[int, ...]  # of the Monte Carlo and the p_c scans
+    rows: tuple[MaskRow, ...]
+    decay: dict[float, np.ndarray] = field(repr=False)  # c -> mean ρ_l, l = 0..max depth, at the widest width
+    scans: tuple[CriticalScan, ...] = ()
+    train: TrainSweep | None = None
+    data_dir: Path | None = None  # MNIST for the training sweep; None: the digits
+    wall_s: float = 0.0
 
-    m = np.array([curves[p].mean(axis=0) for p in grid])
-    bracket = _first_drop(grid, m[:, depth // 2], m[:, depth], depth)
-    if bracket is not None:  # refine over the bracket and one coarse step either side, so each seed's
-        lo = bracket[0][0] - coarse  # own crossing (which noise may move across a coarse point) is resolved too
-        for k in range(1, 3 * int(round(coarse / fine))):
-            p = round(lo + k * fine, 10)
-            if 0 <= p < 1 and p not in curves:
-                curves[p] = fan_out_curves(b, [p], width, depth, seeds)[:, 0]
-    ps = sorted(curves)
-    stack = np.stack([curves[p] for p in ps], axis=1)  # (seeds, len(ps), depth+1)
-    mean = stack.mean(axis=0)  # (len(ps), depth+1)
-    estimate = crossing(ps, mean[:, depth // 2], mean[:, depth], depth)
-    per_seed = tuple(crossing(ps, stack[i, :, depth // 2], stack[i, :, depth], depth) for i in range(len(seeds)))
-    return CriticalScan(
-        b, width, depth, tuple(seeds), tuple(ps), stack[:, :, depth // 2], stack[:, :, depth], estimate, per_seed
-    )
+    def criteria(self) -> dict[str, dict[str, Any]]:
+        cfg, out = self.config, {}
+        for c in (c for c in cfg.cs if c >= CRITERION_C):
+            err = float(max(abs(r.mean - r.theory) for r in self.rows if r.c == c))
+            out[f"surviving fraction c={c:g}"] = {
+                "value": err, "pass": err <= RHO_TOL,
+                "target": f"max |simulated - ρ(c)| <= {RHO_TOL} over widths {list(cfg.widths)} x depths {list(cfg.depths)}",
+            }
+        for s in self.scans:
+            err = None if s.estimate is None else float(abs(s.estimate - s.theory))
+            out[f"p_c b={s.b}"] = {
+                "value": err, "estimate": s.estimate, "theory": s.theory, "pass": err is not None and err <= PC_TOL,
+                "target": f"|estimated - (1 - 1/b)| <= {PC_TOL} (crossing of L·ρ_L, L = {s.depth} and {s.depth // 2}, width {s.width})",
+            }
+        if self.train is not None and any(c < 1 for c in self.train.cs()):
+            worst = float(max(np.mean([p.accuracy for p in self.train.at(c)]) for c in self.train.cs() if c < 1))
+            out["accuracy at chance for c < 1"] = {
+                "value": float(worst), "chance": self.train.chance, "pass": bool(worst <= self.train.chance + CHANCE_TOL),
+                "target": f"max mean test accuracy over c < 1 <= chance + {CHANCE_TOL} = {self.train.chance + CHANCE_TOL:.4f}",
+            }
+        return out
+
+    def setting(self) -> dict[str, Any]:
+        """Every value the run used, the resolved seeds, epochs and MNIST subset included."""
+        cfg = self.config
+        dataset = "digits" if self.data_dir is None else "mnist"
+        return {"quick": cfg.quick, "seeds": self.seeds, "widths": cfg.widths, "depths": cfg.depths, "cs": cfg.cs,
+                "bs": cfg.bs, "pc_width": cfg.pc_width, "pc_depth": cfg.pc_depth, "train": cfg.train,
+                "train_cs": cfg.train_cs, "train_seeds": cfg.train_seeds(), "train_depth": cfg.train_depth,
+                "train_width": cfg.train_width, "train_epochs": cfg.train_epochs(dataset),
+                "data_dir": None if self.data_dir is None else str(self.data_dir), "subset": cfg.subset(dataset)}
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.config
+        train = None
+        if self.train is not None:
+            t = self.train
+            train = {"dataset": t.dataset, "depth": t.depth, "width": t.width, "epochs": t.epochs, "chance": t.chance,
+                     "points": [p.__dict__ for p in t.points], "summary": train_summary(t)}
+        return {
+            "command": "experiment percolation", "quick": cfg.quick, "wall_s": self.wall_s, "config": self.setting(),
+            "random_mask": [r.__dict__ for r in self.rows],
+            "decay": {"width": max(cfg.widths), "curves": {f"{c:g}": v.tolist() for c, v in self.decay.items()}},
+            "fan_out": [{
+                "b": s.b, "theory": s.theory, "estimate": s.estimate, "per_seed": list(s.per_seed),
+                "width": s.width, "depth": s.depth, "ps": list(s.ps),
+                "rho_half_mean": s.rho_half.mean(0).tolist(), "rho_full_mean": s.rho_full.mean(0).tolist(),
+            } for s in self.scans],
+            "training": train, "criteria": self.criteria(),
+        }
+
+
+def train_summary(t: TrainSweep) -> list[dict[str, float]]:
+    """Per c: mean and std test accuracy, fraction of seeds with a path, mean reached fraction, its theory."""
+    rows = []
+    for c in t.cs():
+        pts = t.at(c)
+        acc = [p.accuracy for p in pts]
+        rows.append({"c": c, "acc_mean": float(np.mean(acc)), "acc_std": float(np.std(acc)),
+                     "connected": float(np.mean([p.connected for p in pts])),
+                     "reached": float(np.mean([p.reached for p in pts])),
+                     "reached_theory": float(mean_field_fractions(c, t.depth - 1)[-1])})
+    return rows
+
+
+def work_units(cfg: PercolationConfig) -> int:
+    """How many times :func:`run` calls ``progress`` after a unit of work."""
+    return len(cfg.cs) * len(cfg.widths) + len(cfg.bs) + (len(cfg.train_cs) * len(cfg.train_seeds()) if cfg.train else 0)
+
+
+def run(config: PercolationConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: DataOptions | None = None) -> PercolationResult:
+    """Run every part of ``config``; the training sweep reads MNIST from ``options.data_dir`` when given (else
+    the digits). ``out`` is not used: the run keeps no partial results."""
+    cfg, data_dir = config, None if options is None else options.data_dir
+    dataset = "digits" if data_dir is None else "mnist"
+    start = time.perf_counter()
+    progress("", advance=0, total=work_units(cfg))
+    seeds = cfg.mc_seeds()
+    rows, decay = [], {}
+    for c in cfg.cs:
+        for width in cfg.widths:
+            runs = [simulate_random_mask_paths(c, width, cfg.depths, s) for s in seeds]
+            frac = np.array([r[0] for r in runs])  # (seeds, max depth + 1)
+            paths = np.array([r[1] for r in runs])  # (seeds, len(depths))
+            mf = mean_field_fractions(c, max(cfg.depths))
+            for j, d in enumerate(cfg.depths):
+                rows.append(MaskRow(c, width, d, float(frac[:, d].mean()), float(frac[:, d].std()), surviving_fraction(c),
+                                    float(mf[d]), float(paths[:, j].mean()), float(mf[d // 2] ** 2)))
+            if width == max(cfg.widths):
+                decay[c] = frac.mean(axis=0)
+            progress(f"random mask c={c:g} width={width}")
+    scans = []
+    for b in cfg.bs:
+        scans.append(critical_scan(b, width=cfg.pc_width, depth=cfg.pc_depth, seeds=seeds))
+        progress(f"fan-out b={b}")
+    train = None
+    if cfg.train:
+        train = train_sweep(cfg.train_cs, cfg.train_seeds(), depth=cfg.train_depth, width=cfg.train_width,
+                            epochs=cfg.train_epochs(dataset), data_dir=data_dir, subset=cfg.subset(dataset),
+                            on_point=lambda p: progress(f"trained c={p.c:g} seed={p.seed}"))
+    return PercolationResult(cfg, seeds, tuple(rows), decay, tuple(scans), train, data_dir, time.perf_counter() - start)

@@ -6,7 +6,7 @@ uniform random mask (:class:`sparseflow.methods.RandomSparse` with :func:`sparse
 of density c/width, i.e. mean fan-in c. So the first hidden layer is the fully active input layer of the
 percolation model (every unit reads all pixels), the ``depth - 1`` sparse masks are its layered random graph,
 and the dense readout sees exactly the units of the last hidden layer that some path reaches. Below c = 1 the
-reached fraction decays like c^L (:mod:`sparseflow.experiments.percolation.run`), the logits stop depending on the
+reached fraction decays like c^L (:mod:`sparseflow.experiments.percolation.theory`), the logits stop depending on the
 input and test accuracy falls to chance: the accuracy of the best constant prediction, the test set's most
 frequent class.
 
@@ -18,7 +18,7 @@ six-fold per ReLU layer: a 12-layer net would not train at any c.) Adam, cosine 
 
 Connectivity is measured on each trained mask: whether any input-output path exists
 (:func:`sparseflow.experiments.collapse.run.has_path`) and the fraction of the last hidden layer reached from
-the input, next to its wide-network prediction ρ_{depth-1}(c) (:func:`~sparseflow.experiments.percolation.run.mean_field_fractions`).
+the input, next to its wide-network prediction ρ_{depth-1}(c) (:func:`~sparseflow.experiments.percolation.theory.mean_field_fractions`).
 """
 
 from __future__ import annotations

@@ -1,178 +1,17 @@
-"""Statistics, pass criteria, figures and report of the regularisation experiment (:mod:`.regularisation`).
-
-Intervals are 95 % Student-t intervals over seeds: mean ± t(0.975, n - 1) · sd / sqrt(n), sd with n - 1.
-Differences between two sparsities are paired (same seed: same training subset, init and batch order).
-
-Criterion (a), "the best sparsity does not increase as data grows". The best sparsity s*(N) is the argmax of
-the mean test accuracy over seeds (the lower sparsity on a tie). A raw increase of s* can be a coin flip
-between two levels whose means differ by less than the noise, so an increase counts against the criterion
-only when it is significant: at size N with s*(N) above m = min over smaller N of s*, the paired 95 %
-interval of acc(N, s*(N)) - acc(N, m) lies above 0. Comparing with the smallest earlier best also catches
-a best that creeps up in small steps. Criterion (b): at N = 4000, the mean over seeds of
-acc(best sparse level) - acc(dense) is at least 1.5 pp, the best sparse level again by mean accuracy.
-"""
+"""Report of the regularisation experiment (:mod:`sparseflow.experiments.regularisation.run`): results.json,
+report.md, the figures of :mod:`~sparseflow.experiments.regularisation.plots` and the console table."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sparseflow.experiments.regularisation.run import RegResult
-from sparseflow.training.report import md_table, save_figure
-from sparseflow.analysis.stats import t_interval
-
-GAP_TARGET_PP = 1.5
-
-
-
-
-def best_index(acc: np.ndarray) -> np.ndarray:
-    """Per size, the index of the sparsity with the highest mean accuracy; ``acc`` is (sizes, sparsities, seeds).
-    np.argmax takes the first maximum, i.e. the lower sparsity on a tie (sparsities are increasing)."""
-    return np.argmax(acc.mean(axis=2), axis=1)
-
-
-def trend(acc: np.ndarray, sizes: tuple[int, ...], sparsities: tuple[float, ...]) -> dict[str, Any]:
-    """Best sparsity per size, its raw increases and the significant ones (see the module docstring)."""
-    best = best_index(acc)
-    raw, significant = [], []
-    for i in range(1, len(sizes)):
-        if best[i] > best[i - 1]:
-            raw.append(sizes[i])
-        m = int(best[:i].min())
-        if best[i] > m:
-            mean, half = t_interval(acc[i, best[i]] - acc[i, m])
-            if mean - half > 0:
-                significant.append({"size": sizes[i], "from": sparsities[m], "to": sparsities[best[i]],
-                                    "diff_pp": 100 * mean, "half_pp": 100 * half})
-    return {"best_sparsity": [sparsities[b] for b in best], "raw_increases": raw, "significant_increases": significant}
-
-
-def tied(acc_n: np.ndarray) -> list[int]:
-    """Indices of the levels not significantly below the best at one size (paired interval of best - s holds 0)."""
-    b = int(np.argmax(acc_n.mean(axis=1)))
-    out = []
-    for j in range(acc_n.shape[0]):
-        mean, half = t_interval(acc_n[b] - acc_n[j]) if j != b else (0.0, 0.0)
-        if mean - half <= 0:
-            out.append(j)
-    return out
-
-
-def gap(acc_n: np.ndarray) -> tuple[int, float, float]:
-    """(index of the best sparse level, mean and half-width of its paired gain over dense); index 0 is dense."""
-    b = 1 + int(np.argmax(acc_n[1:].mean(axis=1)))
-    mean, half = t_interval(acc_n[b] - acc_n[0])
-    return b, mean, half
-
-
-def criteria(result: RegResult) -> dict[str, dict[str, Any]]:
-    cfg, acc = result.config, result.acc()
-    tr = trend(acc, cfg.sizes, cfg.sparsities)
-    n = cfg.compare_size()
-    b, mean, half = gap(acc[cfg.sizes.index(n)])
-    return {
-        "best sparsity does not increase with data size": {
-            "value": len(tr["significant_increases"]), "pass": not tr["significant_increases"],
-            "best_sparsity": dict(zip(map(str, cfg.sizes), tr["best_sparsity"])),
-            "raw_increases_at": tr["raw_increases"], "significant_increases": tr["significant_increases"],
-            "target": "0 significant increases of s*(N), the argmax of mean test accuracy (paired 95 % t)"},
-        f"best sparse beats dense by >= {GAP_TARGET_PP:g} pp at N={n}": {
-            "value": 100 * mean, "pass": bool(100 * mean >= GAP_TARGET_PP), "best_sparsity": cfg.sparsities[b],
-            "interval_pp": [100 * (mean - half), 100 * (mean + half)],
-            "target": f"mean of acc(best sparse) - acc(dense) >= {GAP_TARGET_PP:g} pp"},
-    }
-
-
-def summary(result: RegResult) -> dict[str, Any]:
-    """The tables of results.json: per (size, sparsity) means and interval half-widths, per size the best."""
-    cfg, acc, train = result.config, result.acc(), result.acc("train")
-    rows = []
-    for i, n in enumerate(cfg.sizes):
-        for j, s in enumerate(cfg.sparsities):
-            (m, h), (tm, th) = t_interval(acc[i, j]), t_interval(train[i, j])
-            rows.append({"size": n, "sparsity": s, "test_mean": m, "test_half": h, "train_mean": tm, "train_half": th})
-    best = []
-    for i, n in enumerate(cfg.sizes):
-        b, mean, half = gap(acc[i])
-        best.append({"size": n, "best_sparsity": cfg.sparsities[int(best_index(acc)[i])],
-                     "tied": [cfg.sparsities[j] for j in tied(acc[i])], "best_sparse": cfg.sparsities[b],
-                     "gap_pp": 100 * mean, "gap_half_pp": 100 * half})
-    return {"table": rows, "best": best, "steps_per_run": cfg.steps,
-            "mean_run_s": sum(c.wall_s for c in result.cells) / len(result.cells)}
-
-
-def _position(s: float) -> float:
-    return -math.log10(1 - s)  # spreads 0.9 / 0.95 / 0.98 apart: 1, 1.3, 1.7 (dense at 0)
-
-
-def plot_accuracy(result: RegResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = result.config
-    xs = [_position(s) for s in cfg.sparsities]
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(cfg.sizes)))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, split in zip(axes, ("test", "train")):
-        acc = result.acc(split)
-        for i, n in enumerate(cfg.sizes):
-            stats = [t_interval(acc[i, j]) for j in range(len(cfg.sparsities))]
-            ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * h for _, h in stats], color=colors[i],
-                        marker="o", ms=3, capsize=3, label=f"N = {n}")
-            if split == "test":
-                b = int(best_index(acc)[i])
-                ax.plot(xs[b], 100 * stats[b][0], marker="*", ms=15, color=colors[i], mec="black", zorder=5)
-        ax.set_xticks(xs, [f"{s:g}" for s in cfg.sparsities])
-        ax.set(xlabel="sparsity (random static mask, every layer)", ylabel=f"{split} accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].plot([], [], "*", color="gray", mec="black", ms=12, label="best (highest mean)")
-    handles, labels = axes[0].get_legend_handles_labels()  # below both panels: the curves fill each panel
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), fontsize=8)
-    axes[0].set_title("test accuracy, mean ± 95 % t-interval over seeds", fontsize=10)
-    axes[1].set_title(f"training-set accuracy after {cfg.steps} steps", fontsize=10)
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_gap(result: RegResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg, acc = result.config, result.acc()
-    gaps = [gap(acc[i]) for i in range(len(cfg.sizes))]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax.errorbar(cfg.sizes, [100 * m for _, m, _ in gaps], yerr=[100 * h for _, _, h in gaps], marker="o",
-                capsize=3, label="best sparse level - dense (paired, 95 % t-interval)")
-    for n, (b, m, _) in zip(cfg.sizes, gaps):
-        ax.annotate(f"s={cfg.sparsities[b]:g}", (n, 100 * m), textcoords="offset points", xytext=(5, 6), fontsize=8)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.plot([cfg.compare_size()], [GAP_TARGET_PP], "r_", ms=20, mew=2, label=f"criterion: >= {GAP_TARGET_PP:g} pp")
-    ax.set(xscale="log", xlabel="training examples N", ylabel="test accuracy gain over dense (pp)",
-           title="best sparse minus dense")
-    ax.legend(fontsize=8)
-    best = best_index(acc)
-    for i, n in enumerate(cfg.sizes):
-        t = [_position(cfg.sparsities[j]) for j in tied(acc[i])]
-        ax2.plot([n, n], [min(t), max(t)], color="tab:blue", lw=6, alpha=0.3, solid_capstyle="butt")
-    ax2.plot(cfg.sizes, [_position(cfg.sparsities[b]) for b in best], "o-", color="tab:blue", label="s*(N), highest mean")
-    ax2.plot([], [], color="tab:blue", lw=6, alpha=0.3, label="levels not significantly below s*")
-    ax2.set_yticks([_position(s) for s in cfg.sparsities], [f"{s:g}" for s in cfg.sparsities])
-    ax2.set(xscale="log", xlabel="training examples N", ylabel="sparsity", title="best sparsity vs data size")
-    ax2.legend(fontsize=8)
-    for a in (ax, ax2):
-        a.set_xticks(cfg.sizes, [str(n) for n in cfg.sizes])
-        a.minorticks_off()
-        a.grid(alpha=0.3)
-    save_figure(fig, path)
-    plt.close(fig)
+from sparseflow.experiments.protocol import TableData
+from sparseflow.experiments.regularisation.plots import plot_accuracy, plot_gap
+from sparseflow.experiments.regularisation.run import RegResult, summary
+from sparseflow.experiments.regularisation.stats import best_index, gap
+from sparseflow.training.report import md_table
+from sparseflow.training.rundir import write_run
 
 
 def verdict(result: RegResult) -> str:
@@ -196,7 +35,7 @@ def verdict(result: RegResult) -> str:
     return text
 
 
-def report_markdown(result: RegResult, command: str) -> str:
+def report_markdown(result: RegResult) -> str:
     cfg, obj, crit = result.config, summary(result), result.criteria()
     rows, best = obj["table"], {r["size"]: r for r in obj["best"]}
     cell = {(r["size"], r["sparsity"]): r for r in rows}
@@ -210,14 +49,14 @@ def report_markdown(result: RegResult, command: str) -> str:
               "pass" if c["pass"] else "FAIL"] for name, c in crit.items()]
     return f"""# Sparsity as a regulariser: test accuracy vs sparsity and training-set size (MNIST-1D)
 
-`{command}` ({'quick run, ' if cfg.quick else ''}wall time {result.wall_s / 60:.1f} min,
+`{result.command}` ({'quick run, ' if cfg.quick else ''}wall time {result.wall_s / 60:.1f} min,
 {result.data_s:.0f} s of it generating data; {cfg.runs()} training runs of {obj['mean_run_s']:.1f} s on average).
 
 Residual MLP 40 -> {cfg.hidden} -> (+{cfg.hidden}) -> 10 as in the MNIST-1D lottery-ticket notebook, Adam lr
 {cfg.lr:g}, batch {cfg.batch_size}, {cfg.steps} steps for every cell; random static masks (`RandomSparse`,
 uniform: every Linear weight at sparsity s, biases dense, {'kept weights rescaled' if cfg.sparse_init else 'no rescaling'}).
 Training subsets nested per seed; one fixed test set of {cfg.test_size} signals generated with its own seed.
-{len(cfg.seeds)} seeds; paired across sparsities. Entries: mean ± half-width of the 95 % t-interval, in %.
+{cfg.seeds} seeds; paired across sparsities. Entries: mean ± half-width of the 95 % t-interval, in %.
 
 **Test accuracy (%)**, best level per size in bold:
 
@@ -245,11 +84,23 @@ Training subsets nested per seed; one fixed test set of {cfg.test_size} signals 
 """
 
 
-def write_outputs(result: RegResult, out: Path, command: str = "sparseflow experiment regularisation") -> None:
-    """accuracy.png, gap.png, then the stamped results.json and report.md into ``out`` (created if missing)."""
-    from sparseflow.training.rundir import write_run
-
+def write_outputs(result: RegResult, out: Path) -> dict[str, Any]:
+    """accuracy.png, gap.png, then the stamped results.json and report.md into ``out`` (created if missing);
+    returns the JSON object without the cells."""
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(result, out / "accuracy.png")
     plot_gap(result, out / "gap.png")
-    write_run(out, "regularisation", {**result.to_json(), "command_line": command}, report_markdown(result, command))
+    data = result.to_json()
+    write_run(out, "regularisation", data, report_markdown(result))
+    return {k: v for k, v in data.items() if k not in ("cells", "command_line")}
+
+
+def tables(result: RegResult) -> list[TableData]:
+    """Test accuracy per size and sparsity, mean ± half-width of the 95 % t-interval; * marks the best."""
+    cfg, obj = result.config, summary(result)
+    cell = {(r["size"], r["sparsity"]): r for r in obj["table"]}
+    best = {b["size"]: b["best_sparsity"] for b in obj["best"]}
+    rows = [(str(n), *(f"{100 * cell[(n, s)]['test_mean']:.1f} ± {100 * cell[(n, s)]['test_half']:.1f}"
+                       + ("*" if s == best[n] else " ") for s in cfg.sparsities)) for n in cfg.sizes]
+    return [TableData(f"test accuracy (%), mean ± 95 % t-interval over {cfg.seeds} seeds; * = best",
+                      ("N", *(f"s={s:g}" for s in cfg.sparsities)), rows, left=(), min_width=100)]

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-from sparseflow.training.rundir import write_results
+from sparseflow.experiments.protocol import TableData
 from sparseflow.experiments.sparse_init.run import INITS, InitResult, theory_moments
-from sparseflow.io import atomic_write_text, json_safe
+from sparseflow.io import atomic_write_text
 from sparseflow.training.report import md_table, save_figure
+from sparseflow.training.rundir import write_results
 
 LABEL = {"he": "dense He, masked", "sparse": "sparsity-aware (per-unit fan-in)", "dense": "dense He (s = 0)"}
-
-
-def to_json(result: InitResult, crit: dict[str, Any]) -> dict[str, Any]:
-    cfg = result.config
-    summary = [
-        {"sparsity": s, "init": i, "mean_acc": result.mean_acc(s, i), "std_acc": result.std_acc(s, i)}
-        for s in (0.0, *cfg.sparsities) for i in (("dense",) if s == 0.0 else INITS)
-    ]
-    return json_safe({
-        "command": "experiment init", "config": dataclasses.asdict(cfg), "dataset": result.dataset,
-        "chance": result.chance, "steps_per_run": result.steps, "wall_s": round(result.wall_s, 1),
-        "summary": summary, "criteria": crit, "runs": [dataclasses.asdict(r) for r in result.runs],
-    })
 
 
 def _plots(result: InitResult, out: Path) -> list[str]:
@@ -84,15 +71,21 @@ def _plots(result: InitResult, out: Path) -> list[str]:
     return ["accuracy.png", "loss.png", "variance.png"]
 
 
-def write_outputs(result: InitResult, crit: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Write OUT/results.json, OUT/report.md and the three PNGs; return the JSON object."""
+def write_outputs(result: InitResult, out: Path) -> dict[str, Any]:
+    """Write OUT/results.json, OUT/report.md and the three PNGs; return the JSON object without the runs."""
     out.mkdir(parents=True, exist_ok=True)
-    obj = to_json(result, crit)
+    obj = result.to_json()
     figures = _plots(result, out)
     obj["figures"] = figures
     write_results(out, "init", obj)
-    atomic_write_text(out / "report.md", markdown(result, crit, figures))
-    return obj
+    atomic_write_text(out / "report.md", markdown(result, obj["criteria"], figures))
+    return {k: v for k, v in obj.items() if k != "runs"}
+
+
+def tables(result: InitResult) -> list[TableData]:
+    rows = [(f"{r['sparsity']:g}", LABEL[r["init"]], f"{r['mean_acc']:.4f} ± {r['std_acc']:.4f}") for r in result.summary()]
+    return [TableData(f"test accuracy, {result.dataset}, chance {result.chance:.3f}", ("sparsity", "init", "accuracy"),
+                      rows, left=())]
 
 
 def markdown(result: InitResult, crit: dict[str, Any], figures: list[str]) -> str:

@@ -17,58 +17,29 @@ with momentum and the budget; they differ only in ``sparse_init``. A dense He ne
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseflow.training.data import Dataset, load_dataset
 from sparseflow.distributions import uniform
-from sparseflow.errors import SparseflowError
+from sparseflow.experiments.options import DataOptions
+from sparseflow.experiments.protocol import Tick, no_progress
+from sparseflow.experiments.sparse_init.config import InitConfig
 from sparseflow.init import variance_ratios
+from sparseflow.io import json_safe
 from sparseflow.methods import RandomSparse
+from sparseflow.training.data import Dataset, load_dataset
 from sparseflow.training.models import MLP
 
 INITS = ("he", "sparse")  # dense He then masked; sparsity-aware (per-unit fan-in)
 LOSS_POINTS = 40  # training-loss curve: mean loss over this many equal stretches of training
-
-
-@dataclass(frozen=True)
-class InitConfig:
-    """Settings of the experiment; :meth:`quick` is the reduced run."""
-
-    depth: int = 20  # weight layers: depth - 1 hidden layers and the classifier
-    width: int = 256
-    sparsities: tuple[float, ...] = (0.9, 0.95, 0.98)
-    seeds: int = 3
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.02
-    momentum: float = 0.9
-    train_size: int | None = None  # None: the whole training split
-    test_size: int | None = None
-    data_dir: str | None = None  # folder with the MNIST IDX files; None: 8x8 digits
-
-    @classmethod
-    def quick(cls, **changes: object) -> InitConfig:
-        """1 seed, 2 epochs on 8192 training and 2000 test examples: under a minute on 2 cores."""
-        return replace(cls(seeds=1, epochs=2, train_size=8192, test_size=2000), **changes)  # type: ignore[arg-type]
-
-    def check(self) -> None:
-        for name in ("depth", "width", "seeds", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "depth" else 1):
-                raise SparseflowError(f"{name} must be an integer >= {2 if name == 'depth' else 1}, got {v!r}")
-        if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
-            raise SparseflowError(f"sparsities must be in (0, 1), got {self.sparsities!r}")
-        for name in ("train_size", "test_size"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise SparseflowError(f"{name} must be a positive integer or unset, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +65,7 @@ class InitResult:
     steps: int
     runs: tuple[Run, ...] = field(repr=False)
     wall_s: float = 0.0
+    data_dir: str | None = None  # the MNIST folder; None: the 8x8 digits
 
     def mean_acc(self, sparsity: float, init: str) -> float:
         accs = [r.test_acc for r in self.runs if r.sparsity == sparsity and r.init == init]
@@ -104,14 +76,30 @@ class InitResult:
         m = sum(accs) / len(accs)
         return math.sqrt(sum((a - m) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
 
+    def criteria(self) -> dict[str, dict]:
+        return criteria(self)
 
-def _data(cfg: InitConfig) -> Dataset:
-    if cfg.data_dir is None:
+    def summary(self) -> list[dict[str, Any]]:
+        """Mean and std test accuracy per (sparsity, init), the dense reference first."""
+        return [{"sparsity": s, "init": i, "mean_acc": self.mean_acc(s, i), "std_acc": self.std_acc(s, i)}
+                for s in (0.0, *self.config.sparsities) for i in (("dense",) if s == 0.0 else INITS)]
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe({
+            "command": "experiment init", "config": {**dataclasses.asdict(self.config), "data_dir": self.data_dir},
+            "dataset": self.dataset, "chance": self.chance, "steps_per_run": self.steps,
+            "wall_s": round(self.wall_s, 1), "summary": self.summary(), "criteria": self.criteria(),
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        })
+
+
+def _data(cfg: InitConfig, data_dir: str | Path | None = None) -> Dataset:
+    if data_dir is None:
         ds = load_dataset("digits")
     else:
-        ds = load_dataset("mnist", cfg.data_dir)
+        ds = load_dataset("mnist", data_dir)
     if cfg.train_size is not None and cfg.train_size < len(ds.x_train):
-        ds = load_dataset(ds.name, cfg.data_dir, subset=cfg.train_size, seed=0)
+        ds = load_dataset(ds.name, data_dir, subset=cfg.train_size, seed=0)
     if cfg.test_size is not None and cfg.test_size < len(ds.x_test):
         keep = torch.randperm(len(ds.x_test), generator=torch.Generator().manual_seed(1))[: cfg.test_size]
         ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[keep], ds.y_test[keep], ds.num_classes)
@@ -184,27 +172,30 @@ def _binned(losses: list[float], steps: int) -> tuple[float, ...]:
     return tuple(out)
 
 
-def run_experiment(cfg: InitConfig, progress: Callable[[str], None] | None = None) -> InitResult:
-    """Train every (sparsity, init, seed) and a dense He reference per seed. One torch thread (restored)."""
-    cfg.check()
+def run(config: InitConfig, out: Path | None = None, progress: Tick = no_progress, *,
+        options: DataOptions | None = None) -> InitResult:
+    """Train every (sparsity, init, seed) and a dense He reference per seed, on MNIST from ``options.data_dir``
+    or the 8x8 digits. One torch thread (restored). ``out`` is not used: the run keeps no partial results."""
+    data_dir = None if options is None or options.data_dir is None else str(options.data_dir)
+    cfg = replace(config, epochs=config.train_epochs("digits" if data_dir is None else "mnist"))
+    jobs = [(0.0, "dense", seed) for seed in range(cfg.seeds)]
+    jobs += [(s, init, seed) for s in cfg.sparsities for init in INITS for seed in range(cfg.seeds)]
+    progress("", advance=0, total=len(jobs))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
-        ds = _data(cfg)
-        jobs = [(0.0, "dense", seed) for seed in range(cfg.seeds)]
-        jobs += [(s, init, seed) for s in cfg.sparsities for init in INITS for seed in range(cfg.seeds)]
+        ds = _data(cfg, data_dir)
         runs, steps = [], 0
-        for i, (s, init, seed) in enumerate(jobs):
-            if progress is not None:
-                progress(f"run {i + 1}/{len(jobs)}: sparsity {s:g}, init {init}, seed {seed}")
+        for s, init, seed in jobs:
             run, steps = train_one(ds, cfg, s, init, seed)
             runs.append(run)
+            progress(f"sparsity {s:g}, init {init}, seed {seed}")
     finally:
         torch.set_num_threads(threads)
     chance = float(torch.bincount(ds.y_test, minlength=ds.num_classes).max()) / len(ds.y_test)
-    name = ds.name + (" (no --data-dir given: 8x8 digits instead of MNIST)" if cfg.data_dir is None else "")
-    return InitResult(cfg, name, chance, steps, tuple(runs), time.perf_counter() - t0)
+    name = ds.name + (" (no --data-dir given: 8x8 digits instead of MNIST)" if data_dir is None else "")
+    return InitResult(cfg, name, chance, steps, tuple(runs), time.perf_counter() - t0, data_dir)
 
 
 def theory_moments(q0: float, density: float, depth: int, init: str) -> list[float]:
