@@ -17,7 +17,7 @@ def sweep(call: Call) -> None:
     (mean ± 95 % interval over seeds) and accuracy.png. Exit status 1 when a cell failed."""
     from sparseflow.sweep.executors import LocalExecutor, RayExecutor
     from sparseflow.sweep.grid import cell_dir, estimate_s, finished, run_sweep
-    from sparseflow.training.rundir import _human, check_budget
+    from sparseflow.training.rundir import _human
 
     grid, o, run = call.config, call.options, call.run
     out = o.out if o.out is not None else Path("runs") / f"sweep-{grid.digest()}"
@@ -28,7 +28,7 @@ def sweep(call: Call) -> None:
         todo = [j for j in jobs if finished(j, cell_dir(out, j)) is None]
         if todo:
             parallel = executor.parallel(len(todo))
-            check_budget(estimate_s(todo, parallel), o.yes, f"sweep of {len(todo)} cells")
+            o.check_budget(estimate_s(todo, parallel), f"sweep of {len(todo)} cells")
             run.note(f"{len(jobs)} cells, {len(jobs) - len(todo)} finished before; about "
                      f"{_human(estimate_s(todo, parallel))} on {executor.describe(len(todo))}")
         with run.progress("cells", len(jobs), enabled=o.progress) as tick:

@@ -21,7 +21,7 @@ from sparseflow.errors import SparseflowError
 from sparseflow.training.data import DATASETS
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS
 from sparseflow.training.models import MODELS
-from sparseflow.training.options import check, option
+from sparseflow.training.options import RunOptions, check, option
 
 SCOPES = ("layerwise", "global")
 REWINDS = ("weights", "lr")  # rewind the kept weights to step k (Frankle et al.), or only the LR (Renda et al.)
@@ -122,7 +122,7 @@ class LotteryJob:
 
 
 @dataclass(frozen=True)
-class LotteryOptions:
+class LotteryOptions(RunOptions):
     """How ``sparseflow lottery`` runs a job: where, which criteria density, what it recomputes and shows."""
 
     out: Path | None = option(None, "Run directory (default runs/lottery-<dataset>-<model>-<hash>).")

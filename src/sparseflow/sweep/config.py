@@ -23,7 +23,7 @@ from sparseflow.distributions import check_sparsity
 from sparseflow.errors import SparseflowError
 from sparseflow.training.data import DATASETS
 from sparseflow.training.job import FILE_DATASETS, METHODS, TrainJob
-from sparseflow.training.options import check, known, like, option
+from sparseflow.training.options import BudgetOptions, check, known, like, option
 
 GRID = ("methods", "sparsities", "seeds", "datasets")
 # TrainJob's fields every cell shares (the grid sets method, sparsity, seed and dataset; the sweep, distribution)
@@ -114,8 +114,8 @@ class Sweep:
 
 
 @dataclass(frozen=True)
-class SweepOptions:
-    """How ``sparseflow sweep`` runs a grid: where, on which executor, what it shows."""
+class SweepOptions(BudgetOptions):
+    """How ``sparseflow sweep`` runs a grid: where, on which executor, whether past the budget, what it shows."""
 
     out: Path | None = option(None, "Sweep folder (default runs/sweep-<grid hash>); rerunning skips finished cells.")
     data_dir: Path | None = option(None, "IDX files of mnist / fashion-mnist: DIR/<dataset>/ if it exists, else DIR.")
@@ -124,7 +124,6 @@ class SweepOptions:
     ray: str | None = option(None, "Run the cells on the Ray cluster at ADDRESS (HOST:PORT); needs sparseflow[ray].",
                              metavar="ADDRESS")
     cpus_per_cell: int = option(1, "CPUs each Ray task reserves (and torch threads it uses).", min=1)
-    yes: bool = option(False, "Run even when the estimate exceeds an hour.")
     progress: bool = option(True, "Show a progress bar over cells (on stderr).", flag="--progress/--no-progress")
 
     def __post_init__(self) -> None:

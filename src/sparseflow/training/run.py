@@ -49,13 +49,13 @@ from sparseflow.training.hparams import TrainConfig
 from sparseflow.training.loop import fit
 from sparseflow.training.state import Callback, TrainResult, TrainState
 from sparseflow.training.models import build_model
-from sparseflow.training.options import check, known, option
+from sparseflow.training.options import RunOptions, check, known, option
 from sparseflow.training.result import JobResult, layer_stats
 from sparseflow.training.rundir import write_results
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(RunOptions):
     """How ``sparseflow train`` runs a job: where, resumed or not, on how many processes, what it shows."""
 
     out: Path | None = option(None, "Run directory (default runs/<name>-<config hash>).")
