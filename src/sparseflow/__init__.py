@@ -29,7 +29,8 @@ from sparseflow.schedules import CosineDrop, Cubic, OneShot
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
                                 load_mask, load_masks, mask_sequence_bits, read, remove_torch_prune_, save,
                                 save_masks, to_torch_prune_)
-from sparseflow.sweep.grid import Sweep, SweepResult, run_sweep
+from sparseflow.sweep.config import Sweep
+from sparseflow.sweep.grid import SweepResult, run_sweep
 from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 from sparseflow.targets import Targets, prunable
 from sparseflow.training.loop import Callback, TrainConfig, TrainResult, evaluate, fit

@@ -22,15 +22,16 @@ from scipy.stats import t as student_t
 import sparseflow
 from sparseflow.errors import SparseflowError
 from sparseflow.training.rundir import read_run
-from sparseflow.training.job import TrainJob, run_train_job
-from sparseflow.sweep.grid import Sweep, cell_dir, run_sweep
+from sparseflow.training.run import run_train_job
+from sparseflow.sweep.config import Sweep
+from sparseflow.sweep.grid import cell_dir, run_sweep
 from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 from sparseflow.sweep.report import accuracy_figure, table
 
 from conftest import RunCli
 
-TINY = Sweep(methods=("gmp", "rigl"), sparsities=(0.8, 0.9), seeds=(0, 1), datasets=("digits",),
-             base=TrainJob(epochs=2, baseline=False))
+TINY = Sweep(methods=("gmp", "rigl"), sparsities=(0.8, 0.9), seeds=(0, 1), datasets=("digits",), epochs=2,
+             baseline=False)
 
 
 class Counting(LocalExecutor):
@@ -59,7 +60,7 @@ def _stamps(out: Path) -> dict[str, int]:
 
 def test_grid_expands_in_order_with_each_methods_distribution() -> None:
     sweep = Sweep(methods=("rigl", "dense"), sparsities=(0.8, 0.9), seeds=(3, 1), datasets=("digits", "mnist1d"),
-                  base=TrainJob(epochs=4, lr=0.1, baseline=False))
+                  epochs=4, lr=0.1, baseline=False)
     expected = []  # datasets, then methods, sparsities, seeds; dense once per seed (sparsity 0)
     for d in ("digits", "mnist1d"):
         expected += [(d, "rigl", 0.8, 3, "erk"), (d, "rigl", 0.8, 1, "erk"), (d, "rigl", 0.9, 3, "erk"),

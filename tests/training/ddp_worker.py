@@ -28,7 +28,8 @@ import torch
 from sparseflow.training import distributed
 from sparseflow.training.data import load_dataset, loaders
 from sparseflow.errors import SparseflowError
-from sparseflow.training.job import TrainJob, build_method, first_batch
+from sparseflow.training.build import build_method, first_batch
+from sparseflow.training.job import TrainJob
 from sparseflow.methods.base import Method
 from sparseflow.training.models import build_model
 from sparseflow.training.loop import Callback, TrainConfig, TrainState, fit

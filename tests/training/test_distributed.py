@@ -146,7 +146,8 @@ def test_bad_distributed_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_world_size_keeps_single_process_run_names_and_must_match_the_processes(tmp_path: Path) -> None:
-    from sparseflow.training.job import TrainJob, run_train_job
+    from sparseflow.training.job import TrainJob
+    from sparseflow.training.run import run_train_job
 
     assert "world_size" not in TrainJob().to_dict()  # run names of single-process runs are unchanged
     assert TrainJob(world_size=2).digest() != TrainJob().digest()

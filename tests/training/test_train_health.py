@@ -6,7 +6,9 @@ import torch
 
 from sparseflow.analysis.connectivity import connectivity
 from sparseflow.analysis.signal import signal
-from sparseflow.training.job import TrainJob, health_warnings, run_train_job
+from sparseflow.training.job import TrainJob
+from sparseflow.training.result import health_warnings
+from sparseflow.training.run import run_train_job
 from sparseflow.training.models import MLP
 
 

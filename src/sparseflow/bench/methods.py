@@ -98,7 +98,8 @@ def _dataset(name: str, data_dir: str | None, subset: int | None, seed: int):  #
 
 def _run(spec: RunSpec, cfg: MethodsConfig, data_dir: str | None, threads: int) -> tuple[RunSpec, float, float]:
     """One training run in a worker process: (spec, test accuracy, measured sparsity of the targets)."""
-    from sparseflow.training.job import TrainJob, build_method, first_batch
+    from sparseflow.training.build import build_method, first_batch
+    from sparseflow.training.job import TrainJob
     from sparseflow.training.data import loaders
     from sparseflow.training.models import build_model
     from sparseflow.targets import Targets

@@ -67,7 +67,7 @@ def _parameter(name: str, o: Opt, tp: Any, default: Any) -> inspect.Parameter:
     if o.positional:
         info = typer.Argument(help=_help(o), metavar=metavar, show_default=default is not dataclasses.MISSING)
     else:
-        info = typer.Option(flag(name, o), help=_help(o), metavar=metavar)
+        info = typer.Option(flag(name, o), *([o.short] if o.short else []), help=_help(o), metavar=metavar)
     d = inspect.Parameter.empty if default is dataclasses.MISSING else _cli_default(default)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=Annotated[cli_tp, info])
 
@@ -83,7 +83,7 @@ def _convert(name: str, o: Opt, tp: Any, raw: Any) -> Any:
             return None
         if text.lower() in ("none", "") and not o.nonempty:
             return ()
-        raw = parse_items(text, item, label)
+        raw = parse_items(text, item, label, o.metavar.lower() if o.metavar else None)
     return check_value(raw, o, tp, label)
 
 

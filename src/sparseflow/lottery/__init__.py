@@ -6,10 +6,10 @@ learning-rate rewinding (Renda et al. 2020). :class:`LotteryJob` is the configur
 :func:`write_report` turn the results into tables, figures and pass/fail checks.
 """
 
-from sparseflow.lottery.config import LotteryJob, level_counts
+from sparseflow.lottery.config import LotteryJob, LotteryOptions, level_counts
 from sparseflow.lottery.prune import next_mask, random_mask
 from sparseflow.lottery.report import criteria, summarize, write_report
 from sparseflow.lottery.run import LotteryResult, run_lottery
 
-__all__ = ["LotteryJob", "LotteryResult", "criteria", "level_counts", "next_mask", "random_mask", "run_lottery",
-           "summarize", "write_report"]
+__all__ = ["LotteryJob", "LotteryOptions", "LotteryResult", "criteria", "level_counts", "next_mask", "random_mask",
+           "run_lottery", "summarize", "write_report"]

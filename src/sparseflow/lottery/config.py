@@ -14,22 +14,21 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sparseflow.training.data import DATASETS
 from sparseflow.errors import SparseflowError
+from sparseflow.training.data import DATASETS
+from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS
 from sparseflow.training.models import MODELS
-from sparseflow.training.loop import LR_SCHEDULES, OPTIMIZERS
+from sparseflow.training.options import RunOptions, check, option
 
+SCOPES = ("layerwise", "global")
 REWINDS = ("weights", "lr")  # rewind the kept weights to step k (Frankle et al.), or only the LR (Renda et al.)
 MAX_LEVELS = 100  # a target density needs more levels than this only by mistake
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> bool:
+def _is_fraction(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -45,86 +44,56 @@ class LotteryJob:
     Rewinding: ``rewind="weights"`` resets the kept weights to their values at step ``rewind_step``
     (0 = the original initialisation) and trains from there to ``iterations``; ``rewind="lr"`` keeps the
     trained weights and replays the learning-rate schedule from ``rewind_step``.
+
+    ``--quick``: MNIST-1D, a 100-100 MLP, 5 levels of 300 steps pruning 40 % each: well under a minute on 2 cores.
     """
 
-    dataset: str = "mnist1d"
-    model: str = "mlp"
-    hidden: tuple[int, ...] | None = (500, 500)
-    subset: int | None = None
-    test_subset: int | None = None
-    val_size: int = 0  # held out of the training set for early stopping; 0: measured on the test set
-    iterations: int = 1000
-    batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    eval_every: int = 100
-    prune_fraction: float = 0.2
-    output_fraction: float | None = None  # None: prune_fraction / 2 (Frankle & Carbin 2019)
-    scope: str = "layerwise"  # "layerwise" | "global"
-    target_density: float | None = 0.02
-    levels: int | None = None
-    rewind: str = "weights"
-    rewind_step: int = 0
-    reinit: bool = True
-    random_mask: bool = True
-    seeds: tuple[int, ...] = (0,)
+    dataset: str = option("mnist1d", " | ".join(DATASETS), choices=DATASETS)
+    model: str = option("mlp", " | ".join(MODELS), choices=MODELS)
+    hidden: tuple[int, ...] | None = option((500, 500), "MLP widths (model mlp only).", min=1, metavar="WIDTHS",
+                                            quick=(100, 100))
+    subset: int | None = option(None, "Use this many training examples.", min=1)
+    test_subset: int | None = option(None, "Evaluate on the first N test examples.", min=1)
+    val_size: int = option(0, "Training examples held out for early stopping (0: use the test set).", min=0)
+    iterations: int = option(1000, "Training steps per level.", min=1, quick=300)
+    batch_size: int = option(100, "Minibatch size.", min=1)
+    optimizer: str = option("adam", " | ".join(OPTIMIZERS), choices=OPTIMIZERS)
+    lr: float = option(3e-3, "Learning rate.", min=0, min_open=True)
+    lr_schedule: str = option("constant", " | ".join(LR_SCHEDULES), choices=LR_SCHEDULES)
+    weight_decay: float = option(0.0, "Weight decay.", min=0)
+    eval_every: int = option(100, "Evaluate (and checkpoint) every N steps.", min=1, quick=50)
+    prune_fraction: float = option(0.2, "Fraction of the remaining weights pruned per level, in (0, 1).", quick=0.4)
+    output_fraction: float | None = option(None, "Output layer's fraction (default: half of --prune-fraction).")
+    scope: str = option("layerwise", "layerwise | global (hidden layers ranked together)", choices=SCOPES)
+    target_density: float | None = option(
+        0.02, "Stop at this fraction of weights left, e.g. 0.036 (default 0.02 unless --levels).", min=0, max=1,
+        min_open=True, max_open=True, quick=None)
+    levels: int | None = option(None, "At most this many pruning levels.", min=1, max=MAX_LEVELS, quick=5)
+    rewind: str = option("weights", "weights (Frankle & Carbin) | lr (learning-rate rewinding)", choices=REWINDS)
+    rewind_step: int = option(0, "Rewind to this step k (0: the initialisation).", min=0)
+    reinit: bool = option(True, "Control: the same mask from a fresh random initialisation.",
+                          flag="--reinit/--no-reinit")
+    random_mask: bool = option(True, "Control: a random mask with the same per-layer densities.",
+                               flag="--random-mask/--no-random-mask")
+    seeds: tuple[int, ...] = option((0,), "Replicate seeds, comma-separated.", distinct=True)
 
     def __post_init__(self) -> None:
-        def bad(name: str, want: str) -> SparseflowError:
-            return SparseflowError(f"lottery {name} must be {want}, got {getattr(self, name)!r}")
-
-        def one_of(name: str, choices: tuple[str, ...]) -> None:
-            if getattr(self, name) not in choices:
-                raise bad(name, f"one of {', '.join(choices)}")
-
-        one_of("dataset", DATASETS)
-        one_of("model", MODELS)
-        one_of("optimizer", OPTIMIZERS)
-        one_of("lr_schedule", LR_SCHEDULES)
-        one_of("scope", ("layerwise", "global"))
-        one_of("rewind", REWINDS)
-        if self.hidden is not None:
-            if self.model != "mlp":
-                object.__setattr__(self, "hidden", None)  # only the plain MLP has widths to set
-            else:
-                object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        object.__setattr__(self, "seeds", tuple(self.seeds))
-        if not self.seeds or not all(_is_int(s) for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise bad("seeds", "a non-empty tuple of distinct integers")
-        for name in ("iterations", "batch_size", "eval_every"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                raise bad(name, "an integer >= 1")
-        for name in ("subset", "test_subset"):
+        for name in ("prune_fraction", "output_fraction"):  # (before check: its message would not say why)
             v = getattr(self, name)
-            if v is not None and not (_is_int(v) and v >= 1):
-                raise bad(name, "a positive number of examples or None")
-        if not (_is_int(self.val_size) and self.val_size >= 0):
-            raise bad("val_size", "an integer >= 0")
-        if not (_is_num(self.lr) and self.lr > 0):
-            raise bad("lr", "a finite number > 0")
-        if not (_is_num(self.weight_decay) and self.weight_decay >= 0):
-            raise bad("weight_decay", "a finite number >= 0")
-        for name in ("prune_fraction", "output_fraction"):
-            v = getattr(self, name)
-            if v is None and name == "output_fraction":
-                continue
-            if not (_is_num(v) and 0 < v < 1):
+            if not (v is None and name == "output_fraction") and not (_is_fraction(v) and 0 < v < 1):
                 raise SparseflowError(
                     f"lottery {name} must be in (0, 1) (0.2 prunes 20 % of the remaining weights per level), got {v!r}"
                 )
-        if not (_is_int(self.rewind_step) and 0 <= self.rewind_step < self.iterations):
+        check(self, lambda name: f"lottery {name}")
+        if self.hidden is not None and self.model != "mlp":
+            object.__setattr__(self, "hidden", None)  # only the plain MLP has widths to set
+        if not self.rewind_step < self.iterations:
             raise SparseflowError(
                 f"rewind_step {self.rewind_step!r} is beyond the training length: it must be an integer in "
                 f"[0, iterations={self.iterations}); pass a smaller rewind step or more iterations"
             )
         if self.target_density is None and self.levels is None:
             raise SparseflowError("lottery needs a stopping rule: pass target_density (e.g. 0.036), levels, or both")
-        if self.target_density is not None and not (_is_num(self.target_density) and 0 < self.target_density < 1):
-            raise bad("target_density", "in (0, 1) (0.036 keeps 3.6 % of the weights)")
-        if self.levels is not None and not (_is_int(self.levels) and 1 <= self.levels <= MAX_LEVELS):
-            raise bad("levels", f"an integer in [1, {MAX_LEVELS}]")
 
     # --- derived values ------------------------------------------------------------------------
     @property
@@ -150,6 +119,23 @@ class LotteryJob:
 
     def run_name(self) -> str:
         return f"lottery-{self.dataset}-{self.model}-{self.digest()}"
+
+
+@dataclass(frozen=True)
+class LotteryOptions(RunOptions):
+    """How ``sparseflow lottery`` runs a job: where, which criteria density, what it recomputes and shows."""
+
+    out: Path | None = option(None, "Run directory (default runs/lottery-<dataset>-<model>-<hash>).")
+    data_dir: Path | None = option(None, "Folder with the IDX .gz files (mnist, fashion-mnist).")
+    criteria_at: float | None = option(
+        None, "Density at which the criteria are checked (default: 0.05 on MNIST-1D, the reference's 95 % "
+        "sparsity; else the last level).", min=0, max=1)
+    recompute_level: int | None = option(None, "Delete level K and later ones and run them again.", min=0,
+                                         metavar="K")
+    progress: bool = option(True, "Show a progress bar (on stderr).", flag="--progress/--no-progress")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 def level_counts(job: LotteryJob, sizes: dict[str, int]) -> list[dict[str, int]]:

@@ -1,10 +1,8 @@
 """Sweeps: one training job per cell of a grid (method x sparsity x seed x dataset), run in parallel.
 
-A :class:`Sweep` holds the grid and a :class:`~sparseflow.training.job.TrainJob` with the fields every cell shares
-(model, epochs, batch size, lr, subset, ...). :meth:`Sweep.cells` expands it into one TrainJob per cell,
-datasets outermost, then methods, sparsities and seeds (the order of every table). 'dense' has sparsity 0
-whatever the grid says, so it is one cell per seed and dataset. Each cell trains with
-:func:`~sparseflow.training.job.run_train_job` into ``OUT/cells/<job.run_name()>``, named by the config hash:
+A :class:`~sparseflow.sweep.config.Sweep` holds the grid and the fields every cell shares; its ``cells()`` are
+one TrainJob per cell (see :mod:`sparseflow.sweep.config`). Each cell trains with
+:func:`~sparseflow.training.run.run_train_job` into ``OUT/cells/<job.run_name()>``, named by the config hash:
 
 * a cell whose ``result.json`` is stamped by this version and whose ``config.json`` holds the same job is
   finished: a rerun skips it and reads its row back from disk (so a grown grid trains only the new cells);
@@ -19,27 +17,22 @@ Executors (local processes, Ray): :mod:`sparseflow.sweep.executors`; tables and 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
 import json
 import shutil
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparseflow.training.data import DATASETS
-from sparseflow.distributions import check_sparsity
 from sparseflow.errors import SparseflowError
-from sparseflow.training.job import METHODS, TrainJob
+from sparseflow.sweep.config import Sweep
+from sparseflow.training.job import TrainJob
 
 if TYPE_CHECKING:
     from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 
-GRID = ("methods", "sparsities", "seeds", "datasets")
 RESULT, CONFIG, CHECKPOINT = "result.json", "config.json", "checkpoint.safetensors"
 # Training examples and input pixels per dataset, and seconds per SGD step of batch 64 at 28x28 (one torch
 # thread on a 2-core x86-64, including mask updates and evaluation): they size the --yes check.
@@ -47,60 +40,6 @@ TRAIN_EXAMPLES = {"digits": 1437, "mnist1d": 4000, "mnist": 60000, "fashion-mnis
 PIXELS = {"digits": 64, "mnist1d": 40, "mnist": 784, "fashion-mnist": 784}
 STEP_S = {"mlp": 0.0025, "lenet300-100": 0.0025, "conv2": 0.25, "conv4": 0.4, "conv6": 0.6, "resnet": 0.18}
 CELL_OVERHEAD_S = 1.0  # report, stored model, connectivity check
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The grid and the job fields all cells share. ``distribution=None``: each method's default."""
-
-    methods: tuple[str, ...] = ("gmp", "rigl")
-    sparsities: tuple[float, ...] = (0.8, 0.9)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    datasets: tuple[str, ...] = ("digits",)
-    base: TrainJob = field(default_factory=lambda: TrainJob(baseline=False))
-    distribution: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in GRID:
-            values = tuple(getattr(self, name))
-            if not values:
-                raise SparseflowError(f"{name} is empty: a sweep needs at least one value in each of {', '.join(GRID)}")
-            dupes = sorted({str(v) for v in values if values.count(v) > 1})
-            if dupes:
-                raise SparseflowError(f"{name} lists {', '.join(dupes)} more than once")
-            object.__setattr__(self, name, values)
-        for m in self.methods:
-            if m not in METHODS:
-                raise SparseflowError(f"unknown method {m!r}; choose one of {', '.join(METHODS)}")
-        for s in self.sparsities:
-            check_sparsity(s)
-        for s in self.seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise SparseflowError(f"seeds must be integers >= 0, got {s!r}")
-        for d in self.datasets:
-            if d not in DATASETS:
-                raise SparseflowError(f"unknown dataset {d!r}; choose one of {', '.join(DATASETS)}")
-        self.cells()  # every combination must be a valid TrainJob
-
-    def cells(self) -> list[TrainJob]:
-        """One TrainJob per cell: datasets, then methods, sparsities, seeds (duplicate 'dense' cells dropped)."""
-        jobs: dict[str, TrainJob] = {}
-        for d, m, s, seed in itertools.product(self.datasets, self.methods, self.sparsities, self.seeds):
-            job = dataclasses.replace(self.base, dataset=d, method=m, sparsity=s, seed=seed,
-                                      distribution=self.distribution)
-            jobs.setdefault(job.digest(), job)
-        return list(jobs.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        shared = {k: v for k, v in self.base.to_dict().items()
-                  if k not in ("method", "sparsity", "seed", "dataset", "distribution")}
-        return {"methods": list(self.methods), "sparsities": list(self.sparsities), "seeds": list(self.seeds),
-                "datasets": list(self.datasets), "distribution": self.distribution, "shared": shared}
-
-    def digest(self) -> str:
-        """Stable 10-hex-digit hash of the grid and shared fields: the default output folder's suffix."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def estimate_s(jobs: list[TrainJob], parallel: int = 1) -> float:
@@ -162,7 +101,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     """Train one cell into its folder and return its row; never raises (a failure is a 'failed' row)."""
     import torch
 
-    from sparseflow.training.job import run_train_job
+    from sparseflow.training.run import run_train_job
 
     t0 = time.perf_counter()
     if cell.threads:

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from sparseflow.errors import SparseflowError
 
 T = TypeVar("T")
 _NO_QUICK = object()
+_SAME = object()
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Opt:
     max_open: bool = False
     choices: tuple[Any, ...] | None = None
     flag: str | None = None  # the command-line name when it is not --field-name
+    short: str | None = None  # a one-letter alias such as -o
     metavar: str | None = None
     positional: bool = False  # a command-line argument instead of an --option
     cli: bool = True  # False: the Python API only
@@ -216,15 +218,16 @@ def build(cls: type[T], given: Mapping[str, Any], *, quick: bool = False) -> T:
     return cls(**values)
 
 
-def parse_items(text: str, item: Any, label: str) -> tuple:
-    """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option; one clear error naming ``label``."""
+def parse_items(text: str, item: Any, label: str, noun: str | None = None) -> tuple:
+    """``"500,1000"`` -> ``(500, 1000)`` for a comma-separated option; one clear error naming ``label`` (and
+    what the items are, ``noun``, such as "widths")."""
     parts = [p.strip() for p in text.split(",")]
     if not any(parts):
         raise SparseflowError(f"{label} needs at least one value, got {text!r}")
     try:
         return tuple(item(p) for p in parts if p)
     except ValueError:
-        kind = "integers" if item is int else "numbers" if item is float else "values"
+        kind = noun or ("integers" if item is int else "numbers" if item is float else "values")
         example = "500,1000" if item is int else "0.5,0.1,0.02"
         raise SparseflowError(f"{label} takes comma-separated {kind} such as {example}, got {text!r}") from None
 
@@ -256,6 +259,20 @@ def command_line(prefix: str, *objs: Any) -> str:
             else:
                 parts += [name, _arg(value)]
     return " ".join(parts)
+
+
+def known(value: Any, names: Collection[Any], what: str) -> None:
+    """Refuse a name that is not in a registry: "unknown method 'x'; choose one of dense, gmp, ..."."""
+    if value not in names:
+        raise SparseflowError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, names))}")
+
+
+def like(cls: type, name: str, default: Any = _SAME, **changes: Any) -> Any:
+    """A field declared as ``cls.name`` is (its default, help, range), with ``default`` and Opt ``changes``:
+    one config that shares settings with another declares them once."""
+    f = cls.__dataclass_fields__[name]
+    o = dataclasses.replace(f.metadata["option"], **changes)
+    return dataclasses.field(default=f.default if default is _SAME else default, metadata={"option": o})
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sparseflow.io import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
-    from sparseflow.training.job import JobResult
+    from sparseflow.training.result import JobResult
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

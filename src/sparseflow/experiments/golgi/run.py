@@ -39,8 +39,8 @@ from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.init import rescale_
 from sparseflow.mask import Mask
 from sparseflow.methods import FixedMask
+from sparseflow.training.build import build_method
 from sparseflow.training.data import Dataset, load_dataset, loaders
-from sparseflow.training.job import build_method
 from sparseflow.training.loop import TrainConfig, fit
 from sparseflow.training.models import build_model
 from sparseflow.training.options import command_line

@@ -12,7 +12,7 @@ Methods (labels as in ``sparseflow bench methods``; each with the layer densitie
 
 Equal budget: at one dataset every run takes the same number of optimizer steps with the same optimizer,
 cosine learning-rate schedule, batch size, and per seed the same initialisation, data order and training
-subset; each method derives its schedule from that number (:func:`sparseflow.training.job.build_method`).
+subset; each method derives its schedule from that number (:func:`sparseflow.training.build.build_method`).
 IMP, per seed: level 0 is the dense run; level i prunes level i-1's trained weights layer-wise to the next
 sparsity of ``IMP_FIRST`` + the grid (a subset of the previous mask) and retrains the surviving weights for
 the full budget with the full LR schedule. Every level costs one budget, so IMP at the i-th level has

@@ -1,7 +1,7 @@
 """Training of the methods experiment (:mod:`sparseflow.experiments.methods.grid`): one budget per task, tasks
 spread over worker processes, IMP's levels chained in one task per seed.
 
-A grid task trains one (method, sparsity, seed) with the method :func:`sparseflow.training.job.build_method` makes
+A grid task trains one (method, sparsity, seed) with the method :func:`sparseflow.training.build.build_method` makes
 (the schedule of ``sparseflow train`` and ``sparseflow bench methods``); the IMP task of a seed trains the
 dense network and then every IMP level under a :class:`sparseflow.FixedMask`, each from the previous level's
 trained weights (learning-rate rewinding). Every run gets fresh loaders seeded by its seed, so all methods
@@ -62,7 +62,7 @@ def _train(setting: Setting, ds: Any, job: Any, label: str, budgets: int, *, sta
            keep: Mask | None = None) -> tuple[RunRecord, torch.nn.Module]:
     """One budget: fresh loaders (same order per seed), ``job``'s method or a fixed mask ``keep``."""
     from sparseflow.training.data import loaders
-    from sparseflow.training.job import build_method, first_batch
+    from sparseflow.training.build import build_method, first_batch
     from sparseflow.methods import FixedMask
     from sparseflow.training.models import build_model
     from sparseflow.targets import Targets

@@ -1,0 +1,198 @@
+"""The main job: train a sparse network and, on the same budget, its dense baseline.
+
+:func:`run_train_job` runs a :class:`~sparseflow.training.job.TrainJob` into a run directory::
+
+    OUT/config.json            the TrainJob, the derived method schedule and the command
+    OUT/metrics.jsonl          one line per epoch of the sparse run
+    OUT/checkpoint.safetensors model, optimizer, method (mask, step), RNG and data position of the sparse
+                               run; no pickle (OUT/checkpoint.prev.safetensors: the one before; see
+                               sparseflow.training.checkpoints)
+    OUT/dense/...              the same for the dense baseline
+    OUT/model.sfz              the sparse model alone: entropy-coded masks and kept values (sparseflow.save)
+    OUT/report.md, curves.png  tables and learning curves
+    OUT/result.json            the figures the CLI prints with --json
+
+The reported sparsity and per-layer counts are measured from the saved checkpoint, not taken from the
+target.
+
+``resume=True`` continues an interrupted job wherever it stopped: in the sparse run (from its newest
+checkpoint), between the two runs, or in the dense baseline; a finished job is reported again without
+training. The TrainJob must be the one in ``OUT/config.json`` (:func:`~sparseflow.training.job.read_job`
+reads it back); a different one is refused, naming each differing setting.
+
+:class:`TrainOptions` holds the settings of a run that do not change its result (paths, checkpoints,
+processes, display); ``sparseflow train`` is generated from it and the TrainJob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparseflow.analysis.connectivity import Connectivity, connectivity
+from sparseflow.analysis.signal import SignalReport, signal
+from sparseflow.errors import SparseflowError
+from sparseflow.methods import Method
+from sparseflow.targets import Targets
+from sparseflow.training import distributed
+from sparseflow.training.build import build_method, first_batch
+from sparseflow.training.checkpoints import load_checkpoint
+from sparseflow.training.data import Dataset, load_dataset, loaders
+from sparseflow.training.job import TrainJob, job_differences, read_job
+from sparseflow.training.hparams import TrainConfig
+from sparseflow.training.loop import fit
+from sparseflow.training.state import Callback, TrainResult, TrainState
+from sparseflow.training.models import build_model
+from sparseflow.training.options import RunOptions, check, known, option
+from sparseflow.training.result import JobResult, layer_stats
+from sparseflow.training.rundir import write_results
+
+
+@dataclass(frozen=True)
+class TrainOptions(RunOptions):
+    """How ``sparseflow train`` runs a job: where, resumed or not, on how many processes, what it shows."""
+
+    out: Path | None = option(None, "Run directory (default runs/<name>-<config hash>).")
+    resume: Path | None = option(
+        None, "Continue the run in RUN_DIR (killed, or finished: then only reported) with the settings of its "
+        "config.json; options given must agree. `--out DIR --resume` also works.", metavar="RUN_DIR")
+    checkpoint_every: int | None = option(None, "Also checkpoint every K steps (always at every epoch's end).",
+                                          min=1, metavar="K")
+    data_dir: Path | None = option(None, "Folder with the IDX .gz files (mnist, fashion-mnist).")
+    download: bool = option(False, "Fetch missing dataset files (checksums verified).",
+                            flag="--download/--no-download")
+    progress: bool = option(True, "Show progress bars (on stderr).", flag="--progress/--no-progress")
+    nproc: int | None = option(None, "Train data-parallel on N processes (starts torchrun).", min=1)
+    dist_timeout: float = option(300.0, "Seconds a collective may wait for another process before the run stops.")
+    backend: str = option("auto", "Distributed backend: auto (nccl with CUDA, else gloo) | gloo | nccl")
+
+    def __post_init__(self) -> None:
+        check(self)
+        distributed.check_timeout(self.dist_timeout)  # (their messages name the flags)
+        known(self.backend, distributed.BACKENDS, "backend")
+
+
+class SignalProbe(Callback):
+    """Measures signal propagation on a fixed batch when training starts (after the method's ``prepare``):
+    the sparse network as it is initialised, which is where vanishing or exploding signal stalls training."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.batch = batch
+        self.report: SignalReport | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.step == 0:  # a resumed run has moved on from its initialisation
+            dev = next((p.device for p in state.model.parameters()), torch.device("cpu"))
+            self.report = signal(state.model, self.batch[0].to(dev), self.batch[1].to(dev))
+
+
+def _store(model: nn.Module, method: Method | None, out: Path) -> dict[str, Any]:
+    """Write OUT/model.sfz (fp32, the method's masks) and return its sizes."""
+    from sparseflow.storage import inspect, save
+
+    save(out / "model.sfz", model, mask=method.mask if method is not None else None)
+    r = inspect(out / "model.sfz")
+    bound = r.mask_bound_bytes
+    return {"file": "model.sfz", "file_bytes": r.file_bytes, "dense_fp32_bytes": r.dense_fp32_bytes,
+            "mask_bytes": r.mask_bytes, "mask_bound_bytes": bound, "values_bytes": r.values_bytes,
+            "mask_ratio": r.mask_bytes / bound if bound else None}
+
+
+def _check_start(job: TrainJob, out: Path, resume: bool) -> None:
+    """Refuse a resume with another job, or a job for another number of processes than are running."""
+    if resume and (out / "config.json").is_file():
+        differ = job_differences(read_job(out), job)
+        if differ:
+            raise SparseflowError(f"run directory {str(out)!r} holds a run with another configuration ("
+                                  + "; ".join(differ) + "); resume with its settings, or choose a new directory")
+    if job.world_size != distributed.world_size():
+        raise SparseflowError(
+            f"the job asks for world_size={job.world_size} processes, but {distributed.world_size()} are running; "
+            "launch with torchrun --nproc-per-node N (or sparseflow train --nproc N) and pass the same N"
+        )
+
+
+def _dataset(job: TrainJob, data_dir: Path | None, download: bool) -> Dataset:
+    ds = load_dataset(job.dataset, data_dir, download=download, subset=job.subset, seed=job.seed)
+    if job.test_subset is not None:  # the first examples of the fixed test split: the same for every seed
+        ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[: job.test_subset], ds.y_test[: job.test_subset],
+                     ds.num_classes)
+    return ds
+
+
+def _mask_sparsity(saved_method: dict[str, Any] | None) -> float:
+    """Sparsity of the mask a checkpoint's method state holds (0 without a method)."""
+    if saved_method is None:
+        return 0.0
+    saved = saved_method["mask"]
+    return 1.0 - sum(int(torch.count_nonzero(m)) for m in saved.values()) / sum(m.numel() for m in saved.values())
+
+
+def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
+                  progress: bool = True, command: str | None = None, resume: bool = False,
+                  checkpoint_every: int | None = None) -> JobResult | None:
+    """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget.
+
+    ``checkpoint_every``: also checkpoint every that many steps (always at every epoch's end).
+    Under torch.distributed (``job.world_size`` processes) every rank trains; rank 0 alone measures, stores
+    and reports, and the other ranks return None.
+    """
+    from sparseflow.training.report import write_train_report  # matplotlib is imported only when reporting
+
+    t0 = time.perf_counter()
+    _check_start(job, out, resume)
+    device = distributed.device()
+    ds = _dataset(job, data_dir, download)
+    cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
+    out.mkdir(parents=True, exist_ok=True)
+
+    probe = SignalProbe(first_batch(ds, job))
+
+    def one_run(method_name: str, run_dir: Path) -> tuple[TrainResult, Method | None, nn.Module, dict]:
+        sub = dataclasses.replace(job, method=method_name)
+        model = build_model(job.model, ds.input_shape, ds.num_classes, norm=job.norm, hidden=job.hidden, seed=job.seed)
+        train_loader, test_loader = loaders(ds, job.batch_size, seed=job.seed)
+        if distributed.active():  # each rank takes its part of every global batch of world_size * batch_size
+            train_loader = distributed.shard(train_loader)
+        method = build_method(sub, cfg.epochs * len(train_loader), batch=first_batch(ds, sub),
+                              input_shape=ds.input_shape)
+        schedule = {} if method is None else {
+            f.name: getattr(method, f.name) for f in dataclasses.fields(method)
+            if f.init and isinstance(getattr(method, f.name), (int, float, str, bool, type(None)))
+        } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
+        config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
+        result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
+                     progress=progress, config=config, callbacks=[probe] if method_name == job.method else [],
+                     device=device)
+        return result, method, model.to("cpu"), schedule
+
+    sparse, method, model, schedule = one_run(job.method, out)
+    dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
+    if not distributed.is_main():
+        return None  # fit has synchronised the ranks at every checkpoint; rank 0 measures and reports
+
+    ckpt = load_checkpoint(out, quiet=True).state  # fit has just written it (and said so if it fell back)
+    targets = set(method.mask) if method is not None else set()
+    layers = layer_stats(ckpt["model"], list(Targets().select(model)), targets)  # every weight layer
+    nnz = sum(layer.nonzeros for layer in layers if layer.target or method is None)
+    numel = sum(layer.numel for layer in layers if layer.target or method is None)
+    try:
+        conn: Connectivity | None = connectivity(model)
+    except SparseflowError:  # a model the tracer refuses: the report says so instead
+        conn = None
+    result = JobResult(
+        connectivity=conn, signal=probe.report, storage=_store(model, method, out),
+        job=job, run_dir=out, accuracy=sparse.test_acc,
+        dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),
+        sparsity=1.0 - nnz / numel, layers=layers, sparse=sparse, dense=dense,
+        mask_sparsity=_mask_sparsity(ckpt["method"]), wall_s=time.perf_counter() - t0, schedule=schedule,
+    )
+    write_train_report(result, out, command=command)
+    write_results(out, "train", result.to_json(), "result.json")
+    return result
