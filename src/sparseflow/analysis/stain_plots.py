@@ -95,7 +95,6 @@ def plot_graphs(panels: Panels, path: Path) -> None:
     for ax, (title, st) in zip(axes[0], panels):
         draw_graph(ax, st, title, seed=st.seed)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def _pooled(x: torch.Tensor, cells: int = 320) -> tuple[np.ndarray, int]:
@@ -137,7 +136,6 @@ def plot_masks(panels: Panels, path: Path) -> None:
         for ax in row[len(g.weight_links):]:
             ax.axis("off")
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_degrees(panels: Panels, path: Path) -> None:
@@ -160,7 +158,6 @@ def plot_degrees(panels: Panels, path: Path) -> None:
             ax.set_ylabel("units", fontsize=8)
             ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False, borderaxespad=0.2)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_pixels(panels: Panels, path: Path, fields: int = 3) -> None:
@@ -201,4 +198,3 @@ def plot_pixels(panels: Panels, path: Path, fields: int = 3) -> None:
         for ax in row[1 + len(t.units):1 + k]:
             ax.axis("off")
     save_figure(fig, path)
-    plt.close(fig)

@@ -25,6 +25,13 @@ class BenchOptions(RunOptions):
                                     "without it.")
 
 
+@dataclass(frozen=True)
+class DataBenchOptions(BenchOptions):
+    """:class:`BenchOptions` and ``--data-dir``, the folder a benchmark reads its dataset from."""
+
+    data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
+
+
 def result_writer(name: str) -> Callable[[Any, Path], dict[str, Any]]:
     """A ``write_outputs`` for a benchmark whose only file is OUT/result.json (stamped ``name``): the JSON object."""
 

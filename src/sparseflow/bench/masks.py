@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparseflow.bench import BenchOptions
+from sparseflow.bench import DataBenchOptions
 from sparseflow.distributions import GLOBAL
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
@@ -48,10 +48,9 @@ class MasksConfig:
 
 
 @dataclass(frozen=True)
-class MasksOptions(BenchOptions):
+class MasksOptions(DataBenchOptions):
     """Where the data is and how many threads train; the masks' bits do not depend on either."""
 
-    data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
     threads: int = option(1, "torch.set_num_threads for training.", min=1)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sparseflow.bench import BenchOptions
+from sparseflow.bench import DataBenchOptions
 from sparseflow.bench.overhead import OverheadRow, rigl_overhead
 from sparseflow.distributions import check_sparsity
 from sparseflow.errors import SparseflowError
@@ -72,10 +72,9 @@ class MethodsConfig:
 
 
 @dataclass(frozen=True)
-class MethodsOptions(BenchOptions):
+class MethodsOptions(DataBenchOptions):
     """Where the data is and how many processes train; neither changes the result."""
 
-    data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
     workers: int = option(2, "Parallel training processes (threads are split among them).", min=1)
 
 

@@ -95,7 +95,6 @@ def _plot(rows: list[dict[str, Any]], key: str, ylabel: str, path: Path, dense: 
     ax.set(xlabel="weights remaining (%)", ylabel=ylabel)
     ax.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def _mask_storage(result: LotteryResult) -> list[list[Any]]:

@@ -114,7 +114,6 @@ def plot_accuracy(result: SweepResult, path: Path) -> None:
 
     fig = accuracy_figure(result)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def write_outputs(result: SweepResult, command: str | None = None) -> None:

@@ -55,6 +55,17 @@ __all__ = ["CHECKPOINT_FILE", "LR_SCHEDULES", "OPTIMIZERS", "Callback", "Sparsit
            "TrainResult", "TrainState", "evaluate", "fit", "make_optimizer", "make_scheduler"]
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, method: SparsityMethod | None = None) -> float:
+    """One step of a hand-written loop: zero the gradients, backward, ``optimizer.step()``, then ``method.step()``
+    (which re-applies the mask); returns the loss as a float."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if method is not None:
+        method.step()
+    return float(loss.detach())
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, *, device: str | torch.device | None = None

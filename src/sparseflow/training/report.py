@@ -24,11 +24,16 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically."""
+    """Save a matplotlib figure as PNG atomically, then close it (pyplot keeps every open figure alive)."""
     import io
 
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    try:
+        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -50,7 +55,6 @@ def _curves(result: JobResult, path: Path) -> None:
     ax2.set(xlabel="epoch", ylabel="test accuracy")
     ax2.legend()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def _health(result: JobResult) -> str:

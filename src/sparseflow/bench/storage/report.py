@@ -88,7 +88,6 @@ def plot(b: StorageBench, path: Path) -> None:
            title=f"{b.config.side}x{b.config.side} fp32 layer, random mask")
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def tables(b: StorageBench) -> list[TableData]:

@@ -27,7 +27,6 @@ def plot_fanout(result: GolgiResult, path: Path) -> None:
                ylabel="kept first-layer connections of the pixel", title=f"{pair[0].method} vs random, per pixel")
         ax.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_trees(result: GolgiResult, path: Path) -> None:
@@ -48,4 +47,3 @@ def plot_trees(result: GolgiResult, path: Path) -> None:
             ax.set(xlabel=f"pixels in the input tree of a {layer} unit (of {n_pixels})", ylabel="units")
             ax.legend(fontsize=7)
     save_figure(fig, path)
-    plt.close(fig)

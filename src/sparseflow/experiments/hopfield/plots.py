@@ -56,7 +56,6 @@ def plot_capacity(result: HopResult, path: Path) -> None:
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_transition(result: HopResult, path: Path) -> None:
@@ -77,7 +76,6 @@ def plot_transition(result: HopResult, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_dilution(result: HopResult, path: Path) -> None:
@@ -95,4 +93,3 @@ def plot_dilution(result: HopResult, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)

@@ -48,7 +48,6 @@ def plot_variance(result: MeanfieldResult, path: Path) -> None:
     ax2.legend(fontsize=7, ncol=2, loc="upper left")
     fig.suptitle(result.setting(), fontsize=9)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_chi(result: MeanfieldResult, path: Path) -> None:
@@ -72,7 +71,6 @@ def plot_chi(result: MeanfieldResult, path: Path) -> None:
            ylabel="measured q_l / q_(l-1)", title="per-layer gain: theory vs measurement")
     ax.legend(fontsize=7)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def write_outputs(result: MeanfieldResult, out: Path) -> dict:

@@ -81,5 +81,4 @@ def plot_accuracy(result: ComparisonResult, out: Path) -> list[str]:
                  else "one seed: no error bars", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below
     save_figure(fig, out / "accuracy.png")
-    plt.close(fig)
     return ["accuracy.png"]

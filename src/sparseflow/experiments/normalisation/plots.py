@@ -41,7 +41,6 @@ def plot_accuracy(result: NormResult, path: Path) -> None:
     axes[0, 0].set_ylabel(f"test accuracy (%), mean; {bars}")
     axes[0, 0].legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_bn_minus(result: NormResult, path: Path) -> None:
@@ -73,4 +72,3 @@ def plot_bn_minus(result: NormResult, path: Path) -> None:
     axes[0, 0].set_ylabel(f"test accuracy difference (pp), {bars}")
     axes[0, 0].legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)

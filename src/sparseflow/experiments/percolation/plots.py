@@ -51,7 +51,6 @@ def plot_surviving(result: PercolationResult, path: Path) -> None:
             title="decay with depth: points simulated, lines ρ' = 1 - exp(-cρ)")
     ax2.legend(fontsize=7)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_threshold(result: PercolationResult, path: Path) -> None:
@@ -80,7 +79,6 @@ def plot_threshold(result: PercolationResult, path: Path) -> None:
         bx.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_training(result: PercolationResult, path: Path) -> None:
@@ -108,4 +106,3 @@ def plot_training(result: PercolationResult, path: Path) -> None:
     ax2.set(xlabel="mean fan-in c of the hidden masks", ylabel="fraction", ylim=(-0.03, 1.03), title="connectivity of the trained masks")
     ax2.legend(fontsize=8)
     save_figure(fig, path)
-    plt.close(fig)

@@ -46,7 +46,6 @@ def plot_accuracy(result: RegResult, path: Path) -> None:
     axes[0].set_title("test accuracy, mean ± 95 % t-interval over seeds", fontsize=10)
     axes[1].set_title(f"training-set accuracy after {cfg.steps} steps", fontsize=10)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_gap(result: RegResult, path: Path) -> None:
@@ -81,4 +80,3 @@ def plot_gap(result: RegResult, path: Path) -> None:
         a.minorticks_off()
         a.grid(alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)

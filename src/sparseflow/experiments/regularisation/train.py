@@ -30,6 +30,7 @@ from sparseflow.errors import SparseflowError
 from sparseflow.experiments.regularisation.config import RegConfig
 from sparseflow.methods import RandomSparse
 from sparseflow.training.data import Dataset
+from sparseflow.training.loop import optimizer_step
 
 POOL_SEED, TEST_SEED = 42, 4242  # 42 is get_dataset_args()'s seed; the test set is drawn independently
 
@@ -136,13 +137,7 @@ def train_cell(data: Dataset, cfg: RegConfig, size: int, sparsity: float, seed: 
         method.prepare(model, opt)
     losses = []
     for idx in batch_indices(size, cfg.batch_size, cfg.steps, torch.Generator().manual_seed(30_000 + seed)):
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if method is not None:
-            method.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimizer_step(F.cross_entropy(model(x[idx]), y[idx]), opt, method))
     tail = losses[-max(1, len(losses) // 10):]
     with torch.no_grad():
         test_acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())

@@ -36,7 +36,6 @@ def _plots(result: InitResult, out: Path) -> list[str]:
            title=f"{cfg.depth}-layer ReLU MLP, width {cfg.width}, mean ± std over {cfg.seeds} seed(s)")
     ax.legend(fontsize=8)
     save_figure(fig, out / "accuracy.png")
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     xs = [(i + 0.5) / len(result.runs[0].loss_curve) * cfg.epochs for i in range(len(result.runs[0].loss_curve))]
@@ -50,7 +49,6 @@ def _plots(result: InitResult, out: Path) -> list[str]:
     ax.set(xlabel="epoch", ylabel="training loss (mean over a stretch)", yscale="log", title="training loss")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     save_figure(fig, out / "loss.png")
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     layers = list(range(1, cfg.depth + 1))
@@ -67,7 +65,6 @@ def _plots(result: InitResult, out: Path) -> list[str]:
            title="signal at initialisation (measured vs theory)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     save_figure(fig, out / "variance.png")
-    plt.close(fig)
     return ["accuracy.png", "loss.png", "variance.png"]
 
 

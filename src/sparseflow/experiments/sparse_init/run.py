@@ -37,6 +37,7 @@ from sparseflow.io import json_safe
 from sparseflow.methods import RandomSparse
 from sparseflow.training.data import Dataset, load_dataset
 from sparseflow.training.models import MLP
+from sparseflow.training.loop import optimizer_step
 
 INITS = ("he", "sparse")  # dense He then masked; sparsity-aware (per-unit fan-in)
 LOSS_POINTS = 40  # training-loss curve: mean loss over this many equal stretches of training
@@ -141,12 +142,7 @@ def train_one(ds: Dataset, cfg: InitConfig, sparsity: float, init: str, seed: in
             if not torch.isfinite(loss):
                 diverged = True
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if method is not None:
-                method.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(loss, opt, method))
         if diverged:
             break
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
