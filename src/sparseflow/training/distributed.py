@@ -95,7 +95,13 @@ def init(*, backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> None
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears its connections down while a peer still uses them
+    makes the peer's transport thread abort the process. A peer that is already gone fails the barrier."""
     if active():
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - the peer died or timed out: leave anyway
+            pass
         dist.destroy_process_group()
 
 
