@@ -29,6 +29,7 @@ GROUPS: dict[str, str] = {
     "targets": "Masks, targets, patterns and distributions",
     "patterns": "Masks, targets, patterns and distributions",
     "distributions": "Masks, targets, patterns and distributions",
+    "layouts": "Masks, targets, patterns and distributions",
     "schedules": "Schedules",
     "methods": "Methods: pruning, sparse from scratch, dynamic sparse training",
     "init": "Sparsity-aware initialisation",

@@ -17,6 +17,7 @@ from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_tot
 from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
 from sparseflow.hopfield import Hopfield, Recall, corrupt, optimal_threshold, random_patterns
 from sparseflow.inference.convert import LayerReport, convert, deconvert, inference_report
+from sparseflow.layouts import Layout, layout_of, parameter_layouts, register_layout
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
 from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
 from sparseflow.mask import Mask
@@ -125,6 +126,10 @@ __all__ = [
     "SweepResult",
     "run_sweep",
     "Targets",
+    "Layout",
+    "layout_of",
+    "parameter_layouts",
+    "register_layout",
     "Unstructured",
     "__version__",
     "allocate",
