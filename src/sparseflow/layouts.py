@@ -107,7 +107,8 @@ def register_layout(module_type: type[nn.Module] | str, param: str, layout: Layo
     _RULES.insert(0, (module_type, param, layout))
 
 
-def _matches(module: nn.Module, kind: type | str) -> bool:
+def matches_type(module: nn.Module, kind: type | str) -> bool:
+    """Whether ``module`` is an instance of ``kind`` (a class, or ``"package.module.Name"``)."""
     if isinstance(kind, type):
         return isinstance(module, kind)
     # "package.module.Name": any class of the module's MRO called Name from the same top-level package (a
@@ -120,7 +121,7 @@ def layout_of(module: nn.Module, param: str) -> Layout | None:
     """The layout of ``module``'s own parameter ``param`` (its leaf name), or None when no rule knows it."""
     for kind, name, layout in _RULES:
         hit = param.startswith(name[:-1]) if name.endswith("*") else param == name
-        if hit and _matches(module, kind):
+        if hit and matches_type(module, kind):
             return layout(module, param) if callable(layout) and not isinstance(layout, Layout) else layout
     return None
 
