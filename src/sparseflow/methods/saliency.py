@@ -26,32 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparseflow.distributions import GLOBAL, Distribution, Global
 from sparseflow.errors import SparseflowError
-from sparseflow.layouts import output_loss, output_tensor, split_batch, to_device
+from sparseflow.layouts import default_loss, output_loss, output_tensor, split_batch, to_device
 from sparseflow.methods.base import Method
 
 Batch = tuple[Any, Any]  # (model inputs: a tensor or a dict of them, targets or None)
-
-
-def default_loss(output: Any, y: Any) -> Tensor:
-    """The model's own loss when it computed one (``output.loss``), else cross-entropy of the prediction
-    (``output`` itself or its ``.logits``, classes on the last axis) against ``y``."""
-    own = output_loss(output)
-    if own is not None:
-        return own
-    if y is None:
-        raise SparseflowError("the batch has no targets and the model computes no loss: pass (x, y) batches, "
-                              "labels in a dict batch, or loss=(output, y) -> scalar")
-    if isinstance(output, Tensor):
-        return F.cross_entropy(output, y)  # torch's convention: classes on axis 1
-    logits = output_tensor(output)  # a model output's logits: (batch, [sequence,] classes)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def _forward(model: nn.Module, state: dict[str, Tensor], inputs: Any) -> Any:
