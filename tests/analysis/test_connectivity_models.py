@@ -244,3 +244,21 @@ def test_layer_local_mask_errors() -> None:
         connectivity(model, Mask({"body.attn.in_proj_bias": torch.ones(48, dtype=torch.bool)}))
     with pytest.raises(SparseflowError, match="no weight with a known layout"):
         connectivity(nn.Sequential(nn.ReLU()), analysis="layer-local")
+
+
+def test_grouped_transposed_convolution_reads_in_out_per_group() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    up = model[2].weight  # (in 4, out / groups 3, 3, 3): input channel i of group i // 2 feeds outputs 3g .. 3g + 2
+    with torch.no_grad():
+        up[2:, 1] = 0  # group 1 (inputs 2, 3): its local output 1 = output channel 4 reads nothing
+        up[0] = 0  # input channel 0 feeds nothing
+    graph, local = connectivity(model), connectivity(model, analysis="layer-local")
+    assert graph.analysis == "graph"
+    for g, l in zip(graph.layers, local.layers):
+        assert (g.no_incoming_units, g.unused_input_units, g.nonzeros) == (l.no_incoming_units, l.unused_input_units, l.nonzeros)
+    row = graph.layers[1]
+    assert (row.in_units, row.out_units) == (4, 6) and row.no_incoming_units == (4,) and row.unused_input_units == (0,)
+    assert graph.layers[0].no_outgoing == 1 and graph.layers[2].unused_input_units == ()
+    assert graph.layers[1].unreachable == 1 and not graph.collapsed

@@ -207,7 +207,7 @@ def _report(rows: list[Site], routes: dict, probe: Probe, grads: dict[int, Tenso
     for site in rows:
         w = site.view(site.param.detach())
         kept = w != 0
-        weight_sq = float(w.double().pow(2).reshape(w.shape[0], -1).sum(1).mean())
+        weight_sq = site.weight_sq()
         bias_sq = float(site.bias.double().pow(2).mean()) if site.bias is not None else 0.0
         g = grads.get(id(site.param))
         grad_norm = float((site.view(g).double() * kept).norm()) if g is not None else None

@@ -65,6 +65,14 @@ class Site:
         return c.chunk(self.n_chunks, 0)[self.chunk] if self.n_chunks > 1 else c
 
 
+    def weight_sq(self) -> float:
+        """R: mean over output units of the sum of their squared incoming weights."""
+        w = self.view(self.param.detach()).double()
+        if self.layout.groups > 1 and self.layout.out_axis != 0:  # grouped transposed: a row holds every group's
+            return float(w.pow(2).sum()) / (w.shape[0] * self.layout.groups)  # local output j: one unit per group
+        return float(w.pow(2).reshape(w.shape[0], -1).sum(1).mean())
+
+
 def sites(model: nn.Module) -> list[Site]:
     """The rows of ``model`` in module order (see the module docstring)."""
     out: list[Site] = []
