@@ -242,13 +242,28 @@ def test_missing_gradient_at_an_update_names_the_layer_and_step() -> None:
     with pytest.raises(SparseflowError, match=r"'0\.weight'.*step 5"):
         rigl.step()  # no backward ran
     assert rigl.mask == before
-    # a target the forward never uses
+    # a target the forward never uses: found at the first backward, long before the first update
     model = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))
-    rigl = RigL(0.5, distribution=uniform, update_every=1, until=5)
+    rigl = RigL(0.5, distribution=uniform, update_every=100, until=500)
     rigl.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
     model[0](torch.randn(3, 8)).sum().backward()
-    with pytest.raises(SparseflowError, match=r"'1\.weight'.*step 1"):
+    with pytest.raises(SparseflowError, match=r"no gradient in the first backward pass: \['1\.weight'\].*skip_no_grad=True"):
         rigl.step()
+
+
+def test_skip_no_grad_keeps_the_unused_layers_mask_and_updates_the_others() -> None:
+    model = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(0.5, distribution=uniform, update_every=2, until=10, skip_no_grad=True)
+    rigl.prepare(model, opt)
+    before = rigl.mask.clone()
+    with pytest.warns(UserWarning, match=r"keep their mask fixed: \[.1\.weight.\]"):
+        for _ in range(6):
+            model[0](torch.randn(3, 8)).pow(2).sum().backward()
+            opt.step(); rigl.step(); opt.zero_grad()
+    assert torch.equal(rigl.mask["1.weight"], before["1.weight"])  # never updated
+    assert not torch.equal(rigl.mask["0.weight"], before["0.weight"])  # regrown by its gradient
+    assert rigl.mask.count() == before.count()
 
 
 # ==================================================================================================

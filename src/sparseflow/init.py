@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.layouts import DEFAULT, parameter_layouts
 from sparseflow.targets import Targets, prunable
 
 PER = ("unit", "layer")
@@ -80,7 +81,8 @@ def sparse_std(mask: Tensor, *, per: str = "unit", gain: float = math.sqrt(2)) -
 def _weights(
     model: nn.Module, mask: Mapping[str, Tensor] | None, targets: Targets | None
 ) -> list[tuple[str, nn.Parameter, Tensor]]:
-    """(name, weight, bool mask) of every target with >= 2 dims (1-D targets have no fan-in: skipped)."""
+    """(name, weight, bool mask) of every target with >= 2 dims (1-D targets have no fan-in: skipped), weight
+    and mask viewed ``(out, in, *rest)`` through the target's layout (views: writing them writes the weight)."""
     if not isinstance(model, nn.Module):
         raise SparseflowError(f"expected an nn.Module, got {type(model).__name__}")
     if mask is not None and targets is None:
@@ -89,8 +91,11 @@ def _weights(
         if unknown:
             raise MaskError(f"mask names parameters the model does not have: {unknown}")
         chosen = {n: params[n] for n in mask}
+        known = parameter_layouts(model)
+        layouts = {n: known.get(n, DEFAULT) for n in chosen}
     else:
         chosen = prunable(model, targets)
+        layouts = (targets or Targets()).layouts(model)
     out = []
     for name, p in chosen.items():
         if p.dim() < 2:
@@ -103,7 +108,7 @@ def _weights(
             m = mask[name].to(device=p.device).bool()
             if m.shape != p.shape:
                 raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, the weight {tuple(p.shape)}")
-        out.append((name, p, m))
+        out.append((name, layouts[name].canonical(p), layouts[name].canonical(m)))
     return out
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseflow.errors import SparseflowError
@@ -107,7 +108,8 @@ def register_layout(module_type: type[nn.Module] | str, param: str, layout: Layo
     _RULES.insert(0, (module_type, param, layout))
 
 
-def _matches(module: nn.Module, kind: type | str) -> bool:
+def matches_type(module: nn.Module, kind: type | str) -> bool:
+    """Whether ``module`` is an instance of ``kind`` (a class, or ``"package.module.Name"``)."""
     if isinstance(kind, type):
         return isinstance(module, kind)
     # "package.module.Name": any class of the module's MRO called Name from the same top-level package (a
@@ -120,7 +122,7 @@ def layout_of(module: nn.Module, param: str) -> Layout | None:
     """The layout of ``module``'s own parameter ``param`` (its leaf name), or None when no rule knows it."""
     for kind, name, layout in _RULES:
         hit = param.startswith(name[:-1]) if name.endswith("*") else param == name
-        if hit and _matches(module, kind):
+        if hit and matches_type(module, kind):
             return layout(module, param) if callable(layout) and not isinstance(layout, Layout) else layout
     return None
 
@@ -216,6 +218,30 @@ def output_loss(output: Any) -> Tensor | None:
     """The loss a model computed itself (a Hugging Face model given ``labels``), or None."""
     value = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     return value if isinstance(value, Tensor) and value.dim() == 0 else None
+
+
+def default_loss(output: Any, y: Any) -> Tensor:
+    """The model's own loss when it computed one (``output.loss``), else cross-entropy of the prediction
+    (``output`` itself or its ``.logits``, classes on the last axis) against ``y``."""
+    own = output_loss(output)
+    if own is not None:
+        return own
+    if y is None:
+        raise SparseflowError("the batch has no targets and the model computes no loss: pass (x, y) batches, "
+                              "labels in a dict batch, or loss=(output, y) -> scalar")
+    if isinstance(output, Tensor):
+        return F.cross_entropy(output, y)  # torch's convention: classes on axis 1
+    logits = output_tensor(output)  # a model output's logits: (batch, [sequence,] classes)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def predictions(output: Any, y: Any) -> Tensor | None:
+    """Predicted classes comparable with ``y`` (``argmax`` over the classes), or None when the output is not a
+    classifier's: a language model's labels are shifted inside its loss, so token accuracy is not read off them."""
+    logits = output if isinstance(output, Tensor) else output_tensor(output)
+    if not isinstance(y, Tensor) or logits.dim() != 2 or y.shape != logits.shape[:1]:
+        return None
+    return logits.argmax(dim=1)
 
 
 def batch_size(inputs: Any) -> int:

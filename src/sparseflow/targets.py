@@ -1,11 +1,22 @@
 """Which parameters are prunable.
 
-By default the weights (not biases) of ``nn.Linear`` and ``nn.Conv1d/2d/3d`` are targets, in the order
+By default the weights (not biases) of ``nn.Linear``, ``nn.Conv1d/2d/3d``, Hugging Face's ``Conv1D`` (the
+GPT-2 family's projections) and ``nn.MultiheadAttention`` (``in_proj_weight``, or ``q/k/v_proj_weight``
+when keys and values have their own sizes; ``out_proj`` is a Linear) are targets, in the order
 ``model.named_modules()`` yields them (for sequential models: input layer first, classifier last).
+Embeddings, normalisation layers and biases are not targets unless asked for.
+
 :class:`Targets` narrows or widens that set by name patterns (``fnmatch`` over parameter names such as
-``"layers.0.weight"`` or ``"*.conv1.weight"``) or by module type, and can leave the first or last target
-layer dense, as many papers do (Frankle & Carbin 2019 prune the output layer at half rate; Evci et al. 2020
-keep the first convolution dense).
+``"layers.0.weight"`` or ``"*.conv1.weight"``) or by module type (a class, or ``"package.module.Name"`` for
+a class whose package need not be imported): a module type targets every weight matrix of that module whose
+layout :mod:`sparseflow.layouts` knows, so ``types=(nn.LSTM,)`` targets an LSTM's ``weight_ih_l*`` and
+``weight_hh_l*``. It can leave the first or last target layer dense, as many papers do (Frankle & Carbin 2019
+prune the output layer at half rate; Evci et al. 2020 keep the first convolution dense).
+
+**Tied parameters** (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) are one target, named by
+their first name in ``model.named_parameters()`` and reachable by any of their names in ``include`` and
+``exclude``; their mask applies once. Selected by type, a tied parameter is a target only when every module
+holding it is of a target type, so a language model's tied embedding and output head stay dense by default.
 """
 
 from __future__ import annotations
@@ -16,8 +27,33 @@ from dataclasses import dataclass
 from torch import nn
 
 from sparseflow.errors import MaskError
+from sparseflow.layouts import DEFAULT, Layout, layout_of, matches_type
 
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ModuleType = type[nn.Module] | str
+DEFAULT_TYPES: tuple[ModuleType, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention,
+                                         "transformers.pytorch_utils.Conv1D")
+Alias = tuple[str, nn.Module, str]  # (full name, module holding the parameter, its leaf name there)
+
+
+def aliases(model: nn.Module) -> dict[str, list[Alias]]:
+    """First name -> every ``(full name, module, leaf)`` under which that parameter is reachable, in module
+    order. A tied parameter has several; the first name is the one ``model.named_parameters()`` gives."""
+    by_id: dict[int, list[Alias]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for leaf, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{leaf}" if mod_name else leaf
+            names = by_id.setdefault(id(p), [])
+            if all(full != n for n, _, _ in names):
+                names.append((full, module, leaf))
+    return {names[0][0]: names for names in by_id.values()}
+
+
+def _check_types(what: str, types: object) -> None:
+    if not isinstance(types, tuple) or not all(
+        isinstance(t, str) or (isinstance(t, type) and issubclass(t, nn.Module)) for t in types
+    ):
+        raise MaskError(f"Targets({what}=...) needs a tuple of nn.Module classes or 'package.module.Name' strings, "
+                        f"got {types!r}")
 
 
 @dataclass(frozen=True)
@@ -25,21 +61,43 @@ class Targets:
     """A rule selecting prunable parameters.
 
     Attributes:
-        types: module types whose ``weight`` is a target.
+        types: module types (classes or ``"package.module.Name"``) whose weight matrices are targets.
         include: if non-empty, only parameter names matching one of these fnmatch patterns are targets
-            (any parameter may be named here, not only weights of ``types``).
+            (any parameter may be named here, not only weights of ``types``; any name of a tied parameter).
         exclude: parameter names matching one of these patterns are never targets.
         exclude_types: module types whose weights are never targets (e.g. ``nn.Conv1d``).
         first_layer: prune the first selected layer (False keeps it dense).
         last_layer: prune the last selected layer (False keeps it dense).
     """
 
-    types: tuple[type[nn.Module], ...] = DEFAULT_TYPES
+    types: tuple[ModuleType, ...] = DEFAULT_TYPES
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    exclude_types: tuple[type[nn.Module], ...] = ()
+    exclude_types: tuple[ModuleType, ...] = ()
     first_layer: bool = True
     last_layer: bool = True
+
+    def __post_init__(self) -> None:
+        _check_types("types", self.types)
+        _check_types("exclude_types", self.exclude_types)
+        for what in ("include", "exclude"):
+            value = getattr(self, what)
+            if isinstance(value, str) or not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise MaskError(f"Targets({what}=...) needs a tuple of name patterns such as ('*.weight',), "
+                                f"got {value!r}")
+
+    def _of_type(self, module: nn.Module, leaf: str, types: tuple[ModuleType, ...]) -> bool:
+        known = layout_of(module, leaf) is not None or leaf == "weight"  # a user's type: its .weight, (out, in)
+        return known and any(matches_type(module, t) for t in types)
+
+    def _hit(self, names: list[Alias], dims: int) -> bool:
+        if any(any(matches_type(m, t) for t in self.exclude_types) for _, m, _ in names):
+            return False
+        if any(fnmatch.fnmatchcase(full, pat) for full, _, _ in names for pat in self.exclude):
+            return False
+        if self.include:
+            return any(fnmatch.fnmatchcase(full, pat) for full, _, _ in names for pat in self.include)
+        return dims >= 2 and all(self._of_type(m, leaf, self.types) for _, m, leaf in names)
 
     def select(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Name -> parameter of every target of ``model``, in module order.
@@ -47,24 +105,9 @@ class Targets:
         Raises MaskError when nothing is selected (a model with no prunable parameters, or patterns
         that match nothing).
         """
-        chosen: dict[str, nn.Parameter] = {}
-        seen: set[int] = set()
-        for mod_name, module in model.named_modules():
-            for p_name, param in module.named_parameters(recurse=False):
-                full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if id(param) in seen:  # shared parameter seen through another module: first name only,
-                    continue  # as in model.named_parameters()
-                seen.add(id(param))
-                if self.include:
-                    hit = any(fnmatch.fnmatchcase(full, pat) for pat in self.include)
-                else:
-                    hit = p_name == "weight" and isinstance(module, self.types)
-                if isinstance(module, self.exclude_types) or any(
-                    fnmatch.fnmatchcase(full, pat) for pat in self.exclude
-                ):
-                    hit = False
-                if hit:
-                    chosen[full] = param
+        params = dict(model.named_parameters())
+        chosen = {first: params[first] for first, names in aliases(model).items()
+                  if first in params and self._hit(names, params[first].dim())}
         names = list(chosen)
         if names and not self.first_layer:
             del chosen[names[0]]
@@ -73,13 +116,25 @@ class Targets:
         if not chosen:
             raise MaskError(
                 f"the model has no prunable parameters under {self!r}; sparseflow prunes the weights of "
-                "Linear and Conv1d/2d/3d layers by default: add patterns with `include=` or other "
-                "module types with `types=`"
+                "Linear, Conv1d/2d/3d, Hugging Face Conv1D and MultiheadAttention layers by default: add patterns "
+                "with `include=` or other module types with `types=`"
             )
         for name, p in chosen.items():
             if p.dim() < 2 and not self.include:
                 raise MaskError(f"target {name!r} has shape {tuple(p.shape)}; weights need >= 2 dims")
         return chosen
+
+    def layouts(self, model: nn.Module) -> dict[str, Layout]:
+        """Target name -> its weight :class:`~sparseflow.Layout`: that of the first module holding it that is
+        of a target type, else of the first one with a layout rule, else ``(out, in, *rest)``."""
+        out: dict[str, Layout] = {}
+        all_names = aliases(model)
+        for name in self.select(model):
+            holders = all_names[name]
+            preferred = [h for h in holders if any(matches_type(h[1], t) for t in self.types)] + holders
+            found = (layout_of(m, leaf) for _, m, leaf in preferred)
+            out[name] = next((lay for lay in found if lay is not None), DEFAULT)
+        return out
 
 
 def prunable(model: nn.Module, targets: Targets | None = None) -> dict[str, nn.Parameter]:

@@ -1,5 +1,6 @@
 """Connectivity analysis against oracles: brute-force path enumeration on tiny MLPs, hand-built cuts in a
-ConvNet and a ResNet, agreement with has_path, and clear refusals for models it cannot trace."""
+ConvNet and a ResNet, agreement with has_path, and clear refusals (then a layer-local fallback) for models it
+cannot trace."""
 
 from __future__ import annotations
 
@@ -193,9 +194,11 @@ class _Attn(nn.Module):
 ])
 def test_refuses_what_it_cannot_trace(model: nn.Module, words: list[str]) -> None:
     with pytest.raises(SparseflowError) as e:
-        connectivity(model)
+        connectivity(model, analysis="graph")
     for w in words:
         assert w in str(e.value)
+    local = connectivity(model)  # the default falls back to the layer-local analysis and says why
+    assert local.analysis == "layer-local" and local.reason == str(e.value) and local.collapsed is None
 
 
 def test_empty_and_foreign_masks_refused() -> None:

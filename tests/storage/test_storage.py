@@ -19,7 +19,8 @@ from torch.nn.utils import prune
 import sparseflow as sf
 from sparseflow.errors import StorageError
 from sparseflow.storage.codec import iid_bound_bits
-from sparseflow.storage.container import load, load_mask, read, save
+from sparseflow.storage.container import read, save
+from sparseflow.storage.loading import load, load_mask
 from sparseflow.storage.codec import binary_entropy
 from sparseflow.storage.report import inspect
 from sparseflow.storage.interop import from_torch_prune, remove_torch_prune_, to_torch_prune_

@@ -26,7 +26,8 @@ from torch import nn
 from sparseflow.errors import StorageError
 from sparseflow.io import save_state
 from sparseflow.storage.codec import from_matrix_view
-from sparseflow.storage.container import load, read, read_bytes, save
+from sparseflow.storage.container import read, read_bytes, save
+from sparseflow.storage.loading import load
 
 
 FUZZ = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz"
@@ -176,7 +177,7 @@ def test_crc_codec_dtype_format_and_version_mismatches(tmp_path: Path) -> None:
         "header says torch.float64": lambda h, e: e["fc.weight"].update(stored="float64"),
         "'complex64' is not a known dtype": lambda h, e: e["fc.bias"].update(dtype="complex64"),
         "not a sparseflow sparse file": lambda h, e: h["__metadata__"].update(format="sparseflow-state"),
-        "version '2' is not supported": lambda h, e: h["__metadata__"].update(version="2"),
+        "version '3' is not supported": lambda h, e: h["__metadata__"].update(version="3"),
     }
     for words, fn in cases.items():
         _refused(_edit(path, fn), words)

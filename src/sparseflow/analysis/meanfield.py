@@ -11,7 +11,8 @@ where R_l = s·σ_w² for i.i.d. weights of variance σ_w²/fan_in kept with den
 the identity, (1 + a²)/2 for LeakyReLU(a); for tanh, GELU, SiLU, sigmoid, ELU, softplus it depends on q and
 is computed by Gauss–Hermite quadrature (``numpy.polynomial.hermite_e.hermegauss``).
 
-:func:`trace_inputs` uses ``torch.fx`` to find, for every weight layer, the weight layer whose output it
+:func:`trace_inputs` uses ``torch.fx`` to find, for every weight layer (a module whose ``weight`` has a known
+layout, :mod:`sparseflow.layouts`: Linear, HF Conv1D, convolutions), the weight layer whose output it
 reads and the one elementwise activation in between. Anything else on that path (normalisation, pooling, a
 residual add, an unknown function) makes the prediction unavailable, with a note naming it: no guessing.
 """
@@ -27,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sparseflow.analysis.fxtrace import LayoutTracer, failure
+from sparseflow.layouts import layout_of
 
 INPUT = "input"  # the predecessor name of a layer that reads the network input directly
 
@@ -45,7 +49,21 @@ _ACT_MODULES: tuple[type[nn.Module], ...] = (
 _PASS_FUNCTIONS = {torch.flatten, torch.reshape}
 _PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
 _PASS_MODULES: tuple[type[nn.Module], ...] = (nn.Identity, nn.Flatten, nn.Dropout)
-WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TABLES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+# The mean-field map q_l = R_l·E[φ²] + σ_b² holds when every output unit sums over all its fan-in on every
+# input: Linear-like weights (2-D: Linear, HF Conv1D) and convolutions. A transposed convolution with stride > 1
+# feeds each output position from a subset of its taps, so it gets measurements only.
+_PREDICTABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_weight_module(m: nn.Module) -> bool:
+    """A module whose ``weight`` is a map between units with a known layout (not an embedding table)."""
+    return layout_of(m, "weight") is not None and not isinstance(m, _TABLES)
+
+
+def predictable(m: nn.Module) -> bool:
+    """Whether the mean-field map applies to weight module ``m`` (see ``_PREDICTABLE``)."""
+    return is_weight_module(m) and (m.weight.dim() == 2 or isinstance(m, _PREDICTABLE))
 
 
 @lru_cache(maxsize=8)
@@ -147,15 +165,14 @@ def trace_inputs(model: nn.Module) -> tuple[dict[str, Route], str]:
     Walks back from each weight layer's input through value-preserving ops (flatten, view, Identity,
     Dropout) and at most one known activation to the previous weight layer or the network input.
     """
+    tracer = LayoutTracer()
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = torch.fx.GraphModule(model, tracer.trace(model))
     except Exception as e:  # any failure of tracing (data-dependent control flow, ...): measured values only
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        why = f"{type(model).__name__} ({first[:120]})"
-        return {}, f"torch.fx could not trace {why}: no predictions, measured values only"
+        return {}, f"torch.fx could not trace {failure(model, tracer, e)}: no predictions, measured values only"
     routes: dict[str, Route] = {}
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)), WEIGHT_MODULES):
+        if node.op != "call_module" or not is_weight_module(gm.get_submodule(str(node.target))):
             continue
         routes.setdefault(str(node.target), _walk(node, gm))  # a module called twice keeps its first route
     return routes, ""
@@ -167,7 +184,7 @@ def _walk(layer: torch.fx.Node, gm: torch.fx.GraphModule) -> Route:
     while isinstance(node, torch.fx.Node):
         if node.op == "placeholder":
             return Route(INPUT, act or IDENTITY)
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), WEIGHT_MODULES):
+        if node.op == "call_module" and is_weight_module(gm.get_submodule(str(node.target))):
             return Route(str(node.target), act or IDENTITY)
         if _passes(node, gm):
             node = node.args[0] if node.args else None

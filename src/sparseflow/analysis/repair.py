@@ -11,8 +11,9 @@ later fix never undoes an earlier one. When every hidden unit has an input and a
 path exists whenever every layer keeps a weight, so the repaired network is not collapsed.
 
 A unit is left unfixed when its layer has no weight to spare (fewer kept weights than units to serve).
-Sequential models only (MLPs, ConvNets: Linear/Conv layers joined by channel-preserving ops and flatten);
-models with residual connections are refused.
+Sequential models only (MLPs, ConvNets: Linear/Conv layers, or HF Conv1D, joined by channel-preserving ops and
+flatten); models with residual connections are refused. Rows and columns are read through each weight's layout
+(:mod:`sparseflow.layouts`), so a Conv1D's ``(in, out)`` weight is repaired by output unit like a Linear's.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _chain(model: nn.Module) -> tuple[list[WeightEdge], list[int]]:
         if isinstance(e, ExpandEdge) and e.src == space:
             space, k = e.dst, e.k
         elif isinstance(e, WeightEdge) and e.src == space:
-            if isinstance(e.module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and e.module.groups != 1:
-                raise SparseflowError(f"repair does not support grouped convolutions ({e.name!r} has groups={e.module.groups})")
+            if e.layout.groups != 1:
+                raise SparseflowError(f"repair does not support grouped convolutions ({e.name!r} has groups={e.layout.groups})")
             layers.append(e)
             group.append(k)
             space, k = e.dst, 1
@@ -179,7 +180,9 @@ def repair_mask(model: nn.Module, mask: Mask | None = None, *, seed: int = 0) ->
     struct = structures(model, trace(model), mask)
     before = connectivity(model, mask)
     gen = torch.Generator().manual_seed(seed)
-    state = [_Layer(struct[e.name], e.module.weight, k, gen) for e, k in zip(layers, group)]
+    # Each layer is repaired in its (out, in, *k) view (HF Conv1D stores (in, out)) and mapped back after.
+    state = [_Layer(e.layout.canonical(struct[e.name]), e.layout.canonical(e.module.weight), k, gen)
+             for e, k in zip(layers, group)]
     fixed_in = [0] * len(state)
     fixed_out = [0] * len(state)
     unfixed = [0] * len(state)
@@ -193,7 +196,7 @@ def repair_mask(model: nn.Module, mask: Mask | None = None, *, seed: int = 0) ->
             ok = nxt.turn_on(nxt.column_group(u))
             fixed_out[i + 1] += ok
             unfixed[i] += not ok
-    new = Mask({e.name: st.kept.view(st.shape).clone() for e, st in zip(layers, state)})
+    new = Mask({e.name: e.layout.restore(st.kept.view(st.shape).clone()) for e, st in zip(layers, state)})
     after = connectivity(model, new)
     rows = tuple(LayerRepair(e.name, int(st.kept.sum()), fixed_in[i], fixed_out[i], len(st.added), unfixed[i])
                  for i, (e, st) in enumerate(zip(layers, state)))

@@ -1,15 +1,27 @@
 """Signal propagation: the mean-field prediction of each layer's variance gain next to the measured one.
 
-``signal(model, batch)`` runs one forward and one backward pass and reports, per weight layer (Linear /
-Conv, in forward-call order):
+``signal(model, batch)`` runs one forward and one backward pass and reports, per weight (every weight with a
+known layout, :mod:`sparseflow.layouts`: Linear, HF Conv1D, convolutions, each q, k, v chunk of
+``nn.MultiheadAttention``'s ``in_proj_weight`` and its ``out_proj``; see :mod:`sparseflow.analysis.signal_probe`),
+in forward-call order:
 
 - q_l, the measured second moment of the layer's output (its pre-activation, bias included) averaged over
   examples, units and positions; for zero-mean pre-activations this is their variance;
-- the measured gain q_l / q_{l-1} (q_{l-1}: the output of the weight layer it reads, or the batch);
+- the measured gain q_l / q_in. Where tracing finds the weight layer whose output this one reads through at
+  most one activation, q_in is that layer's q (or the batch's), so the gains of a chain multiply to the
+  end-to-end gain; elsewhere (after pooling, a residual add or a normalisation, in attention, in any model
+  torch.fx cannot trace, such as Hugging Face models) q_in is the second moment of the layer's own input
+  (``reference`` = "own input"), and the gain is what this weight alone does to the signal;
 - the mean-field prediction χ_l = R_l · g_φ(q_{l-1}) + σ_b²/q_{l-1} from the actual weights (see
   :mod:`sparseflow.analysis.meanfield`; R_l = s·σ_w² for i.i.d. weights at density s, so ReLU gives
   s·σ_w²/2, Poole et al. 2016, Schoenholz et al. 2017), where tracing finds a known activation;
 - ‖∂L/∂W_l‖ over the kept (nonzero) weights.
+
+Batches are what a loader yields (:func:`sparseflow.layouts.split_batch`): a tensor, an ``(x, y)`` pair, or a dict
+of model inputs (``input_ids``, ``attention_mask``, ``pixel_values``, ``labels``, ...). Token ids carry no
+variance to propagate: for them the input second moment is that of the first weight's input (the embedding
+output). Gradients are of the cross-entropy on given targets, of a given loss, of the model's own loss (a
+Hugging Face model given ``labels``), else of a probe.
 
 Verdict. Per layer, χ (predicted, else measured) below 0.8 is "vanishing", above 1.25 "exploding", else
 "critical": at these bounds ten layers change the signal tenfold. For the network, the product G of the
@@ -27,23 +39,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparseflow.analysis.meanfield import INPUT, WEIGHT_MODULES, trace_inputs
+from sparseflow.analysis.meanfield import INPUT, predictable, trace_inputs
+from sparseflow.analysis.signal_probe import (Probe, Site, check_batch, float_input, loss_value, moment, shape_error,
+                                              sites)
 from sparseflow.errors import SparseflowError
+from sparseflow.layouts import call
 
 LAYER_BAND = (0.8, 1.25)  # per-layer χ counted as critical
 GAIN_BAND = (0.1, 10.0)  # end-to-end gain counted as critical
-PROBE = "0.5 * mean over examples of the sum of squared outputs (no targets given)"
+OWN_INPUT = "own input"  # reference of a row whose q_in is the second moment of its own input
 
 
 @dataclass(frozen=True)
 class LayerSignal:
-    """One weight layer. ``measured`` is q / q_in with q_in the second moment of ``reference``'s output
-    (:data:`INPUT` = the batch); ``predicted`` is the mean-field χ (None when unavailable, see ``note``)."""
+    """One weight layer (or chunk). ``measured`` is q / q_in with q_in the second moment of ``reference``'s output
+    (:data:`INPUT` = the batch, :data:`OWN_INPUT` = this layer's own input); ``predicted`` is the mean-field χ
+    (None when unavailable, see ``note``)."""
 
     name: str
     kind: str
@@ -52,8 +68,8 @@ class LayerSignal:
     density: float
     weight_sq: float  # R: mean over output units of the sum of squared weights (= s·σ_w² for i.i.d. weights)
     bias_sq: float  # σ_b²: mean squared bias, 0 without bias
-    q_in: float
-    q: float
+    q_in: float | None
+    q: float | None
     measured: float | None
     predicted: float | None
     grad_norm: float | None
@@ -117,170 +133,134 @@ def verdict(gain: float) -> str:
     return "vanishing" if gain < GAIN_BAND[0] else "exploding" if gain > GAIN_BAND[1] else "critical"
 
 
-def _moment(t: Tensor) -> float:
-    return float(t.detach().double().pow(2).mean())  # float64: q of a vanishing signal underflows float32
-
-
-def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, WEIGHT_MODULES)}
-
-
-def _check_batch(model: nn.Module, batch: object, targets: object) -> tuple[Tensor, Tensor | None]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and targets is None:
-        batch, targets = batch
-    if not isinstance(batch, Tensor):
-        raise SparseflowError(f"batch must be a tensor (or an (inputs, targets) pair), got {type(batch).__name__}")
-    if batch.dim() < 2 or batch.shape[0] < 2 or not batch.is_floating_point():
-        raise SparseflowError(
-            f"batch must be a floating-point tensor shaped (N, ...) with N >= 2 examples, got shape "
-            f"{tuple(batch.shape)} and dtype {batch.dtype}; add a batch axis or pass more examples"
-        )
-    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != batch.shape[:1]
-                                or targets.is_floating_point()):
-        raise SparseflowError(
-            f"targets must be integer class labels shaped ({batch.shape[0]},) to match the batch, got "
-            f"{type(targets).__name__} {tuple(getattr(targets, 'shape', ()))}"
-        )
-    p = next(model.parameters(), None)
-    if p is not None:
-        batch = batch.to(device=p.device, dtype=p.dtype)
-        targets = None if targets is None else targets.to(p.device)
-    return batch, targets
-
-
-def _shape_error(model: nn.Module, x: Tensor, err: RuntimeError) -> SparseflowError:
-    first = next(iter(_weight_layers(model).items()), None)
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if first is None:
-        want = "inputs it accepts"
-    elif isinstance(first[1], nn.Linear):
-        want = f"{first[1].in_features} input features (after flattening) at its first layer {first[0]!r}"
-    else:
-        c = first[1].in_channels
-        want = f"{c} input channels, i.e. batches shaped (N, {c}, ...), at its first layer {first[0]!r}"
-    return SparseflowError(
-        f"{type(model).__name__} could not run on a batch of shape {tuple(x.shape)}: it expects {want} "
-        f"(torch: {msg}); reshape the batch to the model's input shape"
-    )
-
-
-def _loss(out: Tensor, targets: Tensor | None, loss: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, str]:
-    if loss is not None:
-        return loss(out), "the given loss"
-    if targets is None:
-        return 0.5 * out.flatten(1).pow(2).sum(1).mean(), PROBE
-    if out.dim() != 2 or int(targets.min()) < 0 or int(targets.max()) >= out.shape[1]:
-        raise SparseflowError(
-            f"targets must be class indices in [0, {out.shape[1] if out.dim() == 2 else '?'}) for outputs of "
-            f"shape {tuple(out.shape)}, got values {int(targets.min())}..{int(targets.max())}"
-        )
-    return F.cross_entropy(out, targets), "the cross-entropy on the given targets"
-
-
 def signal(
     model: nn.Module,
-    batch: Tensor | tuple[Tensor, Tensor],
+    batch: Any,
     targets: Tensor | None = None,
     *,
     loss: Callable[[Tensor], Tensor] | None = None,
 ) -> SignalReport:
     """Measured and mean-field-predicted per-layer variance gain and gradient norm on ``batch``.
 
-    ``batch`` is the inputs (N, ...) or an (inputs, targets) pair. Gradients are of the cross-entropy when
-    ``targets`` are given, of ``loss(output)`` when a loss is given, else of the probe
-    0.5·mean_n Σ_k out_nk². The model is not changed (see the module docstring).
+    ``batch`` is what a loader yields: the inputs (N, ...) (features or token ids), an (inputs, targets) pair,
+    or a dict of model inputs. Gradients are of the cross-entropy when ``targets`` are given (or the pair's),
+    of ``loss(output)`` when a loss is given, of the model's own loss when it returns one (a Hugging Face model
+    given ``labels``), else of the probe 0.5·mean_n Σ_k out_nk². The model is not changed (module docstring).
     """
     if not isinstance(model, nn.Module):
         raise SparseflowError(f"signal() needs an nn.Module, got {type(model).__name__}")
     if loss is not None and targets is not None:
         raise SparseflowError("pass either targets (cross-entropy) or loss, not both")
-    x, targets = _check_batch(model, batch, targets)
-    layers = _weight_layers(model)
-    if not layers:
-        raise SparseflowError(f"{type(model).__name__} has no Linear/Conv layer: nothing to measure")
+    inputs, targets = check_batch(model, batch, targets)
+    rows = sites(model)
+    if not rows:
+        raise SparseflowError(f"{type(model).__name__} has no weight with a known layout (Linear, Conv, HF Conv1D, "
+                              "attention): nothing to measure")
     routes, trace_note = trace_inputs(model)
     notes = [trace_note] if trace_note else []
 
-    moments: dict[str, float] = {}  # module name -> q of its first call, in call order
-    calls: dict[str, int] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(_m: nn.Module, _inp: tuple, out: Tensor) -> None:
-            moments.setdefault(name, _moment(out))
-            calls[name] = calls.get(name, 0) + 1
-        return record
-
     modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    probe = Probe(model, rows)
     model.eval()  # BatchNorm must not update its running statistics
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernels skip the calls the hooks read
     try:
         with torch.enable_grad():
             try:
-                out = model(x)
+                out = call(model, inputs)
             except RuntimeError as e:
-                raise _shape_error(model, x, e) from None
-            value, loss_name = _loss(out, targets, loss)
-            weights = {n: m.weight for n, m in layers.items() if m.weight.requires_grad}
-            grads: dict[str, Tensor | None] = {}
-            if weights and value.requires_grad:
-                got = torch.autograd.grad(value, list(weights.values()), allow_unused=True)
-                grads = dict(zip(weights, got))
+                raise shape_error(model, inputs, e) from None
+            value, loss_name = loss_value(out, targets, loss)
+            params = list({id(s.param): s.param for s in rows if s.param.requires_grad}.values())
+            grads: dict[int, Tensor | None] = {}
+            if params and value.requires_grad:
+                got = torch.autograd.grad(value, params, allow_unused=True)
+                grads = {id(p): g for p, g in zip(params, got)}
             else:
                 notes.append("no weight requires a gradient: gradient norms unavailable")
     finally:
-        for h in handles:
-            h.remove()
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        probe.remove()
         for m, training in modes.items():
             m.train(training)
-    shared = [n for n, c in calls.items() if c > 1]
+    shared = [n for n, c in probe.calls.items() if c > 1]
     if shared:
         notes.append(f"{', '.join(shared)} ran more than once per forward pass: rows show the first call")
-    return _report(layers, routes, moments, grads, _moment(x), loss_name, notes)
+    x = float_input(inputs)
+    called = [s for s in rows if probe.measured(s)]
+    order = {name: i for i, name in enumerate(probe.moments)}  # first-call order
+    called.sort(key=lambda s: order[s.name])
+    if x is not None:
+        input_q = moment(x)
+    else:
+        input_q = probe.moments[called[0].name][0] if called else math.nan
+        notes.append("the inputs are token ids (no variance to propagate): the input q is the second moment of the "
+                     f"first weight's input ({called[0].name if called else 'none ran'}), the embedding output")
+    return _report(called + [s for s in rows if not probe.measured(s)], routes, probe, grads, input_q,
+                   x is not None, loss_name, notes)
 
 
-def _report(layers: dict[str, nn.Module], routes: dict, moments: dict[str, float], grads: dict[str, Tensor | None],
-            input_q: float, loss_name: str, notes: list[str]) -> SignalReport:
-    rows: list[LayerSignal] = []
-    prev = INPUT
-    for name in moments:  # call order
-        module = layers[name]
-        w = module.weight.detach()
+def _report(rows: list[Site], routes: dict, probe: Probe, grads: dict[int, Tensor | None], input_q: float,
+            float_inputs: bool, loss_name: str, notes: list[str]) -> SignalReport:
+    out: list[LayerSignal] = []
+    q_of = {name: q for name, (_, q) in probe.moments.items()}
+    for site in rows:
+        w = site.view(site.param.detach())
         kept = w != 0
-        weight_sq = float(w.double().pow(2).reshape(w.shape[0], -1).sum(1).mean())
-        b = getattr(module, "bias", None)
-        bias_sq = float(b.detach().double().pow(2).mean()) if b is not None else 0.0
-        route = routes.get(name)
-        ref = route.source if route is not None and route.source is not None else prev
-        q_in = input_q if ref == INPUT else moments.get(ref, math.nan)
-        q = moments[name]
+        weight_sq = site.weight_sq()
+        bias_sq = float(site.bias.double().pow(2).mean()) if site.bias is not None else 0.0
+        g = grads.get(id(site.param))
+        grad_norm = float((site.view(g).double() * kept).norm()) if g is not None else None
+        density = float(kept.double().mean())
+        if not probe.measured(site):
+            why = ("a recurrent weight: its gates' pre-activations are not observable outside the module"
+                   if isinstance(site.module, nn.RNNBase) else "not called by the forward pass")
+            out.append(LayerSignal(site.name, site.kind, OWN_INPUT, None, density, weight_sq, bias_sq, None, None,
+                                   None, None, grad_norm, "unknown", f"{why}: not measured"))
+            continue
+        own_q_in, q = probe.moments[site.name]
+        route = routes.get(site.name) if site.leaf == "weight" else None
+        ref = route.source if route is not None and route.source is not None else OWN_INPUT
+        if ref == INPUT and not float_inputs or ref not in (INPUT, OWN_INPUT) and ref not in q_of:
+            ref = OWN_INPUT
+        q_in = input_q if ref == INPUT else own_q_in if ref == OWN_INPUT else q_of[ref]
         measured = q / q_in if q_in > 0 and math.isfinite(q_in) else None
         predicted, note = None, ""
-        if route is None:
-            note = notes[0] if notes else "not reached by tracing: measured values only"
+        if site.inside:
+            note = f"applied inside {site.inside}: no mean-field map, measured values only"
+        elif route is None:
+            note = notes[0] if notes and "torch.fx" in notes[0] else "not reached by tracing: measured values only"
         elif route.activation is None:
             note = route.note
+        elif not predictable(site.module):
+            note = f"no mean-field map for {site.kind} (stride-dependent fan-in): measured values only"
         elif q_in > 0 and math.isfinite(q_in):
             predicted = weight_sq * route.activation.gain(q_in) + bias_sq / q_in
         else:
             note = f"input second moment is {q_in:.3g}: no prediction"
-        g = grads.get(name)
-        grad_norm = float((g.double() * kept).norm()) if g is not None else None
         chi = predicted if predicted is not None else measured
-        rows.append(LayerSignal(
-            name, type(module).__name__, ref, route.activation.name if route and route.activation else None,
-            float(kept.double().mean()), weight_sq, bias_sq, q_in, q, measured, predicted, grad_norm, flag(chi), note,
+        out.append(LayerSignal(
+            site.name, site.kind, ref, route.activation.name if route and route.activation else None,
+            density, weight_sq, bias_sq, q_in, q, measured, predicted, grad_norm, flag(chi), note,
         ))
-        prev = name
+    return _summarise(out, input_q, loss_name, notes)
+
+
+def _summarise(rows: list[LayerSignal], input_q: float, loss_name: str, notes: list[str]) -> SignalReport:
     chis = [r.predicted if r.predicted is not None else r.measured for r in rows]
     gain = math.prod(c for c in chis if c is not None) if any(c is not None for c in chis) else math.nan
     dead = next((r.name for r in rows if r.q == 0), None)
-    blown = next((r.name for r in rows if not math.isfinite(r.q)), None)
+    blown = next((r.name for r in rows if r.q is not None and not math.isfinite(r.q)), None)
     if dead is not None:  # no ratio is defined past an exactly zero signal, but the verdict is clear
         gain = 0.0
         notes.append(f"the signal is exactly zero at the output of {dead}")
     elif blown is not None:
         gain = math.inf
         notes.append(f"the signal overflows (inf or nan) at the output of {blown}")
+    if any(r.reference == OWN_INPUT and r.measured is not None for r in rows):
+        notes.append("rows with reference 'own input' give the gain of the weight alone (its output over its own "
+                     "input); where residual connections or normalisations carry the signal, the product of the "
+                     "gains is not the end-to-end gain")
     measured_gain = math.prod(r.measured for r in rows if r.measured is not None)
     n_pred = sum(r.predicted is not None for r in rows)
     basis = ("predicted" if n_pred == len(rows) else "measured" if n_pred == 0

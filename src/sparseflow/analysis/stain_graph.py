@@ -26,8 +26,9 @@ from sparseflow.mask import Mask
 class Link:
     """Connections from space ``src`` to space ``dst``: ``adj`` is ``(dst units, src units)`` bool.
 
-    ``name`` (the weight's display name) and ``structure`` (its kept entries, weight-shaped) are set for a
-    Linear/Conv layer and None for a flatten or a residual add, which join units one to one (or one to k).
+    ``name`` (the weight's display name) and ``structure`` (its kept entries in the ``(out, in, *k)`` view of the
+    weight's layout: an HF Conv1D's ``(in, out)`` weight transposed) are set for a weight layer and None for a
+    flatten or a residual add, which join units one to one (or one to k).
     """
 
     src: int
@@ -87,7 +88,7 @@ def layer_graph(model: nn.Module, mask: Mask | None = None, *, names: Mapping[st
     for e in graph.edges:  # creation order is topological
         if isinstance(e, WeightEdge):
             s = struct[e.name]
-            links.append(Link(e.src, e.dst, adjacency(e.module, s), show(e.name), s))
+            links.append(Link(e.src, e.dst, adjacency(e.module, s), show(e.name), e.layout.canonical(s)))
             labels[e.dst] = show(e.name).removesuffix(".weight")
         elif isinstance(e, ExpandEdge):  # unit j of the flattened map is channel j // k
             n = graph.sizes[e.dst]

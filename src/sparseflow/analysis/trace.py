@@ -5,9 +5,11 @@ The graph's nodes are *units*: the input features (or input channels, when a con
 the output units of every Linear layer and the output channels of every convolution. Values flowing between
 weight layers are described by the *space* of units they live in:
 
-- ``Linear`` / ``Conv1d/2d/3d``: a new space; unit ``o`` is linked to input unit ``i`` when the weight ``(o, i)``
-  (for a convolution: any kernel weight of ``(o, i, *k)``) is nonzero. Grouped convolutions link only within a
-  group.
+- a module whose ``weight`` has a known layout (:mod:`sparseflow.layouts`: ``Linear``, HF ``Conv1D``,
+  ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``): a new space; output unit ``o`` is linked to input unit ``i`` when
+  a weight between them (for a convolution: any kernel tap) is nonzero, read through the layout
+  (:func:`sparseflow.analysis.units.unit_pairs`). Grouped convolutions link only within a group. A 2-D weight
+  acts on the last axis (like ``Linear``), a convolution's on axis 1.
 - activations, normalisation, dropout, pooling, ``Identity``, reductions over spatial axes, ``flatten`` from
   axis 2: same space (channel ``c`` stays channel ``c``). GroupNorm, LayerNorm and BatchNorm mix channels in
   their *statistics* but not in the signal path, so they are treated as channel-preserving; a BatchNorm whose
@@ -17,7 +19,9 @@ weight layers are described by the *space* of units they live in:
 - ``a + b`` (a residual connection): a new space joining both operands unit by unit.
 
 Whatever else the trace meets (attention, concatenation, products of two tensors, data-dependent control flow,
-a module called twice) raises :class:`SparseflowError` naming the module or graph node and why.
+a module called twice) raises :class:`SparseflowError` naming the module path, the operation and its source
+line (:mod:`sparseflow.analysis.fxtrace`); :func:`sparseflow.connectivity` then falls back to its layer-local
+analysis and says so.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparseflow.analysis.fxtrace import LayoutTracer, failure, source_line
+from sparseflow.analysis.units import unit_counts, unit_pairs
 from sparseflow.errors import SparseflowError
+from sparseflow.layouts import Layout, layout_of
 
 # Modules and functions that map channel c to channel c (the signal of a channel depends only on that channel).
 _KEEP_MODULES: tuple[type[nn.Module], ...] = (
@@ -54,17 +61,18 @@ _KEEP_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "det
 _ADD = {operator.add, operator.iadd, torch.add}
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
 
 
 @dataclass(frozen=True)
 class WeightEdge:
-    """A Linear or Conv layer from space ``src`` to space ``dst``; ``name`` is its weight parameter."""
+    """A weight layer from space ``src`` to space ``dst``; ``name`` is its weight parameter."""
 
     name: str
     module: nn.Module
     src: int
     dst: int
+    layout: Layout = Layout()
 
 
 @dataclass(frozen=True)
@@ -127,33 +135,7 @@ def adjacency(module: nn.Module, structure: Tensor) -> Tensor:
 
     Convolutions collapse the kernel: channels ``(o, i)`` are linked when any kernel weight is nonzero.
     """
-    if isinstance(module, nn.Linear):
-        return structure
-    pairs = structure.reshape(structure.shape[0], structure.shape[1], -1).any(-1)  # (out, in / groups)
-    groups = module.groups
-    if groups == 1:
-        return pairs
-    out_c, in_g = pairs.shape
-    adj = torch.zeros(out_c, in_g * groups, dtype=torch.bool)
-    per = out_c // groups  # output channels of group g read input channels g*in_g ... (g+1)*in_g - 1
-    for g in range(groups):
-        adj[g * per:(g + 1) * per, g * in_g:(g + 1) * in_g] = pairs[g * per:(g + 1) * per]
-    return adj
-
-
-class _Tracer(fx.Tracer):
-    """Symbolic tracer that remembers which module it was inside when tracing fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current: list[str] = []
-
-    def call_module(self, m, forward, args, kwargs):  # noqa: ANN001, ANN201 (fx signature)
-        self.current.append(self.path_of_module(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        finally:
-            self.current.pop()
+    return unit_pairs(layout_of(module, "weight") or Layout(), structure) > 0
 
 
 def trace(model: nn.Module, *, input_rank: int | None = None) -> Graph:
@@ -161,22 +143,21 @@ def trace(model: nn.Module, *, input_rank: int | None = None) -> Graph:
 
     ``input_rank``: number of axes of an input batch, if known (lets Linear-on-feature-map misuse be caught).
     """
-    tracer = _Tracer()
+    tracer = LayoutTracer()
     try:
         fx_graph = tracer.trace(model)
-    except Exception as e:  # fx raises TraceError, TypeError, ... for data-dependent Python code
-        where = f" inside module {tracer.current[-1]!r} ({type(model.get_submodule(tracer.current[-1])).__name__})" \
-            if tracer.current else ""
+    except Exception as e:  # fx raises TraceError, TypeError, ValueError, ... for code it cannot follow
         raise SparseflowError(
-            f"cannot trace {type(model).__name__} for connectivity analysis{where}: {type(e).__name__}: {e}. "
-            "The analysis needs a model torch.fx can trace symbolically (no control flow on tensor values)"
+            f"cannot trace {type(model).__name__} for connectivity analysis: {failure(model, tracer, e)}. "
+            "The unit graph needs a model torch.fx can trace symbolically"
         ) from None
-    return _Builder(model, input_rank).build(fx_graph)
+    return _Builder(model, input_rank, tracer).build(fx_graph)
 
 
 class _Builder:
-    def __init__(self, model: nn.Module, input_rank: int | None) -> None:
+    def __init__(self, model: nn.Module, input_rank: int | None, tracer: LayoutTracer) -> None:
         self.model = model
+        self.tracer = tracer
         self.g = Graph()
         self.vals: dict[fx.Node, _Val] = {}
         self.called: set[str] = set()
@@ -207,9 +188,15 @@ class _Builder:
 
     # --- helpers ------------------------------------------------------------------------------------------
     def _refuse(self, node: fx.Node, why: str) -> SparseflowError:
-        what = f"module {node.target!r} ({type(self.model.get_submodule(node.target)).__name__})" \
-            if node.op == "call_module" else f"operation {getattr(node.target, '__name__', node.target)!r} (graph node {node.name!r})"
-        return SparseflowError(f"connectivity analysis cannot follow {what} in {type(self.model).__name__}: {why}")
+        if node.op == "call_module":
+            what = f"module {node.target!r} ({type(self.model.get_submodule(node.target)).__name__})"
+        else:
+            where = self.tracer.where(node)
+            what = f"operation {getattr(node.target, '__name__', node.target)!r}" + (
+                f" in module {where!r} ({type(self.model.get_submodule(where)).__name__})" if where else "")
+        line = source_line(node)
+        return SparseflowError(f"connectivity analysis cannot follow {what} in {type(self.model).__name__}"
+                               + (f" at {line}" if line else "") + f": {why}")
 
     def _tensor_args(self, node: fx.Node) -> list[_Val]:
         return [self.vals[a] for a in node.all_input_nodes if self.vals[a].kind != "const"]
@@ -243,32 +230,36 @@ class _Builder:
     def _module(self, node: fx.Node) -> _Val:
         m = self.model.get_submodule(node.target)
         args = self._tensor_args(node)
-        if isinstance(m, _WEIGHT_TYPES):
+        layout = layout_of(m, "weight")
+        if layout is not None and not isinstance(m, _TABLES):
             if node.target in self.called:
                 raise self._refuse(node, "it is called more than once (shared weights are not supported)")
             self.called.add(node.target)
+            if len(args) != 1:
+                raise self._refuse(node, f"it reads {len(args)} tensors")
             (v,) = args
-            if isinstance(m, nn.Linear):
+            out, inp = unit_counts(layout, m.weight.shape)
+            if m.weight.dim() == 2:  # Linear, HF Conv1D: the last axis holds the units
                 if v.rank is not None and v.rank != 2:
-                    raise self._refuse(node, f"a Linear applied to a tensor with {v.rank} axes mixes its last axis, not its units; flatten first")
-                src, rank, out = self._space_for(node, v, m.in_features), 2, m.out_features
+                    raise self._refuse(node, f"a {type(m).__name__} applied to a tensor with {v.rank} axes mixes its last axis, not its units; flatten first")
+                src, rank = self._space_for(node, v, inp), 2
             else:
                 if v.kind == "flat":
                     raise self._refuse(node, "a convolution reads a flattened tensor")
-                src, rank, out = self._space_for(node, v, m.in_channels), m.weight.dim(), m.out_channels
+                src, rank = self._space_for(node, v, inp), m.weight.dim()
             dst = self.g.new_space(out)
-            self.g.edges.append(WeightEdge(f"{node.target}.weight", m, src, dst))
+            self.g.edges.append(WeightEdge(f"{node.target}.weight", m, src, dst, layout))
             return _Val("chan", dst, rank)
         if isinstance(m, _KEEP_MODULES):
             return args[0]
         if isinstance(m, nn.Flatten):
             return self._flatten(node, args[0], m.start_dim, m.end_dim)
-        if isinstance(m, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d | nn.Embedding | nn.EmbeddingBag):
-            why = "transposed convolutions and embeddings are not supported"
+        if isinstance(m, _TABLES):
+            why = "an embedding looks up rows by token id: the input has no units to follow"
         elif any(True for _ in m.parameters(recurse=False)) or isinstance(m, nn.MultiheadAttention):
             why = "it has its own weights that mix units in a way the analysis does not know (e.g. attention, recurrence)"
         else:
-            why = "its effect on channels is unknown; supported: Linear, Conv1d/2d/3d, activations, norms, pools, dropout, Flatten, Identity"
+            why = "its effect on channels is unknown; supported: Linear, HF Conv1D, (transposed) convolutions, activations, norms, pools, dropout, Flatten, Identity"
         raise self._refuse(node, why)
 
     def _function(self, node: fx.Node) -> _Val:

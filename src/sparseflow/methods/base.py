@@ -28,6 +28,8 @@ score override point, :meth:`Method.scores` (higher = keep).
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +41,15 @@ from sparseflow.distributions import (
     Global,
     allocate,
     check_sparsity,
+    global_counts,
     kept_total,
     uniform,
 )
 from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.init import rescale_
+from sparseflow.layouts import Layout
 from sparseflow.mask import Mask
-from sparseflow.patterns import NM, Block, Pattern, Unstructured, topk_mask
+from sparseflow.patterns import NM, Block, Pattern, Unstructured
 from sparseflow.targets import Targets
 
 # Optimizers whose update at a position is exactly zero, and whose state there stays zero, when its gradient,
@@ -83,6 +87,16 @@ class Method:
             of shrinking by the layer density. True by default for the sparse-from-scratch methods
             (RandomSparse, SET, RigL, SNIP, GraSP, SynFlow); False here and for magnitude pruning and GMP,
             which prune trained weights. Pass ``sparse_init=False`` to keep the masked weights as they are.
+        skip_incompatible: keyword-only. A pattern that does not fit some targets (``NM(2, 4)`` on a layer
+            whose input axis is not a multiple of 4) refuses them all in one error by default; True leaves
+            those layers dense, with a warning naming them.
+        min_density: keyword-only, for ``distribution=GLOBAL``. Every layer keeps at least this fraction of
+            its weights, and the rest of the budget is ranked globally. Without it, a layer that the global
+            ranking leaves with fewer weights than output units gets a warning naming it.
+
+    Patterns and per-unit rules read each target through its :class:`~sparseflow.Layout` (which axis is
+    output, which input): N:M groups run along the input axis of a Linear, a convolution, a Hugging Face
+    ``Conv1D`` (stored ``(in, out)``) and an attention projection alike.
 
     Why :func:`~sparseflow.init.rescale_` and not :func:`~sparseflow.init.sparse_init_`: it keeps the
     user's own init (family, gain and seed), uses no randomness (so ``prepare`` draws exactly what it drew
@@ -94,6 +108,8 @@ class Method:
     pattern: Pattern = field(default_factory=Unstructured)
     targets: Targets = field(default_factory=Targets)
     sparse_init: bool = field(default=False, kw_only=True)
+    skip_incompatible: bool = field(default=False, kw_only=True)
+    min_density: float | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -109,11 +125,19 @@ class Method:
                 )
         if not isinstance(self.targets, Targets):
             raise MaskError(f"targets must be a Targets(...) value, got {self.targets!r}")
-        if not isinstance(self.sparse_init, bool):
-            raise SparseflowError(f"sparse_init must be True or False, got {self.sparse_init!r}")
+        for flag in ("sparse_init", "skip_incompatible"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SparseflowError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.min_density is not None:
+            self.min_density = check_sparsity(self.min_density, "min_density")
+            if not isinstance(self.distribution, Global):
+                raise SparseflowError(
+                    f"min_density is a floor for distribution=GLOBAL; {self.distribution!r} sets every layer's "
+                    "density itself: drop min_density or use distribution=sf.GLOBAL")
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: dict[str, nn.Parameter] = {}
+        self._layouts: dict[str, Layout] = {}
         self._mask = Mask()
         self._fmask: dict[str, Tensor] = {}  # mask in the parameter's dtype: float multiply is ~7x bool's
         self._hooks: list[Any] = []
@@ -162,8 +186,8 @@ class Method:
         self._model, self._optimizer = model, optimizer
         try:
             self._params = self.targets.select(model)
-            for name, p in self._params.items():
-                self.pattern.check(name, p.shape)
+            self._layouts = self.targets.layouts(model)
+            self._check_pattern()
             self._strict = optimizer is None or type(optimizer) not in MASK_SAFE_OPTIMIZERS
             self._step = 0
             self._mask = Mask.ones(self._params)
@@ -267,6 +291,34 @@ class Method:
         pass
 
     # --- internals ------------------------------------------------------------------------------
+    def _canonical_shape(self, name: str) -> tuple[int, ...]:
+        shape = tuple(self._params[name].shape)
+        return self._layouts[name].canonical_shape(shape) if len(shape) >= 2 else shape
+
+    def _check_pattern(self) -> None:
+        """Every target fits the pattern (in its ``(out, in, *rest)`` view), or one error lists all that do not."""
+        bad: dict[str, str] = {}
+        for name in self._params:
+            try:
+                self.pattern.check(name, self._canonical_shape(name))
+            except MaskError as e:
+                bad[name] = str(e)
+        if not bad:
+            return
+        listed = ", ".join(f"{n!r} (out, in, ...) = {self._canonical_shape(n)}" for n in bad)
+        if self.skip_incompatible:
+            warnings.warn(f"{self.pattern!r} does not fit {len(bad)} target layer(s), left dense: {listed}",
+                          stacklevel=3)
+            self._params = {n: p for n, p in self._params.items() if n not in bad}
+            if not self._params:
+                raise MaskError(f"{self.pattern!r} fits none of the target layers: {listed}")
+            return
+        why = "groups run along the input axis" if isinstance(self.pattern, NM) else "tiles the (out, in) view"
+        raise MaskError(
+            f"{self.pattern!r} does not fit {len(bad)} of {len(self._params)} target layers "
+            f"({why}): {listed}; pass skip_incompatible=True to leave them dense, or leave them out with "
+            "Targets(exclude=...)")
+
     def _require_prepared(self) -> None:
         if self._model is None:
             raise SparseflowError(f"{type(self).__name__} is not attached to a model: call prepare(model, optimizer) first")
@@ -297,7 +349,7 @@ class Method:
         if sparsity <= 0.0 and self._mask.count() == self._mask.numel():
             return
         self._check_finite()
-        shapes = {n: tuple(p.shape) for n, p in self._params.items()}
+        shapes = {n: self._canonical_shape(n) for n in self._params}  # (out, in, *rest): what ER/ERK read
         units = {n: self.pattern.units(sh) for n, sh in shapes.items()}
         scores: dict[str, Tensor] = {}
         for name, p in self._params.items():
@@ -306,13 +358,14 @@ class Method:
                 raise SparseflowError(f"scores() for {name!r} returned shape {tuple(sc.shape)}, expected {tuple(p.shape)}")
             if not _all_finite(sc):
                 raise SparseflowError(f"scores for {name!r} contain NaN or inf at step {self._step}")
-            scores[name] = sc.masked_fill(~self._mask[name], float("-inf"))  # pruned stays pruned
+            sc = sc.masked_fill(~self._mask[name], float("-inf"))  # pruned stays pruned
+            scores[name] = self._layouts[name].canonical(sc) if sc.dim() >= 2 else sc
         current = {n: self._current_units(n) for n in shapes}
         total = kept_total(sum(units.values()), sparsity)
         if isinstance(self.pattern, NM):
             counts = {n: units[n] * self.pattern.n // self.pattern.m for n in units}
         elif isinstance(self.distribution, Global):
-            counts = self._global_counts(scores, total)
+            counts = self._global_counts(scores, total, current, sparsity)
         else:
             densities = self.distribution(shapes, sparsity)
             counts = allocate(units, densities, total, limit=current)
@@ -320,29 +373,39 @@ class Method:
         if empty:
             raise MaskError(
                 f"at sparsity {sparsity:g} layer(s) {empty} would keep no weights, which cuts the network; "
-                "lower the sparsity, use distribution=erk, or leave those layers dense via Targets(...)"
+                "lower the sparsity, use distribution=erk"
+                + (", pass min_density= (a floor per layer, e.g. 0.01)" if isinstance(self.distribution, Global) else "")
+                + ", or leave those layers dense via Targets(...)"
             )
         for name in self._params:
-            self._mask[name] = self.pattern.topk(scores[name], counts[name])
+            keep = self.pattern.topk(scores[name], counts[name])
+            self._mask[name] = self._layouts[name].restore(keep) if keep.dim() >= 2 else keep
         self._refresh()
 
     def _current_units(self, name: str) -> int:
         m = self._mask[name]
         if isinstance(self.pattern, Block):
-            return int((self.pattern.unit_scores(m.float()) > 0).sum())
+            return int((self.pattern.unit_scores(self._layouts[name].canonical(m.float())) > 0).sum())
         return int(torch.count_nonzero(m))
 
-    def _global_counts(self, scores: dict[str, Tensor], total: int) -> dict[str, int]:
+    def _global_counts(self, scores: dict[str, Tensor], total: int, current: dict[str, int],
+                       sparsity: float) -> dict[str, int]:
         unit = {n: self.pattern.unit_scores(s) for n, s in scores.items()}
-        flat = torch.cat([u for u in unit.values()])
-        if total == 0:
-            return {n: 0 for n in unit}
-        # Keep exactly `total` units: everything above the total-th largest score, plus ties by layer order.
-        keep = topk_mask(flat, total)
-        counts, start = {}, 0
-        for n, u in unit.items():
-            counts[n] = int(torch.count_nonzero(keep[start : start + u.numel()]))
-            start += u.numel()
+        if self.min_density is not None:
+            floors = {n: min(current[n], math.ceil(self.min_density * u.numel() - 1e-9)) for n, u in unit.items()}
+            return global_counts(unit, total, floors=floors)
+        counts = global_counts(unit, total)
+        rows = self.pattern.r if isinstance(self.pattern, Block) else 1
+        outputs = {n: self._canonical_shape(n)[0] // rows if len(self._canonical_shape(n)) >= 2 else 1 for n in unit}
+        low = [n for n, c in counts.items() if 0 < c < outputs[n]]
+        if low:
+            listed = ", ".join(f"{n!r} keeps {counts[n]} for {outputs[n]} outputs" for n in low)
+            floor = max(outputs[n] / unit[n].numel() for n in low)
+            warnings.warn(
+                f"global allocation at sparsity {sparsity:g} leaves {len(low)} layer(s) with fewer kept weights than "
+                f"output units, so most of their outputs get no input: {listed}; pass min_density= (e.g. "
+                f"{floor:.2g}, one weight per output) for a floor per layer, or use distribution=sf.erk",
+                stacklevel=4)
         return counts
 
     @torch.no_grad()

@@ -35,6 +35,7 @@ on the CPU a threshold read off a sample only narrows which scores need ranking
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -66,6 +67,10 @@ class SET(RandomSparse):
         schedule: keyword-only; the drop-and-grow schedule instead of the four keywords above:
             :class:`~sparseflow.CosineDrop` (what the keywords build) or any value with ``is_update(step)``
             and ``drop_fraction(step)``.
+        skip_no_grad: keyword-only, for methods that grow by gradient (RigL). A sparse target that gets no
+            gradient (not used by the loss, such as BERT's pooler under a token-level loss, or frozen) is
+            found at the first backward pass and stops training with its name; True keeps such layers'
+            masks fixed instead, with a warning naming them.
     """
 
     alpha: float | None = None
@@ -74,6 +79,7 @@ class SET(RandomSparse):
     start: int | None = None
     total_steps: int | None = None
     schedule: DropSchedule | None = field(default=None, kw_only=True)
+    skip_no_grad: bool = field(default=False, kw_only=True)
 
     # Whether grow_scores needs the dense gradient (collected only in the backward before an update).
     uses_gradient: ClassVar[bool] = False
@@ -95,7 +101,10 @@ class SET(RandomSparse):
             check_int(self.total_steps, "total_steps", 1)
             if self.until is not None and self.until > self.total_steps:
                 raise SparseflowError(f"until={self.until} is beyond total_steps={self.total_steps}")
+        if not isinstance(self.skip_no_grad, bool):
+            raise SparseflowError(f"skip_no_grad must be True or False, got {self.skip_no_grad!r}")
         self._grads: dict[str, Tensor] = {}
+        self._reset_grad_check()
 
     # --- the one override point ---------------------------------------------------------------
     def grow_scores(self, name: str, weight: Tensor, grad: Tensor | None) -> Tensor:
@@ -119,6 +128,8 @@ class SET(RandomSparse):
     # --- Method hooks -------------------------------------------------------------------------
     def step(self) -> None:
         super().step()  # counts the step (and re-applies the mask for optimizers outside the safe list)
+        if self.uses_gradient and not self._grad_checked and self._seen:
+            self._check_gradients()
         if self.is_update_step(self._step):
             try:
                 self._update()
@@ -128,15 +139,40 @@ class SET(RandomSparse):
     def _setup(self) -> None:
         super()._setup()
         self._grads = {}
+        self._reset_grad_check()
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         super()._load_extra_state(extra)
         self._grads = {}
+        self._reset_grad_check()
+
+    def _reset_grad_check(self) -> None:
+        self._seen: set[str] = set()  # sparse targets a backward pass reached since prepare
+        self._grad_checked = False
+        self._no_grad: set[str] = set()  # sparse targets without a gradient, kept fixed (skip_no_grad=True)
+
+    def _check_gradients(self) -> None:
+        """After the first backward pass: every sparse target got a gradient, or the method stops naming them."""
+        self._grad_checked = True
+        missing = [n for n in self._fmask if n not in self._seen]
+        if not missing:
+            return
+        name = type(self).__name__
+        if self.skip_no_grad:
+            self._no_grad = set(missing)
+            warnings.warn(f"{name}: {len(missing)} sparse target(s) got no gradient and keep their mask fixed: "
+                          f"{missing}", stacklevel=3)
+            return
+        raise SparseflowError(
+            f"{name} grows weights where the gradient is large, but {len(missing)} sparse target(s) got no gradient "
+            f"in the first backward pass: {missing}; the loss does not use them, or they are frozen. Leave them out "
+            f"with Targets(exclude=({missing[0]!r}, ...)) or pass skip_no_grad=True to keep their masks fixed")
 
     def _on_grad(self, name: str, grad: Tensor) -> None:
         # Called for every sparse target in every backward; copies only before an update (self._step + 1
         # is the step the coming method.step() completes). With gradient accumulation the last backward
         # wins at inactive positions (earlier micro-batches' gradients there were already masked).
+        self._seen.add(name)
         if self.uses_gradient and self.is_update_step(self._step + 1):
             self._grads[name] = grad.detach().clone()
 
@@ -152,8 +188,8 @@ class SET(RandomSparse):
         for name, p in self._params.items():  # compute everything first: a failure changes nothing
             active = self._mask[name].reshape(-1)
             n_active = int(torch.count_nonzero(active))
-            if n_active == active.numel():
-                continue  # a dense layer has nothing to regrow
+            if n_active == active.numel() or name in self._no_grad:
+                continue  # a dense layer has nothing to regrow; one without a gradient keeps its mask
             # Scored for every sparse layer at every update, even when k = 0: SET draws one uniform tensor
             # per sparse layer per update, in target order, so the generator's stream depends on nothing else.
             grow = self._grow_scores(name, p, t)

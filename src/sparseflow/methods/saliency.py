@@ -9,6 +9,12 @@ Scoring follows Tanaka et al.'s reference code (``ganguli-lab/Synaptic-Flow``), 
 model in eval mode: BatchNorm uses its running statistics and dropout is off. Each module's mode is restored
 afterwards. The forward passes go through ``torch.func.functional_call`` on detached leaves, so scoring
 never writes ``.grad``, weights or buffers, and works inside ``torch.no_grad()``.
+
+Data and losses. A batch is what a user's loader yields: an ``(x, y)`` pair or a dict of model inputs (a
+Hugging Face batch with ``input_ids``, ``attention_mask``, ``labels``). The loss receives what the model
+returned and the targets (``y``, or the dict's ``labels``); by default it is the model's own loss when it
+computes one (a Hugging Face model given ``labels``), else cross-entropy on the prediction
+(:func:`default_loss`).
 """
 
 from __future__ import annotations
@@ -20,15 +26,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparseflow.distributions import GLOBAL, Distribution, Global
 from sparseflow.errors import SparseflowError
+from sparseflow.layouts import default_loss, output_loss, output_tensor, split_batch, to_device
 from sparseflow.methods.base import Method
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[Any, Any]  # (model inputs: a tensor or a dict of them, targets or None)
+
+
+def _forward(model: nn.Module, state: dict[str, Tensor], inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return functional_call(model, state, (), inputs)
+    return functional_call(model, state, (inputs,))
+
+
+def _scaled(output: Any, scale: float, own_loss: bool) -> Any:
+    """``output`` with its prediction divided by ``scale`` (a tensor, or a copy of a dict-like output)."""
+    if scale == 1.0:
+        return output
+    if isinstance(output, Tensor):
+        return output / scale
+    if own_loss and output_loss(output) is not None:
+        raise SparseflowError(
+            f"GraSP divides the logits by temperature={scale:g} before the loss, but the model computes its own "
+            "loss (a Hugging Face model given labels): pass loss=(output, labels) -> scalar computed from "
+            "output.logits, or temperature=1")
+    if isinstance(output, dict):  # a ModelOutput is a dict: rebuild it with the scaled logits
+        key = next((k for k in ("logits", "prediction_logits") if isinstance(output.get(k), Tensor)), None)
+        if key is not None:
+            return type(output)(**{**output, key: output[key] / scale})
+    raise SparseflowError(f"GraSP cannot find the logits to divide by the temperature in a {type(output).__name__}")
 
 
 @contextlib.contextmanager
@@ -75,30 +106,37 @@ def _grads(value: Tensor, leaves: dict[str, Tensor], who: str, *, create_graph: 
 
 def _check_loss_data(who: str, data: Any, loss: Any, batches: Any) -> None:
     if data is None:
-        raise SparseflowError(f"{who} needs a data batch: {who}(sparsity, data=(x, y)), or an iterable of (x, y) batches")
+        raise SparseflowError(f"{who} needs a data batch: {who}(sparsity, data=(x, y)), a dict of model inputs, or "
+                              "an iterable of batches (a DataLoader)")
     if isinstance(data, Tensor):
-        raise SparseflowError(f"{who}: data must be an (x, y) pair or an iterable of them, got a single tensor")
+        raise SparseflowError(f"{who}: data must be an (x, y) pair, a dict of model inputs or an iterable of them, "
+                              "got a single tensor")
     if not hasattr(data, "__iter__"):
-        raise SparseflowError(f"{who}: data must be an (x, y) pair or an iterable of them, got {type(data).__name__}")
-    if loss is None or not callable(loss):
-        raise SparseflowError(f"{who} needs a loss: a callable (logits, y) -> scalar, got {loss!r}")
+        raise SparseflowError(f"{who}: data must be an (x, y) pair, a dict of model inputs or an iterable of them, "
+                              f"got {type(data).__name__}")
+    if not callable(loss):
+        raise SparseflowError(f"{who} needs a loss: a callable (output, y) -> scalar, got {loss!r}")
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise SparseflowError(f"{who}: batches must be an integer >= 1, got {batches!r}")
 
 
 def _is_batch(item: Any) -> bool:
+    if isinstance(item, dict):
+        return bool(item) and all(isinstance(k, str) for k in item)
     return isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(t, Tensor) for t in item)
 
 
 def _batches(who: str, data: Any, n: int, device: torch.device) -> list[Batch]:
-    """The first ``n`` (x, y) batches of ``data`` (one pair, or an iterable of pairs such as a DataLoader)."""
+    """The first ``n`` batches of ``data`` (one batch, or an iterable of them such as a DataLoader), each as
+    (inputs, targets) on ``device``."""
     items = [data] if _is_batch(data) else list(itertools.islice(iter(data), n))
     if not items:
         raise SparseflowError(f"{who}: data yielded no batches (an exhausted iterator?); pass data=(x, y)")
     for i, item in enumerate(items):
         if not _is_batch(item):
-            raise SparseflowError(f"{who}: batch {i} of data is not an (x, y) pair of tensors: {type(item).__name__}")
-    return [(x.to(device), y.to(device)) for x, y in items]
+            raise SparseflowError(f"{who}: batch {i} of data is neither an (x, y) pair of tensors nor a dict of "
+                                  f"model inputs: {type(item).__name__}")
+    return [tuple(to_device(v, device) for v in split_batch(item)) for item in items]  # type: ignore[misc]
 
 
 @dataclass(eq=False)
@@ -138,7 +176,7 @@ class _WithData(_AtInit):
     """Saliencies from a loss on data: the fields and the summed gradient shared by SNIP and GraSP."""
 
     data: Any = field(default=None, repr=False)
-    loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    loss: Callable[[Any, Any], Tensor] = default_loss
     batches: int = 1
 
     def __post_init__(self) -> None:
@@ -149,12 +187,25 @@ class _WithData(_AtInit):
         # Drawn once per prepare: a second pass over a shuffling DataLoader would see other examples.
         return _batches(type(self).__name__, self.data, self.batches, self._device())
 
+    def _loss(self, state: dict[str, Tensor], x: Any, y: Any, scale: float = 1.0) -> Tensor:
+        """The loss on one batch through ``state``; the prediction divided by ``scale`` (GraSP's temperature)."""
+        try:
+            out = _forward(self.model, state, x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else {k: tuple(getattr(v, "shape", ())) for k, v in x.items()}
+            raise SparseflowError(f"{type(self).__name__}: the model fails on the data batch (inputs {shape}): pass "
+                                  f"batches shaped like the training data. PyTorch said: {e}") from None
+        value = self.loss(_scaled(out, scale, self.loss is default_loss), y)
+        if not isinstance(value, Tensor):
+            raise SparseflowError(f"{type(self).__name__}: the loss returned {type(value).__name__}, not a scalar tensor")
+        return value
+
     def _gradient(self, batches: list[Batch], scale: float = 1.0) -> dict[str, Tensor]:
         """∇L summed over ``batches``, detached; logits divided by ``scale`` (GraSP's temperature)."""
         total: dict[str, Tensor] = {}
         for x, y in batches:
             state, leaves = _leaves(self.model, self._params)
-            g = _grads(self.loss(functional_call(self.model, state, (x,)) / scale, y), leaves, type(self).__name__)
+            g = _grads(self._loss(state, x, y, scale), leaves, type(self).__name__)
             total = {n: total[n] + g[n] for n in g} if total else g
         return total
 
@@ -167,8 +218,10 @@ class SNIP(_WithData):
     computed once at initialisation; the highest are kept.
 
     Args:
-        data: an ``(x, y)`` batch, or an iterable of such batches (a DataLoader); required.
-        loss: ``(logits, y) -> scalar``; default cross-entropy.
+        data: an ``(x, y)`` batch or a dict of model inputs, or an iterable of such batches (a DataLoader);
+            required.
+        loss: ``(output, y) -> scalar``, ``output`` being what the model returned; default
+            :func:`default_loss` (the model's own loss, else cross-entropy).
         batches: how many batches of an iterable ``data`` to use.
     """
 
@@ -209,12 +262,13 @@ class GraSP(_WithData):
     def _saliency(self) -> dict[str, Tensor]:
         who, model, t = type(self).__name__, self.model, float(self.temperature)
         batches = self._batches()
-        with _scoring(model):
+        # The fused attention kernels have no double backward on the CPU: the math one computes the same.
+        with _scoring(model), sdpa_kernel([SDPBackend.MATH]):
             g = self._gradient(batches, t)
             hg: dict[str, Tensor] = {n: torch.zeros_like(v) for n, v in g.items()}
             for x, y in batches:
                 state, leaves = _leaves(model, self._params)
-                grad = _grads(self.loss(functional_call(model, state, (x,)) / t, y), leaves, who, create_graph=True)
+                grad = _grads(self._loss(state, x, y, t), leaves, who, create_graph=True)
                 z = sum((g[n] * grad[n]).sum() for n in grad)  # g · ∇L, differentiated once more: Hg
                 hvp = torch.autograd.grad(z, list(leaves.values()), allow_unused=True)
                 for n, h in zip(leaves, hvp):
@@ -245,13 +299,17 @@ class SynFlow(_AtInit):
     Args:
         rounds: n, the number of prune-and-rescore rounds (100 in the paper).
         input_shape: one example's shape without the batch axis, e.g. ``(3, 32, 32)``; inferred as
-            ``(in_features,)`` when the first Linear/Conv layer is a Linear, otherwise required.
+            ``(in_features,)`` when the first Linear/Conv layer is a Linear, otherwise required (or ``example``).
         bias_flow: let flow enter through biases while scoring (see above).
+        example: instead of ``input_shape``, a batch as the loader yields it (a tensor, an ``(x, y)`` pair or a
+            dict of model inputs): its first example's floating-point inputs become ones, integer inputs (token
+            ids, attention masks, labels) are kept. For models whose input is not one float tensor.
     """
 
     rounds: int = 100
     input_shape: tuple[int, ...] | None = None
     bias_flow: bool = False
+    example: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -278,6 +336,21 @@ class SynFlow(_AtInit):
             self._prune_to(1 - (1 - self.sparsity) ** (k / self.rounds))
         self._cache = self._saliency()  # round n is prepare's own pruning to `sparsity`
 
+    def _example(self, dtype: torch.dtype) -> Any:
+        """The all-ones input: from ``example`` (floats -> ones, integers kept, one example) or the shape."""
+        if self.example is None:
+            return torch.ones((1, *self._example_shape()), dtype=dtype, device=self._device())
+        inputs, _ = split_batch(self.example)  # a dict keeps its labels: an encoder-decoder reads them
+
+        def ones(t: Any) -> Any:
+            if not isinstance(t, Tensor):
+                return t
+            t = t[:1] if t.dim() else t
+            return torch.ones_like(t, dtype=dtype) if t.is_floating_point() else t
+
+        inputs = {k: ones(v) for k, v in inputs.items()} if isinstance(inputs, dict) else ones(inputs)
+        return to_device(inputs, self._device())
+
     def _example_shape(self) -> tuple[int, ...]:
         if self.input_shape is not None:
             return self.input_shape
@@ -288,24 +361,25 @@ class SynFlow(_AtInit):
                 break
         raise SparseflowError(
             "SynFlow cannot infer the model's input shape (its first layer is not a Linear): pass "
-            "input_shape=, one example's shape without the batch axis, e.g. SynFlow(0.9, input_shape=(3, 32, 32))"
+            "input_shape=, one example's shape without the batch axis, e.g. SynFlow(0.9, input_shape=(3, 32, 32)), "
+            "or example= a batch from your loader (for token ids or a dict of inputs)"
         )
 
     def _saliency(self) -> dict[str, Tensor]:
-        shape = self._example_shape()
         try:
-            return self._synflow(shape, torch.float64)
-        except RuntimeError:  # a model that cannot run in float64 (e.g. float32 constants made in forward)
+            return self._synflow(torch.float64)
+        except (RuntimeError, ValueError, TypeError, IndexError):  # a model that cannot run in float64
             pass
         try:
-            return self._synflow(shape, next(iter(self._params.values())).dtype)
-        except RuntimeError as e:
+            return self._synflow(next(iter(self._params.values())).dtype)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            what = "the example batch" if self.example is not None else f"an all-ones input of shape {(1, *self._example_shape())}"
             raise SparseflowError(
-                f"SynFlow: the model fails on an all-ones input of shape {(1, *shape)}; pass the right "
-                f"input_shape= (one example, no batch axis). PyTorch said: {e}"
+                f"SynFlow: the model fails on {what}; pass the right input_shape= (one example, no batch axis) "
+                f"or example= a batch from your loader. PyTorch said: {e}"
             ) from e
 
-    def _synflow(self, shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
+    def _synflow(self, dtype: torch.dtype) -> dict[str, Tensor]:
         model = self.model
 
         def linearise(name: str, t: Tensor) -> Tensor:
@@ -314,8 +388,8 @@ class SynFlow(_AtInit):
 
         with _scoring(model):
             state, leaves = _leaves(model, self._params, linearise)
-            ones = torch.ones((1, *shape), dtype=dtype, device=self._device())
-            grads = _grads(functional_call(model, state, (ones,)).sum(), leaves, "SynFlow")
+            out = output_tensor(_forward(model, state, self._example(dtype)))
+            grads = _grads(out.sum(), leaves, "SynFlow")
         scores = {n: (grads[n] * leaves[n]).detach().abs() for n in leaves}
         # One positive factor for all layers keeps the global ranking and keeps float32 (used for ranking)
         # away from overflow and underflow: R grows like a product of per-layer norms.

@@ -17,6 +17,11 @@ bool array into a payload whose first byte names the codec, and back; the decode
   coded with ``IID``.
 * ``CONTEXT``: adaptive per-row/per-column model for trained masks (:mod:`sparseflow.storage.context`).
 
+The matrix view takes the first axis as the outputs and the second as the inputs. A weight stored another
+way (HF ``Conv1D`` is ``(in, out)``, a transposed convolution ``(in, out, *k)``) is offered to the N:M and
+block coders in its ``(out, in, *rest)`` view as well by :func:`sparseflow.save`, which reads the weight's
+:class:`~sparseflow.Layout` and records the axes in the file's header when that view codes smaller.
+
 :func:`encode_mask` tries every codec that applies and keeps the smallest payload, so a structured or trained
 mask never costs more than the i.i.d. code. Model probabilities are computed with ``+ - * /`` only (IEEE
 exact on every platform), so a file decodes identically everywhere.
@@ -35,7 +40,7 @@ from constriction import stream
 
 from sparseflow.errors import StorageError
 
-__all__ = ["IID", "NM", "BLOCK", "CONTEXT", "CODEC_NAMES", "encode_mask", "decode_mask",
+__all__ = ["IID", "NM", "BLOCK", "CONTEXT", "CODEC_NAMES", "encode_mask", "encode_structured", "decode_mask",
            "encode_iid", "decode_iid", "matrix_view", "from_matrix_view", "iid_bound_bits", "binary_entropy"]
 
 IID, NM, BLOCK, CONTEXT = 1, 2, 3, 4
@@ -338,19 +343,33 @@ def _overdispersed(mat: np.ndarray) -> bool:
     return False
 
 
+def encode_structured(mask: np.ndarray) -> bytes | None:
+    """The smaller of the N:M and block payloads of ``mask`` (>= 2 dims, matrix view), or None when it has
+    neither structure. Cheap when it has none: both detectors stop at the first row or pair that breaks it."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if mask.ndim < 2 or not mask.size:
+        return None
+    mat = matrix_view(mask)
+    candidates = []
+    nm = _nm_detect(mat)
+    if nm is not None:
+        candidates.append(bytes([NM]) + _encode_nm(mat, *nm))
+    block = _encode_block(mat)
+    if block is not None:
+        candidates.append(bytes([BLOCK]) + block)
+    return min(candidates, key=len) if candidates else None
+
+
 def encode_mask(mask: np.ndarray, *, context: bool = True) -> bytes:
     """The smallest payload among the codecs that apply to ``mask`` (any shape); first byte = codec id."""
     mask = np.ascontiguousarray(mask, dtype=bool)
     candidates = [bytes([IID]) + encode_iid(mask.reshape(-1))]
     if mask.ndim >= 2 and mask.size:
         mat = matrix_view(mask)
-        nm = _nm_detect(mat)
-        if nm is not None:
-            candidates.append(bytes([NM]) + _encode_nm(mat, *nm))
-        block = _encode_block(mat)
-        if block is not None:
-            candidates.append(bytes([BLOCK]) + block)
-        if context and nm is None and block is None and _overdispersed(mat):
+        structured = encode_structured(mask)
+        if structured is not None:
+            candidates.append(structured)
+        if context and structured is None and _overdispersed(mat):
             from sparseflow.storage import context as _context  # imports codec: bound late
 
             coded = _context.encode(mat, budget_bits=8.0 * len(candidates[0]))

@@ -6,15 +6,26 @@ Layout (any safetensors reader can list it):
   :mod:`sparseflow.storage.codec`) and ``name::values`` (1-D, the kept values in row-major order, in the
   stored dtype: float32, float16 or bfloat16);
 * a dense tensor (biases, norms, buffers) is stored as itself under ``name``;
-* the header metadata ``{"format": "sparseflow-sparse", "version": "1", "tensors": <json>, "meta": <json>}``
-  gives, per tensor, ``kind`` (sparse/dense), ``shape``, ``dtype`` (as saved), ``stored`` (as written),
-  ``nnz``, ``density``, ``codec`` and ``crc32``, the checksum of the decoded tensor in the stored dtype.
+* a tied tensor (one tensor under several names, :mod:`sparseflow.storage.state`) is stored once, under its
+  first name; each other name is an *alias* entry of the header and has no data of its own;
+* the header metadata ``{"format": "sparseflow-sparse", "version": "1" | "2", "tensors": <json>,
+  ["masks": <json>,] "meta": <json>}`` gives, per name in the state dict's order, ``kind`` (sparse, dense or
+  alias), ``shape``, ``dtype`` (as saved), ``stored`` (as written), ``nnz``, ``density``, ``codec`` and
+  ``crc32``, the checksum of the decoded tensor in the stored dtype; an alias gives only ``of``, the name
+  it is stored under. ``axes`` ``[out, in]`` (optional) says the mask was coded in the weight's
+  ``(out, in, *rest)`` view (:class:`~sparseflow.Layout`), where N:M groups and blocks are found along the
+  input axis whatever the stored order. ``masks`` lists the names of the masks ``save`` was given, in their
+  order: :func:`load_mask` returns exactly those.
+
+Version "2" files are those that use aliases or ``axes``; every other file is written as version "1", which
+sparseflow has always read (a version "1" reader would misread the newer entries, so they carry the new
+number). Metadata keys and tensor entries are written in a fixed order, so equal models give equal bytes.
 
 Loading checks, in order, and names the tensor and the failed check on the first failure: the safetensors
 framing (bounded header, offsets inside the file), the format and version, every shape against
 ``max_numel`` (so a forged header cannot make the loader allocate more than the caps allow), the entries each
 tensor needs and their dtypes and lengths, the decoded mask's kept count, and the checksum. A file that passes
-decodes to exactly the tensors that were saved.
+decodes to exactly the tensors that were saved, each alias the same tensor object as the name it refers to.
 """
 
 from __future__ import annotations
@@ -22,48 +33,55 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
 from sparseflow.errors import StorageError
 from sparseflow.io import atomic_write_bytes
 from sparseflow.mask import Mask
-from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask
+from sparseflow.layouts import Layout
+from sparseflow.storage.codec import CODEC_NAMES, decode_mask, encode_mask, encode_structured
+from sparseflow.storage.framing import header, to_bytes
+from sparseflow.storage.state import STORABLE_DTYPES, prepare
 from sparseflow.storage.values import decode_values, encode_values
 
-__all__ = ["save", "load", "load_mask", "read", "read_bytes", "is_sparse_file", "Stored", "DTYPES", "MAX_NUMEL", "FORMAT", "VERSION"]
+__all__ = ["save", "read", "read_bytes", "is_sparse_file", "state_and_masks", "Stored", "DTYPES", "MAX_NUMEL",
+           "FORMAT", "VERSIONS"]
 
 FORMAT = "sparseflow-sparse"
-VERSION = "1"
+VERSIONS = ("1", "2")  # read; save writes the lowest that holds the file (see the module docstring)
 MASK_SUFFIX, VALUES_SUFFIX = "::mask", "::values"
 VALUES_CODEC = "planes"  # header "values" of an entry whose values are coded (absent: stored as themselves)
 # Names accepted for the stored value dtype (CLI strings and torch dtypes both map here).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_TORCH_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-    torch.int8, torch.uint8, torch.bool)}
+_TORCH_DTYPES = {str(d).removeprefix("torch."): d for d in STORABLE_DTYPES}
 MAX_NUMEL = 2**31  # per tensor, unless the caller raises it
-_MAX_HEADER = 100 * 2**20  # safetensors' own cap on the JSON header
 
 
 @dataclass(frozen=True)
 class Stored:
-    """What :func:`read` returns: the decoded tensors (as saved), the masks of the sparse ones, per-tensor
-    metadata (the header's ``tensors`` entry plus ``mask_bytes`` and ``values_bytes``) and the user's meta."""
+    """What :func:`read` returns.
+
+    ``tensors``: the state dict as saved, every name in order (an alias is the same tensor object as the
+    name it refers to); ``mask``: the masks of the tensors stored sparse; ``info``: per stored tensor, the
+    header's entry plus ``mask_bytes`` and ``values_bytes``; ``meta``: the user's meta; ``aliases``: each
+    alias -> the name it is stored under; ``masked``: the names of the masks ``save`` was given, in order
+    (None for a file saved without masks, or written before files recorded them).
+    """
 
     tensors: dict[str, Tensor]
     mask: Mask
     info: dict[str, dict[str, Any]]
     meta: dict[str, Any]
+    aliases: dict[str, str] = field(default_factory=dict)
+    masked: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,51 +97,12 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
                        "tensor's own floating dtype)")
 
 
-def _state_of(obj: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(obj, nn.Module):
-        state = dict(obj.state_dict())
-    elif isinstance(obj, Mapping):
-        state = dict(obj)
-    else:
-        raise StorageError(f"save needs an nn.Module or a state dict, got {type(obj).__name__}")
-    for name, t in state.items():
-        if not isinstance(name, str) or not isinstance(t, Tensor):
-            raise StorageError(f"state entry {name!r} is a {type(t).__name__}, not a tensor; save stores tensors only")
-        if name.endswith((MASK_SUFFIX, VALUES_SUFFIX)):
-            raise StorageError(f"tensor name {name!r} ends in a suffix reserved for the file layout; rename it")
-        if t.dtype not in _TORCH_DTYPES.values():
-            raise StorageError(f"tensor {name!r} has dtype {t.dtype}, which the file format does not store")
-    return _fold_torch_prune(state)
-
-
-def _fold_torch_prune(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``x_orig`` + ``x_mask`` (torch.nn.utils.prune) -> ``x`` with zeros outside the mask, and its mask."""
-    out: dict[str, Tensor] = {}
-    for name, t in state.items():
-        if name.endswith("_orig") and name[: -len("_orig")] + "_mask" in state:
-            base = name[: -len("_orig")]
-            out[base] = t * state[base + "_mask"].to(t.dtype)
-            out[base + "\0mask"] = state[base + "_mask"] != 0  # carried to save() below, never written
-        elif not (name.endswith("_mask") and name[: -len("_mask")] + "_orig" in state):
-            out[name] = t
-    return out
-
-
 def state_and_masks(model: nn.Module | Mapping[str, Tensor], mask: Mask | Mapping[str, Tensor] | None
                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The tensors :func:`save` stores and the masks it was given (torch.nn.utils.prune ones folded in),
-    each mask checked against its tensor's name and shape."""
-    state = _state_of(model)
-    masks = {n[: -len("\0mask")]: state.pop(n) for n in list(state) if n.endswith("\0mask")}
-    for name, m in (mask or {}).items():
-        if name not in state:
-            raise StorageError(f"mask names {name!r}, which is not a tensor of the model; tensors: "
-                               f"{list(state)[:8]}{'...' if len(state) > 8 else ''}")
-        if tuple(m.shape) != tuple(state[name].shape):
-            raise StorageError(f"mask for {name!r} has shape {tuple(m.shape)} but the tensor has shape "
-                               f"{tuple(state[name].shape)}")
-        masks[name] = m.detach().to("cpu", torch.bool)
-    return state, masks
+    """The tensors :func:`save` stores (each tied tensor once, torch.nn.utils.prune pairs folded) and their
+    masks by stored name, each checked against its tensor's name and shape."""
+    prep = prepare(model, mask)
+    return prep.state, prep.masks
 
 
 def _dense_bytes(value: Tensor, compress: bool) -> int:
@@ -147,6 +126,31 @@ def _crc(t: Tensor, e: Mapping[str, Any]) -> int:
     return zlib.crc32(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), zlib.crc32(desc))
 
 
+def _coded_mask(m: Tensor, layout: Layout | None) -> tuple[bytes, list[int] | None]:
+    """The smallest mask payload, coded as stored or (for a weight whose outputs and inputs are not axes 0
+    and 1) in its ``(out, in, *rest)`` view, where N:M groups and blocks run along the input axis."""
+    payload = encode_mask(m.numpy())
+    if layout is None:
+        return payload, None
+    # The i.i.d. code does not depend on the order and the context coder tries both orientations of the
+    # matrix: only N:M groups and blocks need the (out, in) view.
+    alt = encode_structured(layout.canonical(m).contiguous().numpy())
+    if alt is not None and len(alt) < len(payload):
+        return alt, [layout.out_axis % m.dim(), layout.in_axis % m.dim()]
+    return payload, None
+
+
+def _unshare(tensors: dict[str, Tensor]) -> None:
+    """Copy each entry that shares memory with an earlier one (a slice of another tensor: tied tensors are
+    already stored once). safetensors refuses shared memory, and the loaded tensors are separate anyway."""
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            tensors[name] = t.clone()
+        seen.add(ptr)
+
+
 def save(
     path: str | os.PathLike[str],
     model: nn.Module | Mapping[str, Tensor],
@@ -158,20 +162,24 @@ def save(
 ) -> dict[str, dict[str, Any]]:
     """Write ``model`` (a module or a state dict) to ``path`` with entropy-coded masks; atomic, no pickle.
 
-    ``mask``: the tensors to store sparse and their masks (a :class:`~sparseflow.Mask`, e.g. ``method.mask``).
-    A kept weight that happens to be 0 stays kept. Weights outside the mask must be zero (the invariant every
-    sparseflow method keeps); otherwise this raises rather than silently dropping them. Without ``mask``,
-    each floating tensor is stored sparse (mask = its nonzeros) when that is smaller than dense. Modules pruned
-    with ``torch.nn.utils.prune`` are folded (``weight_orig * weight_mask`` stored as ``weight`` with that mask).
+    ``mask``: the tensors to store sparse and their masks (a :class:`~sparseflow.Mask`, e.g. ``method.mask``),
+    recorded as the file's masks (:func:`load_mask` returns exactly them). A kept weight that happens to be 0
+    stays kept. Weights outside the mask must be zero (the invariant every sparseflow method keeps);
+    otherwise this raises rather than silently dropping them. Without ``mask``, each floating tensor is
+    stored sparse (mask = its nonzeros) when that is smaller than dense. Modules pruned with
+    ``torch.nn.utils.prune`` are folded (``weight_orig * weight_mask`` stored as ``weight`` with that mask,
+    recorded as a mask too). A tensor tied under several names (GPT-2's ``lm_head.weight`` and
+    ``transformer.wte.weight``) is stored once and its other names recorded as aliases
+    (:mod:`sparseflow.storage.state`).
     ``dtype``: ``"fp32"``, ``"fp16"``, ``"bf16"`` (or the torch dtype) for every floating tensor; None keeps
     each tensor's own. ``compress_values``: also entropy-code the values byte plane by byte plane, losslessly
     (:mod:`sparseflow.storage.values`; ~17 % smaller for fp32 weights), at the price of entries that a plain
     safetensors reader sees as uint8 rather than as the values. ``meta``: JSON-serialisable dict stored in
-    the header.
-    Returns the per-tensor metadata written (see :func:`read`).
+    the header. Equal inputs give byte-identical files.
+    Returns the per-name metadata written (see :func:`read`), aliases included.
     """
     stored_dtype = _resolve_dtype(dtype)
-    state, masks = state_and_masks(model, mask)
+    prep = prepare(model, mask)
     try:
         meta_json = json.dumps(dict(meta or {}), allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -179,7 +187,7 @@ def save(
 
     tensors: dict[str, Tensor] = {}
     info: dict[str, dict[str, Any]] = {}
-    for name, t in state.items():
+    for name, t in prep.state.items():
         t = t.detach().to("cpu")
         target = stored_dtype if (stored_dtype is not None and t.is_floating_point()) else t.dtype
         value = t.to(target).contiguous()
@@ -190,7 +198,7 @@ def save(
                                    f"(largest |value| {t.abs().max().item():.4g}); store it with dtype='fp32' or 'bf16'")
         entry: dict[str, Any] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
                                  "stored": str(target).removeprefix("torch.")}
-        m = masks.get(name)
+        m = prep.masks.get(name)
         if m is not None:
             outside = int(torch.count_nonzero(value[~m])) if value.numel() else 0
             if outside:
@@ -200,13 +208,15 @@ def save(
         elif t.is_floating_point() and t.numel() > 1 and t.dim() >= 1:
             m = value != 0
         if m is not None and value.numel():
-            payload = encode_mask(m.numpy())
+            payload, axes = _coded_mask(m, prep.layouts.get(name))
             kept = value[m]
             packed = _packed(kept, compress_values)
             nbytes = len(payload) + (packed.numel() if packed is not None else kept.numel() * kept.element_size())
-            if name in masks or nbytes < _dense_bytes(value, compress_values):
+            if name in prep.masks or nbytes < _dense_bytes(value, compress_values):
                 entry |= {"kind": "sparse", "nnz": int(kept.numel()), "density": kept.numel() / value.numel(),
                           "codec": CODEC_NAMES[payload[0]]}
+                if axes is not None:
+                    entry["axes"] = axes
                 tensors[name + MASK_SUFFIX] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
                 tensors[name + VALUES_SUFFIX] = kept.contiguous() if packed is None else packed
                 if packed is not None:
@@ -223,36 +233,25 @@ def save(
         if packed is not None:
             entry["values"] = VALUES_CODEC
         info[name] = entry
-    header = {"format": FORMAT, "version": VERSION, "tensors": json.dumps(info), "meta": meta_json}
-    atomic_write_bytes(path, _st_save(tensors, metadata=header))
-    return info
+    _unshare(tensors)
+    written = {n: info[n] if n in info else {"kind": "alias", "of": prep.aliases[n]} for n in prep.order}
+    v2 = bool(prep.aliases) or any("axes" in e for e in info.values())
+    header = {"format": FORMAT, "version": "2" if v2 else "1", "tensors": json.dumps(written)}
+    if prep.masked is not None:
+        header["masks"] = json.dumps(prep.masked)
+    header["meta"] = meta_json
+    atomic_write_bytes(path, to_bytes(tensors, header))
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
 # Loading.
 
 
-def _header(data: bytes, where: str) -> dict[str, Any]:
-    """The safetensors JSON header, read with explicit bounds before handing the bytes to safetensors."""
-    if len(data) < 8:
-        raise StorageError(f"{where}: file is {len(data)} bytes, too short for a safetensors header (truncated?)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, _MAX_HEADER):
-        raise StorageError(f"{where}: header claims {n} bytes but the file has {len(data) - 8} after the length "
-                           "field (truncated or not a safetensors file)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (ValueError, RecursionError) as e:  # also 5000-digit ints (ValueError) and deep nesting
-        raise StorageError(f"{where}: header is not valid JSON ({e}); the file is corrupted") from None
-    if not isinstance(header, dict):
-        raise StorageError(f"{where}: header is not a JSON object; the file is corrupted")
-    return header
-
-
 def is_sparse_file(data: bytes) -> bool:
     """Whether ``data`` starts like a file written by :func:`save` (no validation beyond the header)."""
     try:
-        meta = _header(data, "<bytes>").get("__metadata__")
+        meta = header(data, "<bytes>").get("__metadata__")
     except StorageError:
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
@@ -262,6 +261,10 @@ def _entry(name: str, e: object, where: str, max_numel: int) -> dict[str, Any]:
     def bad(check: str) -> StorageError:
         return StorageError(f"{where}: tensor {name!r}: {check}")
 
+    if isinstance(e, dict) and e.get("kind") == "alias":
+        if not isinstance(e.get("of"), str) or set(e) != {"kind", "of"}:
+            raise bad("alias entry does not name the tensor it refers to")
+        return e
     if not isinstance(e, dict) or e.get("kind") not in ("sparse", "dense"):
         raise bad("metadata entry is not a sparse/dense tensor description")
     shape = e.get("shape")
@@ -282,7 +285,22 @@ def _entry(name: str, e: object, where: str, max_numel: int) -> dict[str, Any]:
         nnz = e.get("nnz")
         if type(nnz) is not int or not 0 <= nnz <= numel:
             raise bad(f"kept count {nnz!r} is not an int in 0..{numel}")
+        axes = e.get("axes")
+        if axes is not None and not (isinstance(axes, list) and len(axes) == 2 and len(shape) >= 2
+                                     and all(type(a) is int and 0 <= a < len(shape) for a in axes)
+                                     and axes[0] != axes[1]):
+            raise bad(f"axes {axes!r} are not two distinct axes of a tensor of shape {shape}")
     return e
+
+
+def _names_list(text: object, where: str, what: str) -> list[str]:
+    try:
+        names = json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError) as e:
+        raise StorageError(f"{where}: header {what} is not valid JSON ({e}); the file is corrupted") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise StorageError(f"{where}: header {what} is not a list of distinct names; the file is corrupted")
+    return names
 
 
 def read(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> Stored:
@@ -296,14 +314,13 @@ def read(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> Stored:
 
 def read_bytes(data: bytes, *, where: str = "<bytes>", max_numel: int = MAX_NUMEL) -> Stored:
     """:func:`read` for the file's bytes already in memory; ``where`` names the source in errors."""
-    header = _header(data, where)
-    meta = header.get("__metadata__")
+    meta = header(data, where).get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise StorageError(f"{where}: not a sparseflow sparse file (header format is "
                            f"{meta.get('format') if isinstance(meta, dict) else None!r}); write one with sparseflow.save")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in VERSIONS:
         raise StorageError(f"{where}: format version {meta.get('version')!r} is not supported (this sparseflow "
-                           f"reads version {VERSION}); upgrade sparseflow")
+                           f"reads versions {', '.join(VERSIONS)}); upgrade sparseflow")
     try:
         entries = json.loads(meta["tensors"])
         user_meta = json.loads(meta.get("meta", "{}"))
@@ -312,13 +329,25 @@ def read_bytes(data: bytes, *, where: str = "<bytes>", max_numel: int = MAX_NUME
     if not isinstance(entries, dict) or not isinstance(user_meta, dict):
         raise StorageError(f"{where}: header metadata has the wrong structure; the file is corrupted")
     entries = {n: _entry(n, e, where, max_numel) for n, e in entries.items()}
+    aliases = {n: e["of"] for n, e in entries.items() if e["kind"] == "alias"}
+    for name, of in aliases.items():
+        if of not in entries or of in aliases:
+            raise StorageError(f"{where}: tensor {name!r} is an alias of {of!r}, which is not a stored tensor; "
+                               "the file is corrupted")
+    masked = _names_list(meta["masks"], where, "masks") if "masks" in meta else None
+    for name in masked or ():
+        e = entries.get(aliases.get(name, name))
+        if e is None or (e["kind"] == "dense" and math.prod(e["shape"])):  # only an empty tensor is masked dense
+            raise StorageError(f"{where}: header lists a mask for {name!r}, which the file does not hold as a "
+                               "sparse tensor; the file is corrupted")
     try:  # safetensors checks every entry's offsets and byte length against the file
         raw = _st_load(data)
     except Exception as e:  # safetensors raises its own error type for every framing problem
         raise StorageError(f"{where}: not a valid safetensors file ({e}); the file is truncated or corrupted") from None
     expected = set()
     for name, e in entries.items():
-        expected |= {name + MASK_SUFFIX, name + VALUES_SUFFIX} if e["kind"] == "sparse" else {name}
+        if e["kind"] != "alias":
+            expected |= {name + MASK_SUFFIX, name + VALUES_SUFFIX} if e["kind"] == "sparse" else {name}
     if set(raw) != expected:
         missing, extra = sorted(expected - set(raw)), sorted(set(raw) - expected)
         raise StorageError(f"{where}: stored entries do not match the header (missing {missing[:4]}, "
@@ -328,11 +357,14 @@ def read_bytes(data: bytes, *, where: str = "<bytes>", max_numel: int = MAX_NUME
     mask = Mask()
     info: dict[str, dict[str, Any]] = {}
     for name, e in entries.items():
+        if e["kind"] == "alias":
+            continue
         tensors[name], m, extra = _decode_tensor(name, e, raw, where)
         if m is not None:
             mask[name] = m
         info[name] = dict(e) | extra
-    return Stored(tensors, mask, info, user_meta)
+    tensors = {n: tensors[aliases.get(n, n)] for n in entries}  # the state dict's order; an alias is its tensor
+    return Stored(tensors, mask, info, user_meta, aliases, None if masked is None else tuple(masked))
 
 
 def _decode_tensor(name: str, e: dict[str, Any], raw: dict[str, Tensor], where: str
@@ -361,10 +393,14 @@ def _decode_tensor(name: str, e: dict[str, Any], raw: dict[str, Tensor], where: 
     if kept.dtype != stored or kept.dim() != 1 or kept.numel() != e["nnz"]:
         raise bad(f"values entry is {kept.dtype} of shape {tuple(kept.shape)}, header says {stored} "
                   f"({e['nnz']},)")
+    layout = Layout(*e["axes"]) if "axes" in e else None
     try:
-        m = torch.from_numpy(decode_mask(payload.numpy().tobytes(), shape, e["nnz"]))
+        coded_shape = shape if layout is None else layout.canonical_shape(shape)
+        m = torch.from_numpy(decode_mask(payload.numpy().tobytes(), coded_shape, e["nnz"]))
     except StorageError as err:
         raise bad(f"mask check failed: {err}") from None
+    if layout is not None:
+        m = layout.restore(m)
     if CODEC_NAMES.get(int(payload[0])) != e.get("codec"):
         raise bad(f"codec {e.get('codec')!r} in the header differs from the payload's")
     value = torch.zeros(shape, dtype=stored)
@@ -384,52 +420,3 @@ def _unpack(entry: Tensor, n: int, stored: torch.dtype, bad: Any) -> Tensor:
         return decode_values(entry.numpy().tobytes(), n, stored)
     except StorageError as err:
         raise bad(f"values check failed: {err}") from None
-
-
-def load(
-    path: str | os.PathLike[str],
-    model: nn.Module | None = None,
-    *,
-    strict: bool = True,
-    max_numel: int = MAX_NUMEL,
-) -> dict[str, Tensor] | nn.Module:
-    """Read an ``.sfz`` file. Without ``model``: the state dict (dense tensors, dtypes as saved).
-
-    With ``model``: load into it and return it. Names the tensor and both shapes on a shape mismatch;
-    with ``strict`` (default) missing or unexpected names are errors too. A model pruned with
-    ``torch.nn.utils.prune`` gets its ``weight_orig``/``weight_mask`` filled from the stored weight and mask.
-    """
-    stored = read(path, max_numel=max_numel)
-    if model is None:
-        return stored.tensors
-    load_into(model, stored, strict=strict, where=str(path))
-    return model
-
-
-def load_into(model: nn.Module, stored: Stored, *, strict: bool = True, where: str = "file") -> None:
-    own = model.state_dict()
-    state: dict[str, Tensor] = {}
-    for name, t in stored.tensors.items():
-        if name not in own and name + "_orig" in own and name + "_mask" in own:  # torch.nn.utils.prune
-            m = stored.mask[name] if name in stored.mask else t != 0
-            state[name + "_orig"], state[name + "_mask"] = t, m.to(own[name + "_mask"].dtype)
-        else:
-            state[name] = t
-    for name, t in state.items():
-        if name in own and tuple(own[name].shape) != tuple(t.shape):
-            raise StorageError(f"{where}: tensor {name!r} has shape {tuple(t.shape)} in the file but "
-                               f"{tuple(own[name].shape)} in the model")
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if strict and (missing or unexpected):
-        raise StorageError(f"{where}: file and model differ: missing from the file {missing[:6]}, not in the "
-                           f"model {unexpected[:6]}; pass strict=False to load the common tensors")
-    with torch.no_grad():
-        for name, t in state.items():
-            if name in own:
-                own[name].copy_(t)
-
-
-def load_mask(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> Mask:
-    """The masks of the tensors stored sparse, as a :class:`~sparseflow.Mask`."""
-    return read(path, max_numel=max_numel).mask

@@ -32,14 +32,31 @@ def _pruned(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 
 
 def from_torch_prune(model: nn.Module) -> Mask:
-    """The masks of every tensor pruned with ``torch.nn.utils.prune`` (``weight_mask != 0``)."""
-    return Mask({full: getattr(module, name + "_mask").detach() != 0 for full, module, name in _pruned(model)})
+    """The masks of every tensor pruned with ``torch.nn.utils.prune`` (``weight_mask != 0``). A tied tensor
+    pruned under each of its names with one mask (as :func:`to_torch_prune_` does) is reported once, by its
+    first name."""
+    out = Mask()
+    seen: dict[int, list[str]] = {}  # id of a pruned tensor's *_orig parameter -> names reported for it
+    for full, module, name in _pruned(model):
+        m = getattr(module, name + "_mask").detach() != 0
+        names = seen.setdefault(id(getattr(module, name + "_orig")), [])
+        if any(torch.equal(out[n], m) for n in names):
+            continue
+        names.append(full)
+        out[full] = m
+    return out
 
 
 def to_torch_prune_(model: nn.Module, mask: Mask) -> None:
     """Install ``mask`` with ``torch.nn.utils.prune.custom_from_mask`` (a tensor already pruned that way gets
-    the new mask combined with its old one, as PyTorch does)."""
-    modules = dict(model.named_modules())
+    the new mask combined with its old one, as PyTorch does). A tied parameter (GPT-2's
+    ``transformer.wte.weight``, also ``lm_head.weight``) is pruned under each of its names, so every module
+    that uses it sees the masked weight and the names stay tied (one ``weight_orig``)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names_of: dict[int, list[str]] = {}
+    for full, p in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(full)
+    installs: list[tuple[str, torch.Tensor]] = []
     for full, m in mask.items():
         mod_name, _, name = full.rpartition(".")
         module = modules.get(mod_name)
@@ -49,7 +66,16 @@ def to_torch_prune_(model: nn.Module, mask: Mask) -> None:
         if tuple(current.shape) != tuple(m.shape):
             raise MaskError(f"mask for {full!r} has shape {tuple(m.shape)} but the tensor has shape "
                             f"{tuple(current.shape)}")
-        prune.custom_from_mask(module, name, m.to(current.device))
+        tied = names_of.get(id(current), [full])
+        installs += [(n, m) for n in [full, *tied] if n == full or n not in mask]
+    done: set[tuple[int, str]] = set()  # a module reachable under two names is pruned once
+    for full, m in installs:  # names found before any install: pruning moves the parameter to *_orig
+        mod_name, _, name = full.rpartition(".")
+        module = modules[mod_name]
+        if (id(module), name) in done:
+            continue
+        done.add((id(module), name))
+        prune.custom_from_mask(module, name, m.to(getattr(module, name).device))
 
 
 def remove_torch_prune_(model: nn.Module) -> None:

@@ -3,6 +3,7 @@
 :func:`inspect` decodes the file (so every check of :func:`sparseflow.storage.container.read` runs) and
 reports per tensor the coded mask size in bits per position beside the i.i.d. bound ``H(p)`` (binary entropy
 of the keep fraction ``p``): a ratio below 1 means the codec found structure an i.i.d. model cannot see.
+A tied tensor is one entry (it is stored once) listing its other names as ``aliases``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class TensorEntry:
     values_bytes: int
     bits_per_position: float  # coded mask bits / numel
     bound_bits_per_position: float  # H(density)
+    aliases: tuple[str, ...] = ()  # the other names of a tied tensor (stored once, under ``name``)
 
     @property
     def ratio(self) -> float:
@@ -73,7 +75,8 @@ class FileReport:
         out = []
         for t in self.tensors:
             sparse = t.kind == "sparse"
-            out.append([t.name, "x".join(map(str, t.shape)) or "scalar", _SHORT.get(t.stored, t.stored),
+            name = f"{t.name} (= {', '.join(t.aliases)})" if t.aliases else t.name
+            out.append([name, "x".join(map(str, t.shape)) or "scalar", _SHORT.get(t.stored, t.stored),
                         f"{t.density:.4f}", t.codec or "dense", f"{t.bits_per_position:.3f}" if sparse else "",
                         f"{t.bound_bits_per_position:.3f}" if sparse else "",
                         f"{t.ratio:.3f}" if sparse and not math.isnan(t.ratio) else "",
@@ -95,6 +98,9 @@ class FileReport:
 def inspect(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> FileReport:
     """Decode ``path`` (a file written by :func:`sparseflow.save`) and report it tensor by tensor."""
     stored = read(path, max_numel=max_numel)
+    aliases: dict[str, list[str]] = {}
+    for alias, name in stored.aliases.items():
+        aliases.setdefault(name, []).append(alias)
     entries = []
     for name, e in stored.info.items():
         numel = math.prod(e["shape"])
@@ -104,5 +110,6 @@ def inspect(path: str | os.PathLike[str], *, max_numel: int = MAX_NUMEL) -> File
             name=name, kind=e["kind"], shape=tuple(e["shape"]), stored=e["stored"], numel=numel, nnz=nnz,
             density=density, codec=e.get("codec"), mask_bytes=e["mask_bytes"], values_bytes=e["values_bytes"],
             bits_per_position=8 * e["mask_bytes"] / numel if numel else 0.0,
-            bound_bits_per_position=binary_entropy(density) if e["kind"] == "sparse" else 0.0))
+            bound_bits_per_position=binary_entropy(density) if e["kind"] == "sparse" else 0.0,
+            aliases=tuple(aliases.get(name, ()))))
     return FileReport(str(path), Path(path).stat().st_size, tuple(entries), stored.meta)

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 
 from sparseflow.errors import StorageError
 from sparseflow.io import atomic_write_bytes
 from sparseflow.mask import Mask
 from sparseflow.storage.codec import decode_iid, decode_mask, encode_iid, encode_mask
-from sparseflow.storage.container import MAX_NUMEL, _header
+from sparseflow.storage.container import MAX_NUMEL
+from sparseflow.storage.framing import header as _header
+from sparseflow.storage.framing import to_bytes
 
 __all__ = ["save_masks", "load_masks", "append_mask", "mask_sequence_bits"]
 
@@ -120,7 +121,7 @@ def save_masks(path: str | os.PathLike[str], masks: Sequence[Mask | Mapping[str,
     except (TypeError, ValueError) as e:
         raise StorageError(f"meta must be a JSON-serialisable dict of finite values ({e})") from None
     header = {"format": FORMAT, "version": VERSION, "levels": json.dumps(info), "meta": meta_json}
-    atomic_write_bytes(path, _st_save(tensors, metadata=header))
+    atomic_write_bytes(path, to_bytes(tensors, header))
     return info
 
 

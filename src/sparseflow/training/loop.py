@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sparseflow.errors import SparseflowError
+from sparseflow.layouts import batch_size, call, default_loss, predictions, split_batch, to_device
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import CHECKPOINT_FILE, rng_snapshot
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
@@ -70,22 +71,36 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, method:
 def evaluate(
     model: nn.Module, loader: DataLoader, *, device: str | torch.device | None = None
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over ``loader``; restores the model's train/eval mode."""
+    """(accuracy, mean loss) over ``loader``; restores the model's train/eval mode.
+
+    Batches are ``(x, y)`` pairs or dicts of model inputs; the loss is :func:`~sparseflow.layouts.default_loss`
+    (cross-entropy, or the model's own loss). Accuracy is NaN when the model is not a classifier with one
+    label per example (a language model)."""
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == y).sum().item())
-        n += len(y)
+    correct, loss_sum, n, classified = 0, 0.0, 0, True
+    for batch in loader:
+        inputs, y = (to_device(v, device) for v in split_batch(batch))
+        out = call(model, inputs)
+        k = batch_size(inputs)
+        loss_sum += _summed_loss(out, y, k).item()
+        pred = predictions(out, y)
+        classified = classified and pred is not None
+        correct += int((pred == y).sum().item()) if pred is not None else 0
+        n += k
     model.train(was_training)
     if n == 0:
         raise SparseflowError("evaluate() got a loader that yields no samples; pass a non-empty test loader")
-    return correct / n, loss_sum / n
+    return (correct / n if classified else math.nan), loss_sum / n
+
+
+def _summed_loss(out: Any, y: Any, n: int) -> torch.Tensor:
+    """The loss summed over the batch's ``n`` examples (cross-entropy exactly; a model's own mean loss × n)."""
+    if isinstance(out, torch.Tensor):
+        return F.cross_entropy(out, y, reduction="sum")
+    return default_loss(out, y) * n
 
 
 def fit(
@@ -132,8 +147,8 @@ def fit(
             # Where this epoch starts: at batch 0 with the RNG as it is, or where a checkpoint left it.
             pos, resume_at = resume_at or EpochPosition(rng_snapshot(train_loader, device)), None
             loss_sum, seen, lr = pos.loss_sum, pos.seen, pos.lr
-            for i, (x, y) in enumerate(pos.batches_left(train_loader, epoch, device), start=pos.batches):
-                x, y = x.to(device), y.to(device)
+            for i, batch in enumerate(pos.batches_left(train_loader, epoch, device), start=pos.batches):
+                x, y = (to_device(v, device) for v in split_batch(batch))
                 loss, value = _loss(net, x, y, train_loader, i)
                 _check_finite(value, state, cfg)
                 loss.backward()
@@ -146,8 +161,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
 
                 state.step += 1
-                loss_sum += value * len(y)
-                seen += len(y)
+                loss_sum += value * batch_size(x)
+                seen += batch_size(x)
                 state.metrics = {"epoch": epoch, "step": state.step, "loss": value, "lr": lr}
                 show.step(loss_sum / seen, value, lr)
                 for cb in callbacks:
@@ -268,17 +283,19 @@ def _wrap(model: nn.Module, method: SparsityMethod | None, step: int) -> nn.Modu
     return net
 
 
-def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loader: DataLoader, i: int) -> tuple[torch.Tensor, float]:
-    """(the loss to backpropagate, the batch's mean cross-entropy) for batch ``i`` of the epoch.
+def _loss(net: nn.Module, x: Any, y: Any, loader: DataLoader, i: int) -> tuple[torch.Tensor, float]:
+    """(the loss to backpropagate, the batch's mean loss) for batch ``i`` of the epoch: cross-entropy, or the
+    model's own loss (a Hugging Face model given labels in a dict batch).
 
     Under DDP the summed loss is scaled so that DDP's average over ranks is the global batch's mean.
     """
     scale = distributed.loss_scale(loader, i) if distributed.active() else None
     if scale is None:
-        loss = F.cross_entropy(net(x), y)
+        loss = default_loss(call(net, x), y)
         return loss, loss.item()
-    summed = F.cross_entropy(net(x), y, reduction="sum")
-    return summed * scale, summed.item() / max(len(y), 1)
+    n = batch_size(x)
+    summed = _summed_loss(call(net, x), y, n)
+    return summed * scale, summed.item() / max(n, 1)
 
 
 def _method_step(method: SparsityMethod | None, step: int) -> None:
