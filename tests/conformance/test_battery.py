@@ -58,15 +58,15 @@ EMPTY = r"layer\(s\) \[.*\] would keep no weights"
 ALLOWED: dict[str, list[Refusal]] = {
     # The global ranking by |w| leaves some layer without weights (recomputed here on the same weights): refusing
     # a disconnected network is documented (docs/guide/targets.md, "Exact counts").
-    "magnitude_global": [Refusal(EMPTY, "ranking empties a layer", _names_all(global_empties))],
+    "magnitude_global": [Refusal(EMPTY, "empties a layer", _names_all(global_empties))],
     # N:M groups run along the input axis; a layer whose input axis is not a multiple of 4 is refused, and the one
     # error names every such layer.
-    "nm_2_4": [Refusal(r"NM\((n=)?2, (m=)?4\)", "input axis not a multiple of 4", _names_all(nm_incompatible))],
+    "nm_2_4": [Refusal(r"NM\((n=)?2, (m=)?4\)", "inputs not a multiple of 4", _names_all(nm_incompatible))],
     # Pruning at initialisation ranks all layers together; a layer left empty is refused as above. SNIP's and
     # GraSP's rankings are recomputed here; SynFlow's iterative one is not (the message must name a target).
-    "snip": [Refusal(EMPTY, "ranking empties a layer", _names_all(lambda arch: saliency_empties(arch, "snip")))],
-    "grasp": [Refusal(EMPTY, "ranking empties a layer", _names_all(lambda arch: saliency_empties(arch, "grasp")))],
-    "synflow": [Refusal(EMPTY, "ranking empties a layer", _names_a_target)],
+    "snip": [Refusal(EMPTY, "empties a layer", _names_all(lambda arch: saliency_empties(arch, "snip")))],
+    "grasp": [Refusal(EMPTY, "empties a layer", _names_all(lambda arch: saliency_empties(arch, "grasp")))],
+    "synflow": [Refusal(EMPTY, "empties a layer", _names_a_target)],
     # The unit graph follows Linear/Conv layers, activations, norms, pools, flatten and residual adds; anything
     # else is refused with the module or operation named.
     "connectivity": [
