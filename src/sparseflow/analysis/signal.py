@@ -165,7 +165,8 @@ def signal(
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernels skip the calls the hooks read
     try:
-        with torch.enable_grad():
+        # cuDNN's recurrent kernels have no backward in eval mode; the native ones compute the same
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             try:
                 out = call(model, inputs)
             except RuntimeError as e:

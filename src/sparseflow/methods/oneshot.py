@@ -56,7 +56,8 @@ class LayerPruning:
 
 def _relative_error(w: Tensor, new: Tensor, h: Tensor) -> float:
     """‖(W − W')X‖² / ‖WX‖² from H ∝ XᵀX: tr(D H Dᵀ) / tr(W H Wᵀ)."""
-    w64, d = w.to(h.dtype).cpu(), (w - new).to(h.dtype).cpu()
+    h = h.to(w.device)
+    w64, d = w.to(h.dtype), (w - new).to(h.dtype)
     base = float(((w64 @ h) * w64).sum())
     return float(((d @ h) * d).sum()) / base if base > 0 else 0.0
 
@@ -204,9 +205,9 @@ class Calibrated(Method):
         rows = scores.shape[0]
         per, extra = divmod(keep, rows)
         order = torch.argsort(scores, dim=1, descending=True, stable=True)
-        counts = torch.full((rows,), per, dtype=torch.long)
+        counts = torch.full((rows,), per, dtype=torch.long, device=scores.device)
         counts[:extra] += 1
-        ranks = torch.arange(scores.shape[1]).expand(rows, -1)
+        ranks = torch.arange(scores.shape[1], device=scores.device).expand(rows, -1)
         mask = torch.zeros_like(scores, dtype=torch.bool)
         mask.scatter_(1, order, ranks < counts[:, None])
         return mask
@@ -269,7 +270,7 @@ class SparseGPT(Calibrated):
 def _inverse_cholesky(h: Tensor, damp: float, name: str = "layer") -> tuple[Tensor, float]:
     """Upper Cholesky factor of (H + λI)⁻¹ and the λ used; ten times more damping until H + λI is definite."""
     mean = float(torch.diag(h).mean())
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     lam = damp * mean if mean > 0 else damp
     for _ in range(7):
         chol, info = torch.linalg.cholesky_ex(h + lam * eye)
@@ -291,7 +292,7 @@ def sparsegpt(w: Tensor, h: Tensor, keep: int, pattern: Unstructured | NM = Unst
     weights to prune (exact in total) with the smallest w²/[H⁻¹]²_qq; N:M: the n largest of every m columns.
     """
     rows, cols = w.shape
-    h = h.clone()
+    h = h.to(w.device, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     work = w.to(h.dtype).clone()
@@ -304,7 +305,7 @@ def sparsegpt(w: Tensor, h: Tensor, keep: int, pattern: Unstructured | NM = Unst
     quota = [math.floor(s) for s in share]
     for i in sorted(range(len(share)), key=lambda i: quota[i] - share[i])[: pruned_total - sum(quota)]:
         quota[i] += 1
-    mask = torch.ones(rows, cols, dtype=torch.bool)
+    mask = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     for b, (i1, i2) in enumerate(zip(bounds[:-1], bounds[1:])):
         w1 = work[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
