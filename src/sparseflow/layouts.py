@@ -53,6 +53,17 @@ class Layout:
     groups: int = 1
     chunks: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name in ("out_axis", "in_axis", "groups"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise SparseflowError(f"Layout {name} must be an integer, got {v!r}")
+        if self.out_axis == self.in_axis:
+            raise SparseflowError(f"Layout needs two different axes, got out_axis={self.out_axis} and "
+                                  f"in_axis={self.in_axis}: pass e.g. out_axis=0, in_axis=1 (nn.Linear's layout)")
+        if self.groups < 1:
+            raise SparseflowError(f"Layout groups must be >= 1, got {self.groups}")
+
     def canonical(self, t: Tensor) -> Tensor:
         """``t`` viewed as ``(out, in, *rest)`` (the tensor itself for the usual layout)."""
         if (self.out_axis, self.in_axis) == (0, 1):

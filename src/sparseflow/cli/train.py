@@ -23,7 +23,9 @@ import typer
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
 from sparseflow.errors import SparseflowError
+from sparseflow.io import check_folder_target
 from sparseflow.training import distributed
+from sparseflow.training.checkpoints import has_checkpoint
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.options import fields
 from sparseflow.training.result import JobResult
@@ -54,6 +56,13 @@ def train(call: Call) -> None:
         # The default directory is named by the config hash, so an existing one holds this very run:
         # continue it (a finished run is reused as it is, an interrupted one resumes).
         out = resume = Path("runs") / job.run_name()
+    check_folder_target(out, "--resume" if o.resume is not None else "--out")
+    if resume is None and has_checkpoint(out):
+        raise SparseflowError(f"--out {str(out)!r} already holds a checkpoint of a run: pass --resume {out} to "
+                              "continue that run (or to show it, when it is finished), or choose a new --out")
+    if resume is not None and (out / "result.json").is_file():  # written last: the run there is finished
+        call.run.note(f"{out}: this run was finished before with these settings; shown as it is, nothing trained "
+                      "(pass another --out to train again)")
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   checkpoint_every=o.checkpoint_every)
