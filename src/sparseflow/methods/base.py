@@ -301,7 +301,9 @@ class Method:
         """Restore a :meth:`state_dict` after ``prepare`` on the same architecture."""
         self._require_prepared()
         if not isinstance(state, dict) or "mask" not in state or "step" not in state:
-            raise SparseflowError("not a sparseflow method state: expected a dict with 'step' and 'mask'")
+            got = f"keys {sorted(map(str, state))}" if isinstance(state, dict) else type(state).__name__
+            raise SparseflowError(f"not a sparseflow method state ({got}): expected a dict with 'step' and 'mask', "
+                                  f"as {type(self).__name__}.state_dict() returns")
         if state.get("method") not in (None, type(self).__name__):
             raise SparseflowError(
                 f"state was saved by {state.get('method')}, cannot load it into {type(self).__name__}"
