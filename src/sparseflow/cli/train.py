@@ -44,9 +44,6 @@ def train(call: Call) -> None:
         raise SparseflowError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
     world = o.nproc if o.nproc is not None else (int(os.environ["WORLD_SIZE"]) if distributed.launched() else 1)
     job = dataclasses.replace(call.config, world_size=world)
-    if o.nproc is not None:  # the processes build the same job from the same options
-        _launch(call, o.nproc, o.resume or o.out or Path("runs") / job.run_name())
-        return
     out, resume = o.out, o.resume
     if resume is not None:
         if out is not None and out != resume:
@@ -60,7 +57,11 @@ def train(call: Call) -> None:
     if resume is None and has_checkpoint(out):
         raise SparseflowError(f"--out {str(out)!r} already holds a checkpoint of a run: pass --resume {out} to "
                               "continue that run (or to show it, when it is finished), or choose a new --out")
-    if resume is not None and (out / "result.json").is_file():  # written last: the run there is finished
+    if o.nproc is not None:  # checked here, once; the processes build the same job from the same options
+        _launch(call, o.nproc, out)
+        return
+    finished = resume is not None and (out / "result.json").is_file()  # written last: the run there is finished
+    if finished and os.environ.get("RANK", "0") == "0":  # (under torchrun, rank 0 speaks)
         call.run.note(f"{out}: this run was finished before with these settings; shown as it is, nothing trained "
                       "(pass another --out to train again)")
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
