@@ -8,6 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+# The bad-input suite's workspace, read-only folder and refusal checks (tests/badinputs.py).
+pytest_plugins = ("badinputs",)
+
 
 def build_tiny_mlp(widths: Sequence[int] = (8, 16, 12, 4), seed: int = 0) -> nn.Sequential:
     """Linear(w0, w1) -> ReLU -> ... -> Linear(w_{k-1}, w_k), initialised from ``seed``.

@@ -14,7 +14,7 @@ from sparseflow.analysis.size import SizeReport, TensorSize, size_report
 from sparseflow.analysis.stain import Stain, stain
 from sparseflow.training.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
-from sparseflow.errors import DataError, MaskError, SparseflowError, StorageError
+from sparseflow.errors import DataError, MaskError, PathError, SparseflowError, StorageError
 from sparseflow.hopfield import Hopfield, Recall, corrupt, optimal_threshold, random_patterns
 from sparseflow.inference.convert import LayerReport, convert, deconvert, inference_report
 from sparseflow.layouts import Layout, layout_of, parameter_layouts, register_layout
@@ -95,6 +95,7 @@ __all__ = [
     "FixedMask",
     "Mask",
     "MaskError",
+    "PathError",
     "Method",
     "NM",
     "OneShot",

@@ -3,6 +3,10 @@
 Every error a user can cause by passing a bad value (sparsity out of range, unknown name, missing file,
 mismatched mask) is a :class:`SparseflowError` whose message says what was wrong, the offending value and
 what to do. The CLI prints the message and exits with status 2; library users catch it like ``ValueError``.
+
+A file or folder that cannot be written or read (a file where a folder is needed or the reverse, a path under
+a file, no permission, a full disk) is a :class:`PathError`, which is also an ``OSError`` carrying the
+failure's ``errno``, and whose message names the path the user gave (never a temporary file).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ class MaskError(SparseflowError):
 
 class StorageError(SparseflowError):
     """A stored file is unreadable, corrupted or does not fit the model it is loaded into."""
+
+
+class PathError(SparseflowError, OSError):
+    """A file or folder cannot be written or read: wrong kind (file vs folder), under a file, missing folder,
+    no permission or no space. ``errno`` is the operating system's code when there was one."""
 
 
 class CheckpointError(StorageError):

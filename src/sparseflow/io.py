@@ -22,6 +22,7 @@ twice comes back as two equal tensors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -35,10 +36,14 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import PathError, SparseflowError
 
 __all__ = [
     "atomic_write_bytes",
+    "check_file_target",
+    "check_folder_target",
+    "make_folder",
+    "path_error",
     "atomic_write_text",
     "flatten_state",
     "unflatten_state",
@@ -55,19 +60,100 @@ _MARKERS = frozenset({"__tensor__", "__tuple__", "__dict__", "__float__"})
 
 
 # ---------------------------------------------------------------------------------------------
+# Output paths: refused before any work with a message that names the path the user gave.
+
+
+def _where(path: Path, label: str | None, kind: str) -> str:
+    return f"{label} {str(path)!r}" if label else f"{kind} {str(path)!r}"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest part of ``path`` (itself or a parent) that exists; '.' for a relative path with none."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(".")
+
+
+def check_folder_target(path: str | os.PathLike[str], label: str | None = None) -> Path:
+    """Refuse a folder that cannot be created or written (it is a file, lies under a file, or in a read-only
+    folder), with a :class:`PathError` naming ``label`` (the option, such as ``--out``) and the path."""
+    path = Path(path)
+    where = _where(path, label, "folder")
+    if path.exists() and not path.is_dir():
+        raise PathError(f"{where} is a file, not a folder: pass a folder (it is created if missing), "
+                        "or move the file away")
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise PathError(f"{where} lies under {str(base)!r}, which is a file: pass a path in a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PathError(f"{where} cannot be written: {str(base)!r} is read-only for this user; "
+                        "choose a folder you can write to")
+    return path
+
+
+def check_file_target(path: str | os.PathLike[str], label: str | None = None) -> Path:
+    """Refuse a file that cannot be written (the path is a folder, its folder is missing, is a file or is
+    read-only), with a :class:`PathError` naming ``label`` (the option) and the path."""
+    path = Path(path)
+    where = _where(path, label, "file")
+    if path.is_dir():
+        raise PathError(f"{where} is a folder, not a file: pass a file name, such as {str(path / 'name')!r}")
+    parent = path.parent
+    if not parent.is_dir():
+        base = _existing_ancestor(parent)
+        if base.is_dir():
+            raise PathError(f"{where} cannot be written: its folder {str(parent)!r} does not exist; create it first")
+        raise PathError(f"{where} lies under {str(base)!r}, which is a file: pass a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PathError(f"{where} cannot be written: its folder {str(parent)!r} is read-only for this user; "
+                        "choose a folder you can write to")
+    return path
+
+
+def path_error(path: str | os.PathLike[str], e: OSError, doing: str = "write") -> PathError:
+    """``e`` (from writing or reading ``path``, perhaps through a temporary file) as a :class:`PathError` that
+    names ``path`` itself, keeps ``e.errno`` and says what to do."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = "the disk is full" if full else (e.strerror or str(e))
+    if full:
+        remedy = "free some space or write elsewhere; a file that was there before is unchanged"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        remedy = "choose a place you can " + doing + (" to" if doing == "write" else "")
+    else:
+        remedy = "check the path"
+    err = PathError(f"cannot {doing} {str(path)!r} ({cause}): {remedy}")
+    err.errno = e.errno
+    return err
+
+
+def make_folder(path: str | os.PathLike[str], label: str | None = None) -> Path:
+    """``mkdir -p path`` after :func:`check_folder_target`; an operating-system failure becomes a PathError."""
+    path = check_folder_target(path, label)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise path_error(path, e) from e
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
 # Atomic writes: a reader sees the old file or the new one, never a mix.
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
-    path = Path(path)
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename).
+
+    A failure (no folder, no permission, a full disk) raises :class:`PathError` naming ``path``, never the
+    temporary file, and leaves an earlier file at ``path`` as it was.
+    """
+    path = check_file_target(path)
     directory = path.parent
-    if not directory.is_dir():
-        raise SparseflowError(
-            f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist; create it first"
-        )
     # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise path_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -77,12 +163,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         # Also on KeyboardInterrupt: never leave a stray temp file next to the target.
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and not isinstance(e, PathError):
+            raise path_error(path, e) from e
         raise
     _fsync_directory(directory)
 
@@ -255,9 +343,14 @@ def load_state(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     Raises :class:`SparseflowError` if the file is missing or is not an intact sparseflow state file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PathError(f"state file {str(path)!r} is a folder, not a file; pass the .safetensors file inside it")
     if not path.is_file():
         raise SparseflowError(f"state file {str(path)!r} does not exist; check the path")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise path_error(path, e, "read") from e
     metadata = _read_metadata(path, data)
     try:
         tensors = _safetensors_load(data)

@@ -59,7 +59,8 @@ class Layout:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SparseflowError(f"Layout({axis}=...) needs an integer, got {value!r}")
         if self.out_axis == self.in_axis:
-            raise SparseflowError(f"Layout needs different output and input axes, got both {self.out_axis}")
+            raise SparseflowError(f"Layout needs two different axes, got out_axis={self.out_axis} and "
+                                  f"in_axis={self.in_axis}: pass e.g. out_axis=0, in_axis=1 (nn.Linear's layout)")
         if self.groups < 1:
             raise SparseflowError(f"Layout(groups=...) needs a positive count, got {self.groups}")
         if not isinstance(self.chunks, tuple) or not all(isinstance(c, str) for c in self.chunks):

@@ -26,17 +26,54 @@ def _check_tensor(name: str, value: object) -> Tensor:
     return value
 
 
+def as_mask(mask: object, who: str) -> Mask | None:
+    """``mask`` as a :class:`Mask` (a Mask, or a mapping of names to bool tensors, checked), or None; anything
+    else raises :class:`~sparseflow.errors.MaskError` naming ``who`` (the function it was passed to)."""
+    if mask is None or isinstance(mask, Mask):
+        return mask
+    if not isinstance(mask, Mapping):
+        raise MaskError(f"{who}: mask must be a sf.Mask or a dict of bool tensors (or None), got "
+                        f"{type(mask).__name__}")
+    return Mask(mask)
+
+
+def check_module(model: object, who: str) -> None:
+    """Refuse anything but an ``nn.Module``, naming ``who`` and what was passed."""
+    if not isinstance(model, nn.Module):
+        raise MaskError(f"{who} needs an nn.Module, got {type(model).__name__} ({str(model)[:40]!r})")
+
+
 class Mask(MutableMapping[str, Tensor]):
     """Parameter name -> boolean tensor (``True`` where the weight is kept).
 
     Replacing an entry keeps its shape: a mask for an existing name with a different shape raises
     :class:`~sparseflow.errors.MaskError` naming the parameter and both shapes.
+
+    A method's mask (``method.mask``) is a read-only view (:meth:`read_only`): writing into it would bypass
+    what the method does when its mask changes (zeroing weights and optimizer state outside it), so every
+    write raises :class:`~sparseflow.errors.MaskError` pointing to ``method.set_mask``. ``clone()`` gives a
+    writable copy.
     """
 
     def __init__(self, masks: Mapping[str, Tensor] | None = None) -> None:
         self._masks: dict[str, Tensor] = {}
+        self._owner: str | None = None  # set on a read-only view: how its owner changes it
         for name, value in (masks or {}).items():
             self[name] = value
+
+    def read_only(self, owner: str) -> Mask:
+        """A view of this mask (the same tensors, kept up to date) that refuses writes, naming ``owner``, the
+        call that does change it (such as ``"RigL.set_mask"``)."""
+        view = Mask()
+        view._masks, view._owner = self._masks, owner
+        return view
+
+    def _refuse_write(self, name: object) -> None:
+        if self._owner is not None:
+            raise MaskError(
+                f"this mask is read-only (writing {name!r}): it belongs to a method, and a write here would not "
+                f"zero the weights or optimizer state; change it with {self._owner}({{name: bool tensor, ...}}) "
+                "for every target, or edit a copy from mask.clone()")
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -57,6 +94,7 @@ class Mask(MutableMapping[str, Tensor]):
             raise MaskError(f"no mask for parameter {name!r}; masked parameters: {list(self._masks)}") from None
 
     def __setitem__(self, name: str, value: Tensor) -> None:
+        self._refuse_write(name)
         value = _check_tensor(name, value)
         old = self._masks.get(name)
         if old is not None and old.shape != value.shape:
@@ -70,6 +108,9 @@ class Mask(MutableMapping[str, Tensor]):
         return name in self._masks
 
     def __delitem__(self, name: str) -> None:
+        self._refuse_write(name)
+        if name not in self._masks:
+            raise MaskError(f"no mask for parameter {name!r} to delete; masked parameters: {list(self._masks)}")
         del self._masks[name]
 
     def __iter__(self) -> Iterator[str]:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from sparseflow.analysis.trace import ExpandEdge, Graph, JoinEdge, WeightEdge, adjacency, trace
 from sparseflow.analysis.units import WeightParam, chunk_pairs, unit_pairs, weight_params
 from sparseflow.errors import MaskError, SparseflowError
-from sparseflow.mask import Mask
+from sparseflow.mask import Mask, as_mask, check_module
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,8 @@ def connectivity(model: nn.Module, mask: Mask | None = None, *, input_shape: tup
     operation and its source line); "layer-local" skips the graph; "auto" tries the graph and falls back to
     layer-local, recording why in ``reason``.
     """
+    check_module(model, "connectivity()")
+    mask = as_mask(mask, "connectivity()")
     if mask is not None and len(mask) == 0:
         raise MaskError("the mask is empty (no tensors); pass mask=None to read the structure from the weights")
     if analysis not in ("auto", "graph", "layer-local"):

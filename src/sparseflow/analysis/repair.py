@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from sparseflow.analysis.connectivity import connectivity, structures
 from sparseflow.analysis.trace import ExpandEdge, WeightEdge, trace
 from sparseflow.errors import SparseflowError
-from sparseflow.mask import Mask
+from sparseflow.mask import Mask, as_mask, check_module
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,8 @@ def repair_mask(model: nn.Module, mask: Mask | None = None, *, seed: int = 0) ->
     The returned Mask has an entry for every Linear/Conv weight of the model, each with the same number of kept
     weights as before. Neither ``model`` nor ``mask`` is modified; see :func:`apply_repair_`.
     """
+    check_module(model, "repair_mask()")
+    mask = as_mask(mask, "repair_mask()")
     layers, group = _chain(model)
     struct = structures(model, trace(model), mask)
     before = connectivity(model, mask)

@@ -32,9 +32,15 @@ def analyze(call: Call) -> None:
     from sparseflow.analysis.loader import load_for_analysis, save_repaired
     from sparseflow.analysis.connectivity import connectivity
     from sparseflow.analysis.repair import apply_repair_, repair_mask
+    from sparseflow.io import check_file_target
 
     path, repair, seed, run = call.config.path, call.config.repair, call.config.seed, call.run
+    if repair is not None:  # refused before the analysis, not after it
+        check_file_target(repair, "--repair")
     loaded = load_for_analysis(path)
+    if repair is not None and _same_file(repair, path):
+        raise SparseflowError(f"--repair {str(repair)!r} is the checkpoint being analysed; write the repaired "
+                              "weights to another file, such as repaired.safetensors")
     c = connectivity(loaded.model, loaded.mask)
     show = lambda n: loaded.names.get(n, n)  # noqa: E731  (checkpoint names for an inferred MLP)
     run.table(f"connectivity of {loaded.source} ({type(loaded.model).__name__})",
@@ -62,6 +68,14 @@ def analyze(call: Call) -> None:
             row["name"] = show(row["name"])
         result["repair"] = {**rep, "out": str(repair), "after": after.to_json()}
     run.finish(result)
+
+
+def _same_file(out: Path, source: Path) -> bool:
+    """Whether writing ``out`` would overwrite ``source`` (a checkpoint, or a run directory's checkpoints)."""
+    out = out.resolve()
+    if source.is_dir():
+        return out.parent == source.resolve() and out.name.startswith("checkpoint")
+    return out == source.resolve()
 
 
 command(app, "analyze", analyze, config=AnalyzeConfig)

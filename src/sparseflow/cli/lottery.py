@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
+from sparseflow.io import check_folder_target
 from sparseflow.lottery import LotteryJob, LotteryOptions
 
 
@@ -25,6 +26,7 @@ def lottery(call: Call) -> None:
     if "levels" in call.given and "target_density" not in call.given:
         job = dataclasses.replace(job, target_density=None)  # --levels alone is the stopping rule
     out = o.out if o.out is not None else Path("runs") / job.run_name()
+    check_folder_target(out, "--out")
     command_line = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with call.run.progress("lottery", enabled=o.progress) as tick:
         result = run_lottery(job, out, data_dir=o.data_dir, recompute_level=o.recompute_level,
@@ -32,6 +34,9 @@ def lottery(call: Call) -> None:
     criteria_at = o.criteria_at
     if criteria_at is None and job.dataset == "mnist1d" and not call.quick:
         criteria_at = 0.05  # the MNIST-1D reference compares ticket and random mask at 95 % sparsity
+    if result.levels_trained == 0:
+        call.run.note(f"{out}: every level was finished before with these settings; shown as it is, nothing "
+                      "trained (pass another --out, or --recompute-level L, to train again)")
     obj = write_report(result, criteria(result, criteria_at), command=command_line)
 
     rows = []

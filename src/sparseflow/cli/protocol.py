@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.cli.generate import Call
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import PathError
 from sparseflow.experiments.protocol import Experiment
+from sparseflow.io import check_folder_target
 
 
 def check_out(out: Path, what: str = "report.md, results.json and the figures") -> None:
-    if out.exists() and not out.is_dir():
-        raise SparseflowError(f"--out {out} is a file; pass a directory for {what}")
+    """Refuse an ``--out`` folder for ``what`` that cannot be created or written, before the run starts."""
+    try:
+        check_folder_target(out, "--out")
+    except PathError as e:
+        raise PathError(f"{e} (it is the folder for {what})") from None
 
 
 def run_protocol(call: Call, exp: Experiment, out: Path | None, label: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from sparseflow.cli.generate import Call, command
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.html import ReportOptions, write_html
 from sparseflow.experiments.registry import AllOptions, run_all, select
+from sparseflow.io import check_folder_target
 from sparseflow.training.rundir import check_budget
 
 
@@ -29,8 +30,7 @@ def experiment_all(call: Call) -> None:
     if o.data_dir is not None and not o.data_dir.is_dir():
         raise SparseflowError(f"--data-dir {str(o.data_dir)!r} is not a folder; pass the folder holding mnist/ "
                               "and fashion-mnist/")
-    if o.out.exists() and not o.out.is_dir():
-        raise SparseflowError(f"--out {str(o.out)!r} is a file; pass a folder")
+    check_folder_target(o.out, "--out")
     if not quick:
         check_budget(sum(e.full_s for e in entries), o.yes, "experiment all (full runs)")
     with call.run.progress("experiments", total=len(entries)) as tick:

@@ -82,8 +82,8 @@ class Runner:
         self.out.print(text, highlight=False)
 
     def note(self, text: str) -> None:
-        """A line on stderr (never in the JSON stream)."""
-        self.err.print(text, highlight=False, markup=False)
+        """A line on stderr (never in the JSON stream), never wrapped."""
+        self.err.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
         self.out.print(f"[bold yellow]warning:[/] {text}", highlight=False)

@@ -10,7 +10,6 @@ from typing import Any
 
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
-from sparseflow.errors import SparseflowError
 from sparseflow.training.options import check, option
 
 
@@ -48,7 +47,7 @@ def stain_cmd(call: Call) -> None:
     from sparseflow.analysis import stain_plots
     from sparseflow.analysis.loader import DATASET_SHAPES
     from sparseflow.analysis.stain import stain
-    from sparseflow.io import atomic_write_text, json_safe
+    from sparseflow.io import atomic_write_text, json_safe, make_folder
 
     o: StainOptions = call.options
     path = o.model_or_run
@@ -58,9 +57,7 @@ def stain_cmd(call: Call) -> None:
     st = stain(loaded.model, loaded.mask, layer=o.layer, units=o.units, seed=o.seed, input_shape=shape,
                names=loaded.names, any_unit=o.all_units)
     out = o.out if o.out is not None else path / "stain" if path.is_dir() else path.with_name(path.stem + "-stain")
-    if out.exists() and not out.is_dir():
-        raise SparseflowError(f"--out {str(out)!r} is a file; pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     title = f"{path.name}: {st.graph.density:.1%} of weights kept, {len(st.trees.units)} units stained"
     files = ["stain.png", "masks.png", "degrees.png"]
     stain_plots.plot_graphs([(title, st)], out / "stain.png")

@@ -74,6 +74,10 @@ class ExportConfig:
         if not self.dense and self.out.suffix != ".sfz":
             raise SparseflowError(
                 f"--out should end in .sfz (got {str(self.out)!r}); pass --dense for a plain .safetensors")
+        if self.dense and self.out.suffix != ".safetensors":
+            raise SparseflowError(
+                f"--dense writes a plain safetensors state dict, which sparseflow.load and inspect do not read as "
+                f".sfz: --out should end in .safetensors (got {str(self.out)!r}); leave out --dense for an .sfz")
         if self.out.resolve() == self.source.resolve():
             raise SparseflowError(f"--out {str(self.out)!r} is the source itself; choose another file")
 
@@ -85,11 +89,12 @@ def export(call: Call) -> None:
     from safetensors.torch import save as st_save
 
     from sparseflow.analysis.loader import load_for_analysis
-    from sparseflow.io import atomic_write_bytes
+    from sparseflow.io import atomic_write_bytes, check_file_target
     from sparseflow.storage.container import save
     from sparseflow.storage.report import inspect as inspect_file
 
     source, out, dtype = call.config.source, call.config.out, call.config.dtype
+    check_file_target(out, "--out")  # before the source is read
     loaded = load_for_analysis(source)
     rename = lambda n: loaded.names.get(n, n)  # noqa: E731  (keep the checkpoint's names for an inferred MLP)
     state = {rename(k): v for k, v in loaded.model.state_dict().items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
+from sparseflow.io import check_folder_target
 from sparseflow.sweep.config import Sweep, SweepOptions
 
 
@@ -21,6 +22,7 @@ def sweep(call: Call) -> None:
 
     grid, o, run = call.config, call.options, call.run
     out = o.out if o.out is not None else Path("runs") / f"sweep-{grid.digest()}"
+    check_folder_target(out, "--out")
     executor = RayExecutor(o.ray, o.cpus_per_cell) if o.ray is not None else LocalExecutor(o.workers)
     command_line = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:

@@ -23,7 +23,9 @@ import typer
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
 from sparseflow.errors import SparseflowError
+from sparseflow.io import check_folder_target
 from sparseflow.training import distributed
+from sparseflow.training.checkpoints import has_checkpoint
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.options import fields
 from sparseflow.training.result import JobResult
@@ -42,9 +44,6 @@ def train(call: Call) -> None:
         raise SparseflowError("--nproc starts torchrun itself; under torchrun, leave --nproc out")
     world = o.nproc if o.nproc is not None else (int(os.environ["WORLD_SIZE"]) if distributed.launched() else 1)
     job = dataclasses.replace(call.config, world_size=world)
-    if o.nproc is not None:  # the processes build the same job from the same options
-        _launch(call, o.nproc, o.resume or o.out or Path("runs") / job.run_name())
-        return
     out, resume = o.out, o.resume
     if resume is not None:
         if out is not None and out != resume:
@@ -54,6 +53,17 @@ def train(call: Call) -> None:
         # The default directory is named by the config hash, so an existing one holds this very run:
         # continue it (a finished run is reused as it is, an interrupted one resumes).
         out = resume = Path("runs") / job.run_name()
+    check_folder_target(out, "--resume" if o.resume is not None else "--out")
+    if resume is None and has_checkpoint(out):
+        raise SparseflowError(f"--out {str(out)!r} already holds a checkpoint of a run: pass --resume {out} to "
+                              "continue that run (or to show it, when it is finished), or choose a new --out")
+    if o.nproc is not None:  # checked here, once; the processes build the same job from the same options
+        _launch(call, o.nproc, out)
+        return
+    finished = resume is not None and (out / "result.json").is_file()  # written last: the run there is finished
+    if finished and os.environ.get("RANK", "0") == "0":  # (under torchrun, rank 0 speaks)
+        call.run.note(f"{out}: this run was finished before with these settings; shown as it is, nothing trained "
+                      "(pass another --out to train again)")
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   checkpoint_every=o.checkpoint_every)

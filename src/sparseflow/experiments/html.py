@@ -150,12 +150,14 @@ def render(runs: list[Run], title: str, walls: dict[str, float] | None = None) -
 
 def write_html(run_dir: Path, out: Path | None = None) -> tuple[Path, list[Run]]:
     """Render ``run_dir`` to ``out`` (default ``run_dir/report.html``) atomically; returns the path and the runs."""
-    from sparseflow.io import atomic_write_text
+    from sparseflow.io import atomic_write_text, check_file_target
 
     runs = discover(run_dir)
     target = Path(out) if out is not None else Path(run_dir) / "report.html"
-    if target.is_dir():
-        raise SparseflowError(f"--out {str(target)!r} is a folder; pass a file name such as report.html")
+    if target.suffix.lower() not in (".html", ".htm"):
+        raise SparseflowError(f"--out is an HTML page, but {str(target)!r} does not end in .html (it could overwrite "
+                              "a run's own file): pass a name such as report.html")
+    check_file_target(target, "--out")
     walls: dict[str, float] = {}
     top = results_path(Path(run_dir))
     if top is not None and len(runs) > 1:  # 'experiment all' timed each run from outside

@@ -118,6 +118,8 @@ def convert(model: nn.Module, *, batch_sizes: Iterable[int] = DEFAULT_BATCHES, b
         raise SparseflowError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if repeats < 1:
         raise SparseflowError(f"repeats must be >= 1, got {repeats}")
+    if backend is not None and not isinstance(backend, Backend):
+        raise SparseflowError(f"backend must be Backend.TORCH, Backend.COMPILED or None, got {backend!r}")
     have = available_backend()
     use = have if backend is None else backend
     if use is Backend.COMPILED and have is not Backend.COMPILED:

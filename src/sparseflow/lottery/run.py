@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from sparseflow.training.data import load_dataset
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe, load_state, save_state
+from sparseflow.io import atomic_write_text, json_safe, load_state, make_folder, save_state
 from sparseflow.lottery.config import LotteryJob, level_counts
 from sparseflow.lottery.prune import derived_seed, next_mask, random_mask
 from sparseflow.lottery.trainer import LevelData, eval_loader, train_arm
@@ -54,12 +54,14 @@ StepHook = Callable[[int, int, str, int], None]  # (seed, level, arm, finished s
 
 @dataclass(frozen=True)
 class LotteryResult:
-    """Every level of every replicate: ``levels[seed]`` is the list of level records (result.json)."""
+    """Every level of every replicate: ``levels[seed]`` is the list of level records (result.json).
+    ``levels_trained``: how many levels this call trained (0: all were finished before, and only read)."""
 
     job: LotteryJob
     run_dir: Path
     levels: dict[int, list[dict[str, Any]]]
     wall_s: float
+    levels_trained: int = 0
 
 
 def _checksum(obj: Any) -> str:
@@ -121,7 +123,7 @@ def _check_config(job: LotteryJob, out: Path, command: str | None) -> None:
             raise SparseflowError(f"run directory {str(out)!r} holds another lottery configuration ({'; '.join(diff)}); "
                                   "refusing to mix runs: pass the same settings, or another --out")
         return
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_text(path, json.dumps({"job": now, "run": job.run_name(), "command": command}, indent=2) + "\n")
 
 
@@ -156,14 +158,15 @@ def run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None = None, rec
     _check_config(job, out, command)
     cfg = TrainConfig(batch_size=job.batch_size, lr=job.lr, optimizer=job.optimizer, weight_decay=job.weight_decay,
                       lr_schedule=job.lr_schedule)
-    levels = {}
+    levels, trained = {}, 0
     for seed in job.seeds:
         data = LevelData(x, y, job.batch_size, seed, val, test)
         runner = _SeedRun(job, seed, out / f"seed{seed}", data, cfg, schedule, model_for, on_step, progress)
         if recompute_level is not None:
             runner.reset_from(recompute_level)
         levels[seed] = runner.run()
-    return LotteryResult(job, out, levels, time.perf_counter() - t0)
+        trained += runner.trained
+    return LotteryResult(job, out, levels, time.perf_counter() - t0, trained)
 
 
 class _SeedRun:
@@ -175,6 +178,7 @@ class _SeedRun:
         self.job, self.seed, self.sdir, self.data, self.cfg = job, seed, sdir, data, cfg
         self.schedule, self.model_for = schedule, model_for
         self.on_step, self.progress = on_step, progress
+        self.trained = 0  # levels trained by run() (the others were finished before)
 
     def level_dir(self, level: int) -> Path:
         return self.sdir / f"level_{level:02d}"
@@ -211,6 +215,7 @@ class _SeedRun:
             self.progress(f"seed {self.seed}: levels 0-{len(done) - 1} done", 0)
         for lv in range(len(done), len(self.schedule)):
             done.append(self.run_level(lv, masks))
+            self.trained += 1
         return done
 
     def load_mask_file(self, finished: int) -> list[Mask]:

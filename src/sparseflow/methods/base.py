@@ -65,6 +65,17 @@ MASK_SAFE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
 )
 
 
+def _check_float(params: dict[str, nn.Parameter]) -> None:
+    """Refuse targets that are not floating point: an integer weight (a quantised or index tensor) has no
+    magnitude scale or gradient a sparsity method can use, and masking it silently would corrupt it."""
+    bad = [f"{n} ({p.dtype})" for n, p in params.items() if not (p.is_floating_point() or p.is_complex())]
+    if bad:
+        names = tuple(b.split(" ")[0] for b in bad)
+        raise MaskError(f"target weights must be floating point, got {', '.join(bad[:5])}"
+                        f"{' ...' if len(bad) > 5 else ''}: convert them (model.float()) or leave them out with "
+                        f"sf.Targets(exclude={names[:3]!r})")
+
+
 def _all_finite(t: Tensor) -> bool:
     # A sum is finite only if every term is: one cheap reduction, and the exact check only when it fails
     # (finite values whose sum overflows).
@@ -157,8 +168,10 @@ class Method:
     # --- public API ---------------------------------------------------------------------------
     @property
     def mask(self) -> Mask:
-        """The current mask (a copy is not made: do not modify it; use :meth:`set_mask`)."""
-        return self._mask
+        """The current mask, read-only: a write raises :class:`~sparseflow.errors.MaskError` (change it with
+        :meth:`set_mask`, which also zeroes weights and optimizer state outside it; ``mask.clone()`` is a
+        writable copy). The view follows the method's later mask changes."""
+        return self._mask.read_only(f"{type(self).__name__}.set_mask")
 
     @property
     def step_count(self) -> int:
@@ -182,10 +195,12 @@ class Method:
             raise SparseflowError(f"prepare() needs an nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise SparseflowError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self._warn_reprepare(model)
         self.remove()
         self._model, self._optimizer = model, optimizer
         try:
             self._params = self.targets.select(model)
+            _check_float(self._params)
             self._layouts = self.targets.layouts(model)
             self._check_pattern()
             self._strict = optimizer is None or type(optimizer) not in MASK_SAFE_OPTIMIZERS
@@ -204,6 +219,21 @@ class Method:
         for name, p in self._params.items():
             if p.requires_grad:  # a frozen weight gets no gradient to mask (and never moves)
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
+
+    def _warn_reprepare(self, model: nn.Module) -> None:
+        """A second ``prepare`` starts over (step 0, a new mask from the weights as they are now); on another
+        model it also leaves the first one unmasked from then on. Both are legal, rarely meant: say so."""
+        if self._model is None:
+            return
+        name = type(self).__name__
+        if self._model is model:
+            warnings.warn(f"{name}.prepare() was called again on the same model (at step {self._step}): the mask is "
+                          "rebuilt from the current weights and the schedule restarts at step 0; call prepare() once "
+                          "per training run", stacklevel=3)
+        else:
+            warnings.warn(f"{name}.prepare() on a second model ({type(model).__name__}) detaches it from the first "
+                          f"({type(self._model).__name__}), whose weights are no longer masked; use one {name}(...) "
+                          "per model", stacklevel=3)
 
     def step(self) -> None:
         """Advance one optimizer step; change the mask when the schedule says so. Call after ``optimizer.step()``."""
@@ -271,7 +301,9 @@ class Method:
         """Restore a :meth:`state_dict` after ``prepare`` on the same architecture."""
         self._require_prepared()
         if not isinstance(state, dict) or "mask" not in state or "step" not in state:
-            raise SparseflowError("not a sparseflow method state: expected a dict with 'step' and 'mask'")
+            got = f"keys {sorted(map(str, state))}" if isinstance(state, dict) else type(state).__name__
+            raise SparseflowError(f"not a sparseflow method state ({got}): expected a dict with 'step' and 'mask', "
+                                  f"as {type(self).__name__}.state_dict() returns")
         if state.get("method") not in (None, type(self).__name__):
             raise SparseflowError(
                 f"state was saved by {state.get('method')}, cannot load it into {type(self).__name__}"

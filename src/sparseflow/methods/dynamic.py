@@ -92,7 +92,10 @@ class SET(RandomSparse):
         if isinstance(self.distribution, Global):
             raise SparseflowError(f"{name} needs per-layer densities (uniform, er or erk), got GLOBAL")
         if self.schedule is None and self.until is None:
-            raise SparseflowError(f"{name} needs until= the last mask-update step (typically 75% of the training steps)")
+            raise SparseflowError(
+                f"{name} needs until (got until=None): the last optimizer step at which the mask may still change, "
+                f"after which it stays fixed so the network can settle (typically 75 % of training); for example "
+                f"sf.{name}(sparsity={self.sparsity:g}, until=int(0.75 * epochs * len(train_loader)))")
         keywords = {"alpha": self.alpha, "update_every": self.update_every, "until": self.until, "start": self.start}
         self.schedule = resolve(name, self.schedule, DropSchedule, keywords, CosineDrop)
         for k in keywords:  # the keyword fields show the schedule they describe

@@ -121,6 +121,11 @@ class RandomSparse(Method):
     sparse_init: bool = field(default=True, kw_only=True)
     _generator: torch.Generator = field(init=False, repr=False, default=None)  # type: ignore[assignment]
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise SparseflowError(f"RandomSparse seed must be an integer, got {self.seed!r}")
+
     def _setup(self) -> None:
         self._generator = torch.Generator().manual_seed(int(self.seed))
 

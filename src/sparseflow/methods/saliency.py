@@ -195,7 +195,15 @@ class _WithData(_AtInit):
             shape = tuple(x.shape) if isinstance(x, Tensor) else {k: tuple(getattr(v, "shape", ())) for k, v in x.items()}
             raise SparseflowError(f"{type(self).__name__}: the model fails on the data batch (inputs {shape}): pass "
                                   f"batches shaped like the training data. PyTorch said: {e}") from None
-        value = self.loss(_scaled(out, scale, self.loss is default_loss), y)
+        try:
+            value = self.loss(_scaled(out, scale, self.loss is default_loss), y)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            what = f"labels {tuple(y.shape)}" if isinstance(y, Tensor) else "labels"
+            if isinstance(y, Tensor) and y.numel() and not y.is_floating_point():
+                what += f" in [{int(y.min())}, {int(y.max())}]"
+            outs = f" for outputs {tuple(out.shape)}" if isinstance(out, Tensor) else ""
+            raise SparseflowError(f"{type(self).__name__}: the loss fails on the data batch ({what}{outs}): pass "
+                                  f"labels that fit the model's outputs, or loss=. PyTorch said: {e}") from None
         if not isinstance(value, Tensor):
             raise SparseflowError(f"{type(self).__name__}: the loss returned {type(value).__name__}, not a scalar tensor")
         return value

@@ -26,6 +26,7 @@ from sparseflow.training.job import FILE_DATASETS, METHODS, TrainJob
 from sparseflow.training.options import BudgetOptions, check, known, like, option
 
 GRID = ("methods", "sparsities", "seeds", "datasets")
+_EXAMPLE = {"methods": "gmp,rigl", "sparsities": "0.8,0.9", "seeds": "0,1,2", "datasets": "digits"}
 # TrainJob's fields every cell shares (the grid sets method, sparsity, seed and dataset; the sweep, distribution)
 SHARED = ("model", "hidden", "pattern", "norm", "subset", "test_subset", "epochs", "batch_size", "lr", "optimizer",
           "weight_decay", "baseline", "prune_first", "prune_last")
@@ -74,7 +75,8 @@ class Sweep:
         for name in GRID:
             values = getattr(self, name)
             if not values:
-                raise SparseflowError(f"{name} is empty: a sweep needs at least one value in each of {', '.join(GRID)}")
+                raise SparseflowError(f"{name} is empty (got {values!r}): a sweep needs at least one value in "
+                                      f"each of {', '.join(GRID)}; pass one, such as --{name} {_EXAMPLE[name]}")
             dupes = sorted({str(v) for v in values if values.count(v) > 1})
             if dupes:
                 raise SparseflowError(f"{name} lists {', '.join(dupes)} more than once")
@@ -88,8 +90,10 @@ class Sweep:
 
     @property
     def base(self) -> TrainJob:
-        """The TrainJob of the shared fields (its method, sparsity, seed and dataset are each cell's)."""
-        return TrainJob(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in SHARED})
+        """The TrainJob of the shared fields (its method, sparsity, seed and dataset are each cell's; it is built as
+        'dense', so that shared settings that fit only some sparsities, such as an N:M pattern, are checked per cell)."""
+        return TrainJob(method="dense", **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                           if f.name in SHARED})
 
     def cells(self) -> list[TrainJob]:
         """One TrainJob per cell: datasets, then methods, sparsities, seeds (duplicate 'dense' cells dropped)."""

@@ -115,7 +115,8 @@ def load_dataset(
     else:
         if data_dir is None:
             raise DataError(
-                f"dataset {name!r} is read from files: pass data_dir, the folder holding {', '.join(_FILES)} "
+                f"dataset {name!r} is read from files: pass data_dir (CLI: --data-dir DIR), the folder holding "
+                f"{', '.join(_FILES)} "
                 f"(add download=True / --download to fetch them from {_MIRRORS[name]})"
             )
         if download:
@@ -187,10 +188,10 @@ def _idx_dataset(name: str, root: Path) -> Dataset:
     if missing:
         hint = ""
         if (root / name).is_dir():
-            hint = f" (a subfolder {root / name} exists: did you mean data_dir={str(root / name)!r}?)"
+            hint = f" (a subfolder {root / name} exists: did you mean data_dir={str(root / name)!r} (CLI: --data-dir {root / name})?)"
         raise DataError(
             f"dataset {name!r}: {root} lacks {', '.join(missing)}{hint}; pass download=True (CLI: --download) "
-            f"to fetch them from {_MIRRORS[name]}, or point data_dir at the folder that holds the four files"
+            f"to fetch them from {_MIRRORS[name]}, or point data_dir (CLI: --data-dir) at the folder that holds the four files"
         )
     arrays = [_read_idx(root / f, _SHA256[name][f], ndim=3 if "images" in f else 1) for f in _FILES]
     mean, std = _MEAN_STD[name]

@@ -21,6 +21,7 @@ from typing import Any
 
 from sparseflow.distributions import DISTRIBUTIONS, check_sparsity
 from sparseflow.errors import SparseflowError
+from sparseflow.patterns import NM, Unstructured
 from sparseflow.training.build import parse_pattern
 from sparseflow.training.data import DATASETS
 from sparseflow.training.hparams import OPTIMIZERS
@@ -107,9 +108,28 @@ class TrainJob:
         known(self.model, MODELS, "model")
         known(self.dataset, DATASETS, "dataset")
         check_sparsity(self.sparsity)
-        parse_pattern(self.pattern)
+        pattern = parse_pattern(self.pattern)
         if self.method == "dense" and self.sparsity != 0:
             object.__setattr__(self, "sparsity", 0.0)  # a dense run has no sparsity to speak of
+        self._check_combination(pattern)
+
+    def _check_combination(self, pattern: Any) -> None:
+        """Settings valid alone but not together, refused here (before any run folder or data) rather than
+        when the model or the method is built."""
+        if self.hidden is not None and self.model != "mlp":
+            raise SparseflowError(f"hidden={self.hidden!r} (--hidden) only applies to 'mlp'; {self.model!r} has "
+                                  "fixed widths, leave it unset")
+        if self.method == "dense":
+            return
+        if isinstance(pattern, NM) and abs(self.sparsity - (1 - pattern.density)) > 1e-9:
+            fixed = 1 - pattern.density
+            raise SparseflowError(f"{pattern!r} fixes every layer's sparsity at {fixed:g}; got sparsity="
+                                  f"{self.sparsity:g}: pass sparsity={fixed:g} (--sparsity {fixed:g})")
+        if self.method in ("set", "rigl") and not isinstance(pattern, Unstructured):
+            raise SparseflowError(f"{self.method} supports pattern 'unstructured' only, got {self.pattern!r}")
+        if self.method in ("set", "rigl") and self.distribution == "global":
+            raise SparseflowError(f"{self.method} needs per-layer densities (uniform, er or erk), got "
+                                  "distribution 'global'")
 
     def train_config_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -137,6 +157,9 @@ def read_job(run_dir: Path) -> TrainJob:
     """The TrainJob ``run_dir`` (a directory written by :func:`~sparseflow.training.run.run_train_job`) was
     started with."""
     path = Path(run_dir) / "config.json"
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise SparseflowError(f"run directory {str(run_dir)!r} is a file, not a folder; pass the directory of an "
+                              "earlier `sparseflow train` run")
     if not Path(run_dir).is_dir():
         raise SparseflowError(f"run directory {str(run_dir)!r} does not exist; pass the directory of an earlier "
                               "`sparseflow train` run")

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe
+from sparseflow.io import atomic_write_text, json_safe, make_folder
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import (
     Checkpoint,
@@ -156,12 +156,12 @@ class RunDir:
             return None
         run_dir = self.path = Path(self.path)  # (fit takes a str too)
         main = distributed.is_main()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir)
         resumed = resume and has_checkpoint(run_dir)
         if has_checkpoint(run_dir) and not resume:
             raise SparseflowError(
-                f"run directory {str(run_dir)!r} already holds a checkpoint; pass resume=True to continue "
-                "that run, or choose a new directory"
+                f"run directory {str(run_dir)!r} already holds a checkpoint; pass resume=True (sparseflow train: "
+                f"--resume {run_dir}) to continue that run, or choose a new directory"
             )
         resume_at = None
         if resumed:

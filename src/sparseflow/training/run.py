@@ -150,7 +150,7 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     device = distributed.device()
     ds = _dataset(job, data_dir, download)
     cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
-    out.mkdir(parents=True, exist_ok=True)
+    # The run folder is made by fit, once the model and the method are built: a job they refuse leaves nothing.
 
     probe = SignalProbe(first_batch(ds, job))
 

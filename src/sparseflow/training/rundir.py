@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe
+from sparseflow.io import atomic_write_text, json_safe, make_folder
 
 RUN_FORMAT = 1
 RESULTS, REPORT = "results.json", "report.md"
@@ -39,7 +39,7 @@ def stamp(results: dict[str, Any], experiment: str) -> dict[str, Any]:
 
 def write_results(out: Path, experiment: str, results: dict[str, Any], name: str = RESULTS) -> Path:
     """Write the stamped ``results`` as JSON to ``out/name`` atomically (``out`` is created if missing)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_text(out / name, json.dumps(json_safe(stamp(results, experiment)), indent=2) + "\n")
     return out / name
 
