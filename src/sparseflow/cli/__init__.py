@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
 stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
-print one line starting with ``error:`` and exit with status 2.
+print one line starting with ``error:`` and exit with status 2; a failed criterion (``"pass": false``) gives
+exit status 1 (:mod:`sparseflow.cli.runner`).
 
 One module per command family; importing it registers its commands on :data:`app`.
 """
@@ -16,6 +17,7 @@ from rich.markup import escape
 
 from sparseflow.cli import (analyze, bench, experiments, lottery, report, stain, storage, sweep,  # noqa: F401
                             train)  # (importing a module registers its commands)
+from sparseflow import _status_line
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
@@ -24,6 +26,7 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning user mistakes into one 'error:' line and exit status 2."""
+    _status_line(erase=True)  # the line `import sparseflow` showed at a terminal
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         _check_experiment_name(args)
