@@ -107,6 +107,31 @@ def test_untestable_criteria_read_n_a_not_fail(tmp_path: Path) -> None:
     assert '<a href="#run0">alpha</a></td><td class="pass">1 / 1 (1 n/a)</td>' in page
 
 
+def test_train_report_page_keeps_the_connectivity_summary_out_of_its_table(tmp_path: Path) -> None:
+    import html as htmllib
+
+    from sparseflow.training.job import TrainJob
+    from sparseflow.training.run import run_train_job
+
+    result = run_train_job(TrainJob(method="random", epochs=1, hidden=(32,), baseline=False), tmp_path, progress=False)
+    page = write_html(tmp_path)[0].read_text()
+    summary = htmllib.escape(result.connectivity.summary(), quote=False)
+    assert f"<p>{summary}</p>" in page  # a paragraph after the table, not one more row of it
+    assert f"<td>{summary}" not in page
+    assert '<td class="pass">pass</td>' in page and "<h2>Criteria</h2>" in page  # report.md's criteria section
+
+
+def test_sweep_page_has_the_accuracy_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparseflow.sweep.config import Sweep
+    from sparseflow.sweep.grid import run_sweep
+
+    grid = Sweep(methods=("random",), sparsities=(0.5,), seeds=(0,), datasets=("digits",), epochs=1, hidden=(16,))
+    run_sweep(grid, tmp_path)
+    page = write_html(tmp_path)[0].read_text()
+    assert "<th>accuracy (%)</th>" in page and "<td>random</td>" in page  # report.md carries table.md's table
+    assert "all_cells_finished" in page
+
+
 def test_report_cli(run_cli, tmp_path: Path) -> None:
     _run(tmp_path, "demo", [True])
     code, out, _ = run_cli(["report", str(tmp_path), "--json"])

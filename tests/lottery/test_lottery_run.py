@@ -182,6 +182,28 @@ def test_cli_names_each_level_and_a_finished_run(run_cli, tmp_path: Path) -> Non
     assert "level 1/1" not in err
 
 
+def test_early_stopping_is_described_as_what_the_code_measures(tmp_path: Path, monkeypatch) -> None:
+    """The early-stopping step is the evaluation with the lowest loss on the validation set, which is the test
+    set when val_size is 0: the records, the figure's axis and the report all say the same."""
+    from sparseflow.lottery import report
+
+    labels = {}
+    monkeypatch.setattr(report, "_plot", lambda rows, key, ylabel, path, dense: labels.setdefault(key, ylabel))
+    for val_size, where, loss in ((0, "the test set", "test"), (200, "200 held-out training examples", "validation")):
+        job = dataclasses.replace(JOB, iterations=20, levels=1, seeds=(0,), val_size=val_size)
+        result = run_lottery(job, tmp_path / str(val_size))
+        for level in result.levels[0]:
+            for arm in level["arms"].values():
+                best = min(arm["evals"], key=lambda r: (r["val_loss"], r["step"]))  # the oracle: lowest val_loss
+                assert arm["early_stop_step"] == best["step"]
+        labels.clear()
+        report.write_report(result, criteria(result))
+        text = (tmp_path / str(val_size) / "report.md").read_text()
+        assert f"the evaluation where the loss on {where}" in text and "is lowest" in text
+        assert labels["early_stop_step"] == f"early-stopping step (lowest {loss} loss)"
+        assert "accuracy" not in labels["early_stop_step"]
+
+
 def test_learning_rate_rewinding_retrains_the_trained_ticket(tmp_path: Path) -> None:
     # Renda et al. 2020: keep the trained weights, replay the schedule from step k (cosine, so the LR matters).
     job = LotteryJob(dataset="digits", hidden=(16,), iterations=30, batch_size=32, eval_every=10, lr=1e-2,
