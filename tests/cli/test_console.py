@@ -76,11 +76,11 @@ def test_a_failed_criterion_exits_1_and_an_untestable_one_does_not(capsys: pytes
     out, err = capsys.readouterr()
     assert json.loads(out.strip().splitlines()[-1]) == failing  # the JSON line comes before the exit
     assert "FAIL" in err and "n/a scale: not resolved at this scale" in err
-    assert "1 criteria failed: bound (exit status 1)" in err
+    assert "1 criterion failed: bound (exit status 1)" in err
     untestable = {"criteria": {k: v for k, v in failing["criteria"].items() if k != "bound"}}
     Runner("x", as_json=False, quick=True).finish(untestable)  # returns: exit status 0
     out, err = capsys.readouterr()
-    assert "n/a" in out and "FAIL" not in out and "criteria failed" not in err
+    assert "n/a" in out and "FAIL" not in out and "failed:" not in err
 
 
 def test_status_line_only_for_the_command_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

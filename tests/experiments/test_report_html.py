@@ -184,7 +184,7 @@ def test_an_experiment_whose_criterion_failed_ran_all_the_same(tmp_path: Path, m
         out = Path(cmd[cmd.index("--out") + 1])
         write_run(out, "collapse", {"criteria": crit}, "# collapse\n")
         printed = json.dumps({"criteria": crit}).encode() + b"\n" if "crash" not in str(out) else b""
-        stderr.write(b"Traceback ...\n" if not printed else b"1 criteria failed: bound (exit status 1)\n")
+        stderr.write(b"Traceback ...\n" if not printed else b"1 criterion failed: bound (exit status 1)\n")
         return subprocess.CompletedProcess(cmd, 1, printed)
 
     monkeypatch.setattr(registry.subprocess, "run", fake)

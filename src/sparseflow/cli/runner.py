@@ -130,6 +130,7 @@ class Runner:
             emit_json(obj)
         failed = failed_criteria(obj)
         if failed:
-            self.note(f"{len(failed)} criteria failed: {', '.join(failed)} (exit status 1)")
+            self.note(f"{len(failed)} {'criterion' if len(failed) == 1 else 'criteria'} failed: {', '.join(failed)} "
+                      "(exit status 1)")
         if exit_code or failed:
             raise typer.Exit(exit_code or 1)
