@@ -58,6 +58,12 @@ def make_tiny_convnet() -> Callable[..., nn.Sequential]:
 RunCli = Callable[[Sequence[str]], tuple[int, str, str]]
 
 
+def criteria_exit(obj: dict) -> int:
+    """The exit status a command's JSON object implies: 1 when a measured criterion failed (``"pass": false``),
+    else 0 (a criterion the run cannot test, ``"pass": null``, does not fail)."""
+    return 1 if any(c.get("pass") is False for c in (obj.get("criteria") or {}).values()) else 0
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
     """Run ``sparseflow ARGS`` in-process: (exit status, stdout, stderr)."""

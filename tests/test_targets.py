@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -138,3 +140,25 @@ def test_excluded_layers_stay_dense_through_training(targets: Targets, dense: li
     for n in dense:
         assert bool((params[n] != 0).all())  # never pruned
     assert method.density() == pytest.approx(0.25, abs=0.02)
+
+
+def test_empty_selection_names_the_types_that_hold_weights_and_the_suggestion_works() -> None:
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.norm = nn.LSTM(8, 16), nn.LayerNorm(16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(self.lstm(x)[0])
+
+    model = Recurrent()
+    with pytest.raises(MaskError) as e:
+        Targets().select(model)
+    message = str(e.value)
+    assert "the default Targets()" in message and "LSTM: 'lstm.weight_ih_l0', 'lstm.weight_hh_l0'" in message
+    suggested = re.search(r"targets=(sf\.Targets\(types=\(.*?\)\))", message).group(1)
+    assert suggested == "sf.Targets(types=(nn.LSTM,))"
+    chosen = eval(suggested, {"sf": sf, "nn": nn}).select(model)  # the suggestion, as written, works
+    assert list(chosen) == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]
+    with pytest.raises(MaskError, match="first_layer=False or last_layer=False leaves that dense"):
+        Targets(first_layer=False).select(nn.Sequential(nn.Linear(3, 4)))

@@ -7,6 +7,44 @@ store them at their information content and run them fast. The public API is fla
     method = sf.GMP(sparsity=0.9, end=1000)
 """
 
+import os as _os
+import sys as _sys
+
+_SCRIPTS = ("sparseflow", "sparseflow.exe", "sparseflow-script.py")  # the console script, as installed
+
+
+def _command_words() -> list[str] | None:
+    """The command (``["train"]``, ``["experiment", "methods"]``) when this process is the command-line tool
+    (the ``sparseflow`` script, ``python -m sparseflow``) about to run one with stderr on a terminal, outside
+    torchrun's workers; else None (a library import, a pipe, ``--help``, ``--version``)."""
+    if not _sys.stderr.isatty() or "LOCAL_RANK" in _os.environ:
+        return None
+    argv, first, args = list(getattr(_sys, "orig_argv", [])), _sys.argv[0] if _sys.argv else "", None
+    parts = first.replace("\\", "/").split("/")
+    # python -m sparseflow: sys.argv[0] is "-m" while the package is imported, then the __main__ file's path
+    if first == "-m" or parts[-2:] == ["sparseflow", "__main__.py"] or parts[-3:] == ["sparseflow", "cli",
+                                                                                      "__main__.py"]:
+        at = [i for i, a in enumerate(argv[:-1]) if a == "-m" and argv[i + 1] in ("sparseflow", "sparseflow.cli")]
+        args = argv[at[0] + 2 :] if at else None
+    elif parts[-1] in _SCRIPTS:
+        args = _sys.argv[1:]
+    if not args or args[0].startswith("-") or any(a in ("-h", "--help", "--version") for a in args):
+        return None
+    return args[:2] if len(args) > 1 and not args[1].startswith("-") else args[:1]
+
+
+def _status_line(erase: bool = False) -> None:
+    """``import sparseflow`` takes seconds (PyTorch, then the commands): at a terminal the command line shows
+    ``sparseflow train: loading PyTorch…`` at once, and :func:`sparseflow.cli.main` erases it (``erase``) when
+    the command starts, so it never mixes with the command's output."""
+    words = _command_words()
+    if words:
+        _sys.stderr.write("\r\033[K" if erase else f"\rsparseflow {' '.join(words)}: loading PyTorch…")
+        _sys.stderr.flush()
+
+
+_status_line()  # before torch loads
+
 from sparseflow.analysis.connectivity import Connectivity, LayerConnectivity, connectivity
 from sparseflow.analysis.repair import LayerRepair, RepairReport, apply_repair_, repair_mask
 from sparseflow.analysis.signal import LayerSignal, SignalReport, signal

@@ -114,15 +114,35 @@ class Targets:
         if names and not self.last_layer and names[-1] in chosen:
             del chosen[names[-1]]
         if not chosen:
-            raise MaskError(
-                f"the model has no prunable parameters under {self!r}; sparseflow prunes the weights of "
-                "Linear, Conv1d/2d/3d, Hugging Face Conv1D and MultiheadAttention layers by default: add patterns "
-                "with `include=` or other module types with `types=`"
-            )
+            rule = "the default Targets()" if self == Targets() else repr(self)
+            raise MaskError(f"the model has no prunable parameters under {rule}: " + self._suggestion(model, names))
         for name, p in chosen.items():
             if p.dim() < 2 and not self.include:
                 raise MaskError(f"target {name!r} has shape {tuple(p.shape)}; weights need >= 2 dims")
         return chosen
+
+    def _suggestion(self, model: nn.Module, selected: list[str]) -> str:
+        """What to pass instead, for the error of an empty selection: the module types that hold weights."""
+        if selected:
+            return (f"it selects only {selected[0]!r}, and first_layer=False or last_layer=False leaves that dense; "
+                    "pass first_layer=True and last_layer=True, or select more with `types=` or `include=`")
+        found: dict[type, list[str]] = {}
+        for first, names in aliases(model).items():
+            full, module, leaf = names[0]
+            if module.get_parameter(leaf).dim() >= 2:
+                found.setdefault(type(module), []).append(full)
+        if not found:
+            return "it has no parameter with >= 2 dimensions (weights); biases and norms are not pruned"
+        kinds = list(found)
+        spell = ", ".join(f"nn.{k.__name__}" if getattr(nn, k.__name__, None) is k else repr(f"{k.__module__}.{k.__qualname__}")
+                          for k in kinds)
+        where = "; ".join(f"{k.__name__}: {', '.join(repr(n) for n in found[k][:3])}"
+                          + (f" and {len(found[k]) - 3} more" if len(found[k]) > 3 else "") for k in kinds)
+        return (f"its weights are in modules of other types ({where}); sparseflow prunes Linear, Conv1d/2d/3d, "
+                f"Hugging Face Conv1D and MultiheadAttention weights by default: pass "
+                f"targets=sf.Targets(types=({spell}{',' if len(kinds) == 1 else ''})) to prune the weight matrices of "
+                "those types, or name "
+                "parameters with `include=` patterns")
 
     def layouts(self, model: nn.Module) -> dict[str, Layout]:
         """Target name -> its weight :class:`~sparseflow.Layout`: that of the first module holding it that is

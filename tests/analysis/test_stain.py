@@ -227,3 +227,36 @@ def test_cli_bad_input_exits_2(tmp_path: Path, run_cli: RunCli, case: str) -> No
     assert {"missing": "does not exist", "not a model": "not a checkpoint", "dense": "nothing to stain",
             "too many units": "cannot stain 17 units", "unknown layer": "no layer 'conv9'"}[case] in " ".join(err.split())
     assert not (tmp_path / "o").exists()
+
+
+def test_degree_legends_stay_within_their_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long titles (run directories, file names) go to one legend above the figure; each axes' legend holds the
+    statistics only, so no legend runs past its axes or over another panel."""
+    from sparseflow.analysis import stain_plots
+
+    model = build_tiny_mlp(seed=0)
+    long_title = "rigl (trained, 30.0% kept) " + "train-digits-mlp-rigl-s0.98-8f3a5b2c1d" * 2
+    panels = [(long_title, stain(model, random_mask(model, 0.3, 0), units=1)),
+              ("random control with the same per-layer counts", stain(model, random_mask(model, 0.3, 1), units=1))]
+    seen = {}
+
+    def check(fig, path):  # noqa: ANN001, ANN202 (save_figure's signature)
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        axes = [ax for ax in fig.axes if ax.get_legend() is not None]
+        for ax in axes:
+            legend, box = ax.get_legend().get_window_extent(r), ax.get_window_extent(r)
+            assert box.x0 - 1 <= legend.x0 and legend.x1 <= box.x1 + 1, "legend wider than its axes"
+            assert not any(legend.overlaps(o.get_window_extent(r)) for o in fig.axes if o is not ax)
+        top = fig.legends[0]
+        assert [t.get_text().replace("\n", "") for t in top.get_texts()] == [t for t, _ in panels]
+        assert top.get_window_extent(r).x1 <= fig.bbox.x1 and not any(
+            top.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+        seen["axes"] = len(axes)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    monkeypatch.setattr(stain_plots, "save_figure", check)
+    stain_plots.plot_degrees(panels, tmp_path / "degrees.png")
+    assert seen["axes"] == 2 * len(panels[0][1].degrees)  # fan-in and fan-out per weight layer

@@ -12,7 +12,7 @@ import torch
 
 from sparseflow.io import load_state
 from sparseflow.training.job import TrainJob
-from conftest import RunCli
+from conftest import RunCli, criteria_exit
 
 
 
@@ -115,8 +115,8 @@ def test_dense_first_layer_is_listed_and_excluded_from_sparsity(tmp_path: Path, 
 
 def test_experiment_collapse_quick_json(tmp_path: Path, run_cli: RunCli) -> None:
     code, out, _ = run_cli(["experiment", "collapse", "--quick", "--seeds", "1", "--json", "--out", str(tmp_path)])
-    assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
+    assert code == criteria_exit(result)  # exit status 1 exactly when a measured criterion failed
     assert set(result["summary"]) >= {"magnitude", "snip", "grasp", "synflow"}
     syn = result["summary"]["synflow"]["collapse"]
     mag = result["summary"]["magnitude"]["collapse"]

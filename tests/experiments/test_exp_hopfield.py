@@ -20,6 +20,7 @@ from sparseflow.experiments.hopfield.result import (Cell, HopResult, Trial, crit
 from sparseflow.experiments.hopfield.run import capacity
 from sparseflow.training.options import build
 from sparseflow.training.rundir import read_run
+from conftest import criteria_exit
 
 
 def test_t_interval_and_theory_by_hand() -> None:
@@ -122,8 +123,8 @@ def test_cli_tiny_run_writes_results_report_and_figures(tmp_path: Path, run_cli)
     code, stdout, err = run_cli(["experiment", "hopfield", "--codings", "0.5,0.1,0.05", "--sizes", "200,300",
                                  "--seeds", "2", "--cues", "20", "--tol", "0.05", "--dilution", "1,0.5",
                                  "--out", str(out), "--json"])
-    assert code == 0, err
     obj = json.loads(stdout.strip().splitlines()[-1])
+    assert code == criteria_exit(obj), err
     assert obj["command"] == "experiment hopfield" and obj["out"] == str(out) and "cells" not in obj
     saved = read_run(out, "hopfield")
     figures = {"capacity.png", "transition.png", "dilution.png"}

@@ -21,6 +21,7 @@ from sparseflow.experiments.regularisation.stats import gap, tied, trend
 from sparseflow.experiments.regularisation.train import Cell, ResidualMLP, batch_indices, mnist1d_pool, train_cell
 from sparseflow.training.options import build
 from sparseflow.training.rundir import read_run
+from conftest import criteria_exit
 
 
 def test_t_interval_by_hand() -> None:
@@ -167,8 +168,8 @@ def test_cli_tiny_run_writes_results_report_and_figures(tmp_path: Path, run_cli)
     code, stdout, err = run_cli(["experiment", "regularisation", "--sizes", "40,80", "--sparsities", "0,0.5,0.9",
                                  "--seeds", "2", "--steps", "4", "--hidden", "16", "--test-size", "60",
                                  "--out", str(out), "--json"])
-    assert code == 0, err
     obj = json.loads(stdout.strip().splitlines()[-1])
+    assert code == criteria_exit(obj), err
     assert obj["command"] == "experiment regularisation" and obj["out"] == str(out) and "cells" not in obj
     saved = read_run(out, "regularisation")
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "accuracy.png", "gap.png"}

@@ -31,7 +31,7 @@ from sparseflow.experiments.percolation.theory import (
     surviving_fraction,
 )
 from sparseflow.experiments.percolation.train import reached_fractions
-from conftest import RunCli
+from conftest import RunCli, criteria_exit
 
 
 # --- theory -----------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ def test_cli_small_run_writes_report_and_criteria(tmp_path: Path, run_cli: RunCl
     args = ["experiment", "percolation", "--quick", "--json", "--out", str(tmp_path / "r"), "--seeds", "2",
             "--widths", "256", "--depths", "10,20", "--pc-width", "512", "--pc-depth", "24", "--epochs", "2"]
     code, out, _ = run_cli(args)
-    assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
+    assert code == criteria_exit(result)
     crit = result["criteria"]
     assert {f"surviving fraction c={c:g}" for c in (1.5, 2, 3, 5, 10)} | {f"p_c b={b}" for b in (2, 4, 10)} <= set(crit)
     assert "accuracy at chance for c < 1" in crit

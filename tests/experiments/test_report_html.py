@@ -95,6 +95,43 @@ def test_html_of_a_folder_of_runs_has_a_summary(tmp_path: Path) -> None:
         discover(tmp_path / "empty")
 
 
+def test_untestable_criteria_read_n_a_not_fail(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", "alpha", {"criteria": {
+        "measured": {"value": 1.0, "target": ">= 0", "pass": True},
+        "scale": {"value": 2.0, "target": "<= 1", "pass": None, "note": "not resolved at the quick scale"}}}, "# a\n")
+    write_results(tmp_path, "all", {"runs": [{"name": "a", "wall_s": 1.0}]})
+    (tmp_path / "b").mkdir()
+    _run(tmp_path / "b", "beta", [True])
+    page = write_html(tmp_path)[0].read_text()
+    assert '<td class="na">n/a (not resolved at the quick scale)</td>' in page and "FAIL" not in page
+    assert '<a href="#run0">alpha</a></td><td class="pass">1 / 1 (1 n/a)</td>' in page
+
+
+def test_train_report_page_keeps_the_connectivity_summary_out_of_its_table(tmp_path: Path) -> None:
+    import html as htmllib
+
+    from sparseflow.training.job import TrainJob
+    from sparseflow.training.run import run_train_job
+
+    result = run_train_job(TrainJob(method="random", epochs=1, hidden=(32,), baseline=False), tmp_path, progress=False)
+    page = write_html(tmp_path)[0].read_text()
+    summary = htmllib.escape(result.connectivity.summary(), quote=False)
+    assert f"<p>{summary}</p>" in page  # a paragraph after the table, not one more row of it
+    assert f"<td>{summary}" not in page
+    assert '<td class="pass">pass</td>' in page and "<h2>Criteria</h2>" in page  # report.md's criteria section
+
+
+def test_sweep_page_has_the_accuracy_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparseflow.sweep.config import Sweep
+    from sparseflow.sweep.grid import run_sweep
+
+    grid = Sweep(methods=("random",), sparsities=(0.5,), seeds=(0,), datasets=("digits",), epochs=1, hidden=(16,))
+    run_sweep(grid, tmp_path)
+    page = write_html(tmp_path)[0].read_text()
+    assert "<th>accuracy (%)</th>" in page and "<td>random</td>" in page  # report.md carries table.md's table
+    assert "all_cells_finished" in page
+
+
 def test_report_cli(run_cli, tmp_path: Path) -> None:
     _run(tmp_path, "demo", [True])
     code, out, _ = run_cli(["report", str(tmp_path), "--json"])
@@ -134,6 +171,29 @@ def test_run_all_runs_each_in_its_own_process_and_reports(tmp_path: Path, monkey
     assert summary["criteria"] == {f"collapse.{k}": v for k, v in sub["criteria"].items()}
     assert "exit status 2" in outcomes[2].detail and "needs mnist" in outcomes[1].detail
     assert (tmp_path / "report.html").is_file()
+
+
+def test_an_experiment_whose_criterion_failed_ran_all_the_same(tmp_path: Path, monkeypatch) -> None:
+    """Exit status 1 with its JSON object: the experiment ran and a criterion failed (status ok, the criterion
+    in the summary); exit status 1 without one is a crash (status failed)."""
+    import subprocess
+
+    crit = {"bound": {"value": 2.0, "target": "<= 1", "pass": False}}
+
+    def fake(cmd, stdout, stderr):  # noqa: ANN001, ANN202 (subprocess.run's signature as run_one calls it)
+        out = Path(cmd[cmd.index("--out") + 1])
+        write_run(out, "collapse", {"criteria": crit}, "# collapse\n")
+        printed = json.dumps({"criteria": crit}).encode() + b"\n" if "crash" not in str(out) else b""
+        stderr.write(b"Traceback ...\n" if not printed else b"1 criterion failed: bound (exit status 1)\n")
+        return subprocess.CompletedProcess(cmd, 1, printed)
+
+    monkeypatch.setattr(registry.subprocess, "run", fake)
+    entry = registry.Entry("collapse", ("experiment", "collapse"), "layer collapse", 60)
+    ran = registry.run_one(entry, True, tmp_path / "ok", None)
+    assert ran.status == "ok" and ran.criteria == crit
+    assert ran.to_json()["criteria_passed"] == 0 and ran.to_json()["criteria_total"] == 1
+    crashed = registry.run_one(entry, True, tmp_path / "crash", None)
+    assert crashed.status == "failed" and "exit status 1: Traceback" in crashed.detail
 
 
 def test_optional_data_is_passed_when_present_and_left_out_when_not(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from sparseflow.mask import Mask
 from sparseflow.training.models import build_model
 from sparseflow.storage.sequence import load_masks
 from sparseflow.training.loop import TrainConfig
+from conftest import criteria_exit
 
 JOB = LotteryJob(dataset="digits", hidden=(16,), iterations=40, batch_size=32, eval_every=10, lr=1e-2,
                  target_density=None, levels=2, seeds=(0, 1))
@@ -158,8 +159,8 @@ def test_cli_runs_reports_and_refuses_bad_input(run_cli, tmp_path: Path) -> None
     args = ["lottery", "--dataset", "digits", "--hidden", "16", "--iterations", "20", "--batch-size", "32",
             "--eval-every", "10", "--levels", "1", "--no-progress", "--out", str(tmp_path), "--json"]
     code, stdout, _ = run_cli(args)
-    assert code == 0
     obj = json.loads(stdout.strip().splitlines()[-1])
+    assert code == criteria_exit(obj)  # 1 when a criterion failed at this tiny scale
     assert [r["level"] for r in obj["levels"]] == [0, 1]
     assert obj["criteria"]["ticket_matches_dense"]["value"] == pytest.approx(
         obj["levels"][1]["arms"]["ticket"]["final_acc"]["mean"] - obj["dense_acc"])
@@ -169,6 +170,38 @@ def test_cli_runs_reports_and_refuses_bad_input(run_cli, tmp_path: Path) -> None
                      (["--lr", "0.5"], "another lottery configuration")):
         code, _, err = run_cli(args + bad)
         assert code == 2 and "error:" in err and msg in err.replace("\n", " "), err
+
+
+def test_cli_names_each_level_and_a_finished_run(run_cli, tmp_path: Path) -> None:
+    args = ["lottery", "--dataset", "digits", "--hidden", "16", "--iterations", "20", "--batch-size", "32",
+            "--eval-every", "10", "--levels", "1", "--out", str(tmp_path), "--json"]
+    _, _, err = run_cli(args)
+    assert err.index("lottery seed 0 level 0/1") < err.index("lottery seed 0 level 1/1")
+    _, _, err = run_cli(args)  # everything is done: one line says so, nothing is trained
+    assert "lottery seed 0: levels 0-1 of 0-1 already finished (read back, not trained again)" in err
+    assert "level 1/1" not in err
+
+
+def test_early_stopping_is_described_as_what_the_code_measures(tmp_path: Path, monkeypatch) -> None:
+    """The early-stopping step is the evaluation with the lowest loss on the validation set, which is the test
+    set when val_size is 0: the records, the figure's axis and the report all say the same."""
+    from sparseflow.lottery import report
+
+    labels = {}
+    monkeypatch.setattr(report, "_plot", lambda rows, key, ylabel, path, dense: labels.setdefault(key, ylabel))
+    for val_size, where, loss in ((0, "the test set", "test"), (200, "200 held-out training examples", "validation")):
+        job = dataclasses.replace(JOB, iterations=20, levels=1, seeds=(0,), val_size=val_size)
+        result = run_lottery(job, tmp_path / str(val_size))
+        for level in result.levels[0]:
+            for arm in level["arms"].values():
+                best = min(arm["evals"], key=lambda r: (r["val_loss"], r["step"]))  # the oracle: lowest val_loss
+                assert arm["early_stop_step"] == best["step"]
+        labels.clear()
+        report.write_report(result, criteria(result))
+        text = (tmp_path / str(val_size) / "report.md").read_text()
+        assert f"the evaluation where the loss on {where}" in text and "is lowest" in text
+        assert labels["early_stop_step"] == f"early-stopping step (lowest {loss} loss)"
+        assert "accuracy" not in labels["early_stop_step"]
 
 
 def test_learning_rate_rewinding_retrains_the_trained_ticket(tmp_path: Path) -> None:

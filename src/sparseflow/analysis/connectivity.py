@@ -132,7 +132,7 @@ class Connectivity:
         body = [[r.name + (f" [{r.chunk}]" if r.chunk else ""), r.in_units, r.out_units, r.nonzeros, r.no_incoming,
                  r.unused_inputs, *(na(v) for v in (r.no_outgoing, r.unreachable, r.dead_end, r.constant, r.effective))]
                 for r in self.layers]
-        return md_table(header, body) + "\n" + self.summary() + "\n"
+        return md_table(header, body) + "\n\n" + self.summary() + "\n"  # (a blank line ends the table)
 
     def summary(self) -> str:
         if self.analysis != "graph":

@@ -7,6 +7,7 @@ stain``, a trained mask next to its random control for ``sparseflow experiment g
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,16 @@ def plot_masks(panels: Panels, path: Path) -> None:
 
 
 def plot_degrees(panels: Panels, path: Path) -> None:
-    """Per weight layer: histogram of kept fan-in (output units) and kept fan-out (input units)."""
+    """Per weight layer: histogram of kept fan-in (output units) and kept fan-out (input units).
+
+    Each panel's colour is named once, in a legend above the figure (titles may be long: run directories,
+    file names); the legend of every axes holds only the statistics, so it stays within its axes' width.
+    """
+    from matplotlib.lines import Line2D
+
     plt = _plt()
     layers = [d.layer for d in panels[0][1].degrees]
+    colours = ("tab:blue", "tab:orange", "tab:green")
     fig, axes = plt.subplots(len(layers), 2, figsize=(10, (2.2 + 0.2 * len(panels)) * len(layers) + 0.4),
                              squeeze=False, layout="constrained")
     for i, layer in enumerate(layers):
@@ -150,13 +158,16 @@ def plot_degrees(panels: Panels, path: Path) -> None:
             xs = [getattr(st.degrees[i], what).numpy() for _, st in panels]
             lo, hi = min(int(x.min()) for x in xs), max(int(x.max()) for x in xs)
             bins = np.arange(lo - 0.5, hi + 1.5, max(1, int(np.ceil((hi - lo + 1) / 40))))  # shared, whole degrees
-            for c, (title, _), x in zip(("tab:blue", "tab:orange", "tab:green"), panels, xs):
+            for c, x in zip(colours, xs):
                 ax.hist(x, bins=bins, histtype="step", lw=1.4, color=c,
-                        label=f"{title}: mean {x.mean():.1f}, var {x.var():.1f}, Gini {gini(torch.from_numpy(x)):.2f}, "
+                        label=f"mean {x.mean():.1f}, var {x.var():.1f}, Gini {gini(torch.from_numpy(x)):.2f}, "
                               f"zero {int((x == 0).sum())}")
             ax.set_xlabel(f"{layer}: {unit}", fontsize=8)
             ax.set_ylabel("units", fontsize=8)
             ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False, borderaxespad=0.2)
+    names = [textwrap.fill(title, 110) for title, _ in panels]
+    fig.legend([Line2D([], [], color=c, lw=1.4) for c in colours[: len(panels)]], names, loc="outside upper left",
+               fontsize=8, frameon=False)
     save_figure(fig, path)
 
 

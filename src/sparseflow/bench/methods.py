@@ -153,16 +153,36 @@ def find_row(result: dict[str, Any], label: str, s: float) -> dict[str, Any] | N
     return None
 
 
+# Why the quick run (MNIST-1D, two seeds, five timing repeats) cannot test two of the expectations.
+QUICK_ACCURACY = ("0.5 pp is the gap expected on MNIST, where every method nears 98 % after 10 epochs; on the quick "
+                  "run's MNIST-1D no method is near convergence, so the gap measures how fast each learns, not what "
+                  "it reaches; the full run (MNIST) tests it")
+QUICK_TIMING = ("a 5 % bound is within the run-to-run noise of a step time (about ±3 % on a shared machine); the "
+                "quick run's 5 repeats measure it but cannot test it; the full run's 10 repeats do")
+
+
 def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict[str, Any]]:
-    """The literature's expectations as pass/fail checks computed from the measured means."""
+    """The literature's expectations as pass/fail checks computed from the measured means.
+
+    The orderings are tested on any dataset. The 0.5 pp gap to dense is an expectation for MNIST: on another
+    dataset (the quick run's MNIST-1D) it is reported with ``"pass": None`` and the reason, and so is the
+    timing bound with fewer than 10 repeats.
+    """
     out: dict[str, dict[str, Any]] = {}
+    config = result["config"]
+    on_mnist = config.get("dataset", "mnist") == "mnist"
+
+    def verdict(ok: bool, untestable: bool, why: str) -> dict[str, Any]:
+        return {"pass": None, "note": why} if untestable else {"pass": ok}
+
     dense = find_row(result, "dense", 0.0)
-    sparsities = result["config"]["sparsities"]
+    sparsities = config["sparsities"]
     if dense is not None and 0.9 in sparsities:
         rigl = find_row(result, "RigL", 0.9)
         if rigl is not None:
             gap = 100 * (dense["mean"] - rigl["mean"])
-            out["RigL within 0.5 pp of dense at 90%"] = {"value": round(gap, 3), "target": "<= 0.5 pp", "pass": gap <= 0.5}
+            out["RigL within 0.5 pp of dense at 90%"] = {"value": round(gap, 3), "target": "<= 0.5 pp",
+                                                         **verdict(gap <= 0.5, not on_mnist, QUICK_ACCURACY)}
     for s in (0.95, 0.98):
         if s not in sparsities:
             continue
@@ -180,7 +200,8 @@ def criteria(result: dict[str, Any], rigl_ratio: float | None) -> dict[str, dict
             out[f"static ERK >= uniform at {s:g}"] = {"value": round(diff, 3), "target": ">= 0 pp", "pass": diff >= 0}
     if rigl_ratio is not None:
         out["RigL amortised step overhead vs dense (dT=100)"] = {
-            "value": round(rigl_ratio, 4), "target": "<= 1.05x", "pass": rigl_ratio <= 1.05,
+            "value": round(rigl_ratio, 4), "target": "<= 1.05x",
+            **verdict(rigl_ratio <= 1.05, result.get("overhead_repeats", 10) < 10, QUICK_TIMING),
         }
     return out
 
@@ -192,11 +213,12 @@ class MethodsResult:
 
     data: dict[str, Any]  # {"config", "rows"} of methods_benchmark
     overhead: tuple[OverheadRow, ...]
+    repeats: int = 10  # of the overhead timing
 
     def record(self) -> dict[str, Any]:
         """What result.json holds: config, rows, overhead rows and criteria."""
         rigl = next(r for r in self.overhead if r.variant == "rigl")
-        data = {**self.data, "overhead": [vars(r) for r in self.overhead]}
+        data = {**self.data, "overhead": [vars(r) for r in self.overhead], "overhead_repeats": self.repeats}
         return {**data, "criteria": criteria(data, rigl.ratio)}
 
     def criteria(self) -> dict[str, dict[str, Any]]:
@@ -230,7 +252,7 @@ def run(config: MethodsConfig, out: Path | None = None, progress: Tick = no_prog
     data = methods_benchmark(config, data_dir=options.data_dir, workers=options.workers, on_result=done)
     progress("timing RigL's training step against dense", advance=0)
     torch.set_num_threads(os.cpu_count() or 1)
-    return MethodsResult(data, tuple(rigl_overhead(repeats=config.overhead_repeats)))
+    return MethodsResult(data, tuple(rigl_overhead(repeats=config.overhead_repeats)), config.overhead_repeats)
 
 
 def tables(result: MethodsResult) -> list[TableData]:

@@ -212,9 +212,20 @@ class OverheadResult:
     threads: int
     sparsity: float
 
+    repeats: int = 10
+    cases: tuple[str, ...] = tuple(c.name for c in CASES)
+
     def criteria(self) -> dict[str, dict[str, Any]]:
+        """Each masked variant's step time within 5 % of dense. The bound is for the full run's cases with 10
+        repeats: a quick run (other cases, fewer repeats) reports its ratios with ``"pass": None`` and why."""
+        why = None
+        if self.repeats < 10 or set(self.cases) != {c.name for c in CASES}:
+            why = ("a 5 % bound is within the run-to-run noise of a step time (about ±3 % on a shared machine): it "
+                   "is tested on the full run's cases (LeNet-300-100, a 4096-wide MLP) with 10 repeats; this run "
+                   f"times {', '.join(self.cases)} with {self.repeats}")
         return {f"{r.variant} overhead, {r.case}": {"value": round(r.ratio, 4), "target": "<= 1.05x dense",
-                                                     "pass": r.ratio <= 1.05}
+                                                     **({"pass": None, "note": why} if why else
+                                                        {"pass": r.ratio <= 1.05})}
                 for r in self.rows if r.variant != "dense"}
 
     def to_json(self) -> dict[str, Any]:
@@ -227,7 +238,7 @@ def run(config: OverheadConfig, out: Path | None = None, progress: Tick = no_pro
     threads = config.threads if config.threads is not None else (os.cpu_count() or 1)
     torch.set_num_threads(threads)
     rows = overhead(config.cases, repeats=config.repeats, sparsity=config.sparsity, progress=progress)
-    return OverheadResult(tuple(rows), threads, config.sparsity)
+    return OverheadResult(tuple(rows), threads, config.sparsity, config.repeats, tuple(c.name for c in config.cases))
 
 
 def tables(result: OverheadResult) -> list[TableData]:

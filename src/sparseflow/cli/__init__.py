@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
 stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
-print one line starting with ``error:`` and exit with status 2.
+print one line starting with ``error:`` and exit with status 2; a failed criterion (``"pass": false``) gives
+exit status 1 (:mod:`sparseflow.cli.runner`).
 
 One module per command family; importing it registers its commands on :data:`app`.
 """
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from sparseflow.cli import (analyze, bench, experiments, lottery, report, stain, storage, sweep,  # noqa: F401
                             train, usage)  # (importing a module registers its commands)
+from sparseflow import _status_line
 from sparseflow.cli._app import app
 from sparseflow.errors import SparseflowError
 
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     wrong type, a missing argument) and an operating-system error on a path are put in the same one-line
     form by :mod:`sparseflow.cli.usage`. Anything else is a bug and keeps its traceback.
     """
+    _status_line(erase=True)  # the line `import sparseflow` showed at a terminal
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         _check_experiment_name(args)

@@ -2,7 +2,8 @@
 
 Every subcommand takes ``--json`` (one JSON object, the last line of stdout; human output then goes to
 stderr) and ``--quick`` (a reduced run that finishes within a minute on a 2-core machine). User mistakes
-print one line starting with ``error:`` and exit with status 2.
+print one line starting with ``error:`` and exit with status 2; a failed criterion (``"pass": false``) gives
+exit status 1 (:mod:`sparseflow.cli.runner`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sparseflow.cli._app import app
@@ -30,7 +31,7 @@ def lottery(call: Call) -> None:
     command_line = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with call.run.progress("lottery", enabled=o.progress) as tick:
         result = run_lottery(job, out, data_dir=o.data_dir, recompute_level=o.recompute_level,
-                             command=command_line, progress=lambda label, steps: tick(label, steps))
+                             command=command_line, progress=_phases(call, tick, o.progress))
     criteria_at = o.criteria_at
     if criteria_at is None and job.dataset == "mnist1d" and not call.quick:
         criteria_at = 0.05  # the MNIST-1D reference compares ticket and random mask at 95 % sparsity
@@ -51,6 +52,21 @@ def lottery(call: Call) -> None:
     call.run.print(f"run directory: {out}  (report.md, accuracy.png, early_stop.png, results.json, seed*/masks.sfm)  "
                    f"{result.wall_s:.1f} s")
     call.run.finish(obj)
+
+
+def _phases(call: Call, tick: Callable[..., None], enabled: bool) -> Callable[[str, int], None]:
+    """The progress callback: moves the bar, and prints one line as each level starts (``seed S level L/N``)
+    or is found finished, so the phases stay readable above the bar."""
+    seen: set[str] = set()
+
+    def progress(label: str, steps: int) -> None:
+        phase = label.rsplit(" ", 1)[0] if steps else label  # "seed 0 level 2/5" (without the arm)
+        if enabled and phase not in seen:
+            seen.add(phase)
+            call.run.note(f"lottery {phase}")
+        tick(label, steps)
+
+    return progress
 
 
 command(app, "lottery", lottery, config=LotteryJob, options=LotteryOptions)

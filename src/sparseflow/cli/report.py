@@ -8,6 +8,7 @@ from sparseflow.errors import SparseflowError
 from sparseflow.experiments.html import ReportOptions, write_html
 from sparseflow.experiments.registry import AllOptions, run_all, select
 from sparseflow.io import check_folder_target
+from sparseflow.training.report import criteria_counts
 from sparseflow.training.rundir import check_budget
 
 
@@ -15,12 +16,14 @@ def report(call: Call) -> None:
     """Render a run directory as one self-contained HTML page: report, criteria and figures."""
     # rendering is always quick; --quick is accepted like every command's
     path, runs = write_html(call.options.run_dir, call.options.out)
-    crit = [c for r in runs for c in r.criteria().values()]
-    passed = sum(bool(c.get("pass")) for c in crit)
-    call.run.print(f"wrote {path}: {len(runs)} run(s), {passed} of {len(crit)} criteria pass, "
+    crit = {f"{r.name}.{k}": c for r in runs for k, c in r.criteria().items()}
+    tested = [c for c in crit.values() if c.get("pass") is not None]
+    call.run.print(f"wrote {path}: {len(runs)} run(s), {criteria_counts(crit)}, "
                    f"{sum(len(r.figures) for r in runs)} figures")
+    # (rendering a report does not fail for the criteria it shows: exit status 0)
     call.run.finish({"html": str(path), "runs": [{"name": r.name, "path": str(r.path)} for r in runs],
-                     "criteria_passed": passed, "criteria_total": len(crit)})
+                     "criteria_passed": sum(bool(c["pass"]) for c in tested), "criteria_total": len(tested),
+                     "criteria_untested": len(crit) - len(tested)})
 
 
 def experiment_all(call: Call) -> None:
@@ -45,7 +48,8 @@ def experiment_all(call: Call) -> None:
     rows = []
     for out in outcomes:
         j = out.to_json()
-        rows.append((out.name, out.status, f"{j['criteria_passed']} / {j['criteria_total']}", f"{out.wall_s:.1f}",
+        untested = f" ({j['criteria_untested']} n/a)" if j["criteria_untested"] else ""
+        rows.append((out.name, out.status, f"{j['criteria_passed']} / {j['criteria_total']}{untested}", f"{out.wall_s:.1f}",
                      out.detail if out.status != "ok" else ""))
     call.run.table(f"experiment all ({'quick' if quick else 'full'}) -> {o.out}",
                    ("experiment", "status", "criteria passed", "wall s", "detail"), rows,

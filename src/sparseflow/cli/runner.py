@@ -1,12 +1,15 @@
 """The one runner every command prints through: progress, tables, the criteria table, ``--json`` and the exit status.
 
 With ``--json`` stdout carries only the JSON object (its last line); tables and progress go to stderr.
-Tables are never cut: when stdout is not a terminal they take the width they need.
+Tables and lines are never cut or wrapped when the output is not a terminal (a file, a pipe, a CI log): the
+console is then :data:`UNBOUNDED` columns wide, unless ``COLUMNS`` sets a width. The exit status is 1 when a
+measured criterion fails (``"pass": false``); a criterion the run cannot test (``"pass": null``) does not fail.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,11 +25,24 @@ from sparseflow.io import json_safe
 Tick = Callable[..., None]  # tick(what="", advance=1, total=None): one unit of work done
 
 
+UNBOUNDED = 1000  # console columns when the output is not a terminal: tables take the width they need
+
+
 def console(stderr: bool, min_width: int | None = None) -> Console:
-    """A console that does not wrap tables; ``min_width`` columns at least (80 when not a terminal otherwise)."""
-    if min_width is None:
-        return Console(stderr=stderr, soft_wrap=False)
-    return Console(stderr=stderr, soft_wrap=False, width=max(Console(stderr=stderr).width, min_width))
+    """A console that does not wrap tables: a terminal's own width (``min_width`` columns at least); anything
+    else (a file, a pipe) :data:`UNBOUNDED` columns, or ``COLUMNS`` when that is set."""
+    width = Console(stderr=stderr).width
+    if not Console(stderr=stderr).is_terminal and not os.environ.get("COLUMNS"):
+        width = UNBOUNDED
+    return Console(stderr=stderr, soft_wrap=False, width=max(width, min_width or 0))
+
+
+def failed_criteria(obj: dict[str, Any] | None) -> list[str]:
+    """Names of the criteria of ``obj`` that were measured and failed (``"pass": false``)."""
+    crit = obj.get("criteria") if isinstance(obj, dict) else None
+    if not isinstance(crit, dict):
+        return []
+    return [name for name, c in crit.items() if isinstance(c, dict) and c.get("pass") is False]
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -41,7 +57,7 @@ class Runner:
     def __init__(self, name: str, as_json: bool, quick: bool) -> None:
         self.name, self.as_json, self.quick = name, as_json, quick
         self.out = console(as_json)
-        self.err = Console(stderr=True)
+        self.err = console(True)
 
     def wide(self, min_width: int) -> Console:
         """The table console at least ``min_width`` columns wide."""
@@ -89,22 +105,32 @@ class Runner:
         self.out.print(f"[bold yellow]warning:[/] {text}", highlight=False)
 
     def criteria(self, criteria: dict[str, dict[str, Any]], title: str = "criteria") -> None:
-        """The criteria table: name, measured value, target, pass / FAIL / n/a (not testable here)."""
+        """The criteria table: name, measured value, target, pass / FAIL / n/a (not testable here: the reason
+        under the table)."""
         if not criteria:
             return
-        rows = []
+        rows, reasons = [], []
         for name, c in criteria.items():
             v = c.get("value")
             value = f"{v:.4g}" if isinstance(v, float) else str(v)
             verdict = "n/a" if c.get("pass") is None else "pass" if c["pass"] else "[red]FAIL[/]"
             rows.append((name, value, c.get("target", ""), verdict))
+            if c.get("pass") is None and c.get("note"):
+                reasons.append(f"n/a {name}: {c['note']}")
         self.table(title, ("criterion", "value", "target", "result"), rows, left=("criterion", "target"))
+        for line in reasons:
+            self.print(line)
 
     def finish(self, obj: dict[str, Any] | None = None, *, criteria: bool = True, exit_code: int = 0) -> None:
-        """Print the criteria table of ``obj`` (if any and ``criteria``), its JSON line under --json, then exit."""
+        """Print the criteria table of ``obj`` (if any and ``criteria``), its JSON line under --json, then exit:
+        with ``exit_code`` if given, else 1 when a measured criterion failed (named in one line on stderr)."""
         if obj is not None and criteria and isinstance(obj.get("criteria"), dict):
             self.criteria(obj["criteria"])
         if obj is not None and self.as_json:
             emit_json(obj)
-        if exit_code:
-            raise typer.Exit(exit_code)
+        failed = failed_criteria(obj)
+        if failed:
+            self.note(f"{len(failed)} {'criterion' if len(failed) == 1 else 'criteria'} failed: {', '.join(failed)} "
+                      "(exit status 1)")
+        if exit_code or failed:
+            raise typer.Exit(exit_code or 1)

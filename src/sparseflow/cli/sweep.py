@@ -15,7 +15,7 @@ from sparseflow.sweep.config import Sweep, SweepOptions
 
 def sweep(call: Call) -> None:
     """Train every cell of a grid, skipping cells finished by an earlier run; write results.json, table.md
-    (mean ± 95 % interval over seeds) and accuracy.png. Exit status 1 when a cell failed."""
+    (mean ± 95 % interval over seeds), report.md and accuracy.png. Exit status 1 when a cell failed."""
     from sparseflow.sweep.executors import LocalExecutor, RayExecutor
     from sparseflow.sweep.grid import cell_dir, estimate_s, finished, run_sweep
     from sparseflow.training.rundir import _human
@@ -54,7 +54,7 @@ def sweep(call: Call) -> None:
               ("dataset", "method", "sparsity", "seeds", "accuracy", "measured sparsity", "failed"), rows,
               left=("dataset", "method"), min_width=100)
     run.print(f"{obj['cells_ran']} trained, {obj['cells_skipped']} finished before (skipped), "
-              f"{obj['cells_failed']} failed; wrote {out}/results.json, table.md, accuracy.png")
+              f"{obj['cells_failed']} failed; wrote {out}/results.json, table.md, report.md, accuracy.png")
     for r in result.failed():
         run.err.print(f"[bold red]failed:[/] {r['cell']}: {r['error']}  (details: {out}/cells/{r['cell']}/error.txt)",
                       highlight=False)

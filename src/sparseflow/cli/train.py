@@ -12,6 +12,7 @@ output and exit status. ``--batch-size`` is per process; see :mod:`sparseflow.tr
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ import typer
 
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
+from sparseflow.cli.runner import failed_criteria
 from sparseflow.errors import SparseflowError
 from sparseflow.io import check_folder_target
 from sparseflow.training import distributed
@@ -64,6 +66,11 @@ def train(call: Call) -> None:
     if finished and os.environ.get("RANK", "0") == "0":  # (under torchrun, rank 0 speaks)
         call.run.note(f"{out}: this run was finished before with these settings; shown as it is, nothing trained "
                       "(pass another --out to train again)")
+    if o.progress and os.environ.get("RANK", "0") == "0":  # the first line of the run, before the data loads
+        call.run.note(f"sparseflow train: {job.model} on {job.dataset}, {job.method}"
+                      + (f" at sparsity {job.sparsity:g}" if job.method != "dense" else "")
+                      + (", then the dense baseline" if job.baseline and job.method != "dense" else "")
+                      + f"; run directory {out}")
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   checkpoint_every=o.checkpoint_every)
@@ -159,12 +166,24 @@ def _launch(call: Call, nproc: int, out: Path) -> None:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     sys.stdout.write(proc.stdout)
     sys.stdout.flush()
+    if proc.returncode == 1 and failed_criteria(_last_json(proc.stdout)):
+        raise typer.Exit(1)  # the run finished and a criterion failed (rank 0 has said which)
     if proc.returncode != 0:
         call.run.err.print(
             f"[bold red]error:[/] distributed training on {nproc} processes failed (torchrun exit status "
             f"{proc.returncode}; the processes' errors are above). The last checkpoint in {out} stays valid: "
             "rerun the same command with --resume to continue", highlight=False)
         raise typer.Exit(proc.returncode)
+
+
+def _last_json(stdout: str) -> dict | None:
+    """The JSON object on the last line of ``stdout`` (--json), if there is one."""
+    lines = stdout.strip().splitlines()
+    try:
+        obj = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 command(app, "train", train, config=TrainJob, options=TrainOptions)

@@ -19,6 +19,7 @@ from typing import Any
 
 from sparseflow.errors import SparseflowError
 from sparseflow.training.options import check, option
+from sparseflow.training.report import verdict
 from sparseflow.training.rundir import REPORT, read_run, results_path
 
 _IMG = re.compile(r'(<img\b[^>]*\bsrc=")([^":]+?\.png)(")')
@@ -27,7 +28,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 padding:0 1em;color:#1b1b1b;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
-.pass{color:#11763a;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.pass{color:#11763a;font-weight:600}.fail{color:#b3261e;font-weight:600}.na{color:#666}
 section{border-top:2px solid #ddd;margin-top:2.5em;padding-top:.5em}code,pre{background:#f6f6f6}
 pre{padding:.6em;overflow-x:auto}nav a{margin-right:1em}
 """
@@ -94,11 +95,11 @@ def _criteria_table(crit: dict[str, dict[str, Any]]) -> str:
         return "<p><em>No pass/fail criteria for this run.</em></p>"
     rows = []
     for name, c in crit.items():
-        ok = bool(c.get("pass"))
         value = c.get("value")
         shown = f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+        cls = "na" if c.get("pass") is None else "pass" if c["pass"] else "fail"
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{shown}</td><td>{html.escape(str(c.get('target', '')))}</td>"
-                    f"<td class=\"{'pass' if ok else 'fail'}\">{'pass' if ok else 'FAIL'}</td></tr>")
+                    f"<td class=\"{cls}\">{html.escape(verdict(c))}</td></tr>")
     return ("<table><tr><th>criterion</th><th>value</th><th>target</th><th>result</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -135,11 +136,13 @@ def render(runs: list[Run], title: str, walls: dict[str, float] | None = None) -
         rows = []
         for i, run in enumerate(runs):
             crit = run.criteria()
-            passed = sum(bool(c.get("pass")) for c in crit.values())
-            cls = "pass" if passed == len(crit) else "fail"
+            tested = [c for c in crit.values() if c.get("pass") is not None]
+            passed = sum(bool(c["pass"]) for c in tested)
+            cls = "pass" if passed == len(tested) else "fail"
+            untested = f" ({len(crit) - len(tested)} n/a)" if len(tested) < len(crit) else ""
             wall = run.results.get("wall_s", (walls or {}).get(run.path.name))
             rows.append(f'<tr><td><a href="#run{i}">{html.escape(run.name)}</a></td>'
-                        f'<td class="{cls}">{passed} / {len(crit)}</td>'
+                        f'<td class="{cls}">{passed} / {len(tested)}{untested}</td>'
                         f"<td>{'' if not isinstance(wall, (int, float)) else f'{wall:.1f}'}</td></tr>")
         parts.append("<table><tr><th>run</th><th>criteria passed</th><th>wall time (s)</th></tr>"
                      + "".join(rows) + "</table>")

@@ -14,10 +14,16 @@ from typing import Any
 from sparseflow.training.rundir import write_results
 from sparseflow.io import atomic_write_text
 from sparseflow.lottery.run import ARMS, LotteryResult
-from sparseflow.training.report import md_table, save_figure
+from sparseflow.training.report import md_table, save_figure, verdict
 
 LABEL = {"ticket": "winning ticket (rewound)", "reinit": "random reinit (same mask)",
          "random": "random mask (same densities)"}
+
+
+def early_stop_set(job: Any) -> str:
+    """Where the early-stopping step's loss is measured: "validation" (``val_size`` held-out training examples)
+    or "test" (``val_size=0``)."""
+    return "validation" if job.val_size else "test"
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -115,7 +121,8 @@ def write_report(result: LotteryResult, crit: dict[str, dict[str, Any]], *, comm
     rows = summarize(result)
     dense = rows[0]["arms"]["ticket"]["final_acc"]["mean"]
     _plot(rows, "final_acc", "test accuracy (end of training)", out / "accuracy.png", dense)
-    _plot(rows, "early_stop_step", "early-stopping step (min. validation loss)", out / "early_stop.png", None)
+    _plot(rows, "early_stop_step", f"early-stopping step (lowest {early_stop_set(job)} loss)", out / "early_stop.png",
+          None)
 
     def cell(r: dict[str, Any], arm: str, key: str, scale: float, fmt: str) -> str:
         if arm not in r["arms"]:
@@ -128,15 +135,16 @@ def write_report(result: LotteryResult, crit: dict[str, dict[str, Any]], *, comm
     table = [[r["level"], f"{100 * r['density']:.2f}"] + [cell(r, a, "final_acc", 100, "{:.2f}") for a in ARMS]
              + [cell(r, a, "early_stop_step", 1, "{:.0f}") for a in ARMS] for r in rows]
     storage = _mask_storage(result)
-    crit_rows = [[k, f"{v['value']:+.4f}", v["target"], "pass" if v["pass"] else "FAIL"] for k, v in crit.items()]
-    val = f"a held-out {job.val_size} training examples" if job.val_size else "the test set"
+    crit_rows = [[k, f"{v['value']:+.4f}", v["target"], verdict(v)] for k, v in crit.items()]
+    val = f"{job.val_size} held-out training examples (the validation set)" if job.val_size else "the test set"
     text = f"""# Lottery tickets: {job.model} on {job.dataset}
 
 Iterative magnitude pruning ({job.scope}, {100 * job.prune_fraction:g} % per level, output layer
 {100 * job.out_fraction:g} %), rewinding {job.rewind} to step {job.rewind_step}; {job.iterations} steps per level,
 {job.optimizer} lr {job.lr:g} ({job.lr_schedule}), batch {job.batch_size}; seeds {list(result.levels)}.
 Accuracy is the test accuracy at the end of training (mean over seeds, [min, max] across them); the early-stopping
-step is where the loss on {val} is lowest (evaluated every {job.eval_every} steps). Level 0 is the dense network.
+step is the evaluation where the loss on {val} is lowest (evaluated every {job.eval_every} steps). Level 0 is the
+dense network.
 {f"Command: `{command}`" if command else ""}
 
 {md_table(header, table)}

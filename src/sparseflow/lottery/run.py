@@ -212,7 +212,8 @@ class _SeedRun:
             _load_weights(self.level_dir(lv) / TICKET, self.seed, lv)  # checked now, not when a later level needs it
         masks = self.load_mask_file(len(done))
         if self.progress is not None and done:
-            self.progress(f"seed {self.seed}: levels 0-{len(done) - 1} done", 0)
+            self.progress(f"seed {self.seed}: levels 0-{len(done) - 1} of 0-{len(self.schedule) - 1} already finished "
+                          "(read back, not trained again)", 0)
         for lv in range(len(done), len(self.schedule)):
             done.append(self.run_level(lv, masks))
             self.trained += 1

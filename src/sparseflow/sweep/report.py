@@ -4,6 +4,7 @@
     OUT/table.md       per dataset x method x sparsity: mean test accuracy over seeds ± the half-width of
                        the 95 % Student-t interval, t(0.975, n - 1) · sd / sqrt(n) with sd over n - 1
                        (no interval from a single seed); failed cells are counted and listed with their error
+    OUT/report.md      that table, the criteria and the figure: what ``sparseflow report OUT`` renders
     OUT/accuracy.png   accuracy vs sparsity, one line per method, error bars the same intervals, one panel per
                        dataset; a 'dense' method is a horizontal line with its interval as a band
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sparseflow.analysis.stats import t_interval
 from sparseflow.training.rundir import write_results
 from sparseflow.io import atomic_write_text
-from sparseflow.training.report import md_table, save_figure
+from sparseflow.training.report import criteria_md, md_table, save_figure
 
 if TYPE_CHECKING:
     from sparseflow.sweep.grid import SweepResult
@@ -117,8 +118,11 @@ def plot_accuracy(result: SweepResult, path: Path) -> None:
 
 
 def write_outputs(result: SweepResult, command: str | None = None) -> None:
-    """results.json (stamped), table.md and accuracy.png in ``result.out``."""
+    """results.json (stamped), table.md, report.md and accuracy.png in ``result.out``."""
     out = result.out
-    write_results(out, "sweep", {k: v for k, v in result.to_json().items() if k != "command"} | {"command_line": command})
-    atomic_write_text(out / "table.md", table_md(result, command))
+    obj = result.to_json()
+    write_results(out, "sweep", {k: v for k, v in obj.items() if k != "command"} | {"command_line": command})
+    table = table_md(result, command)
+    atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "report.md", table + "\n" + criteria_md(obj["criteria"]))
     plot_accuracy(result, out / "accuracy.png")

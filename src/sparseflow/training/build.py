@@ -53,6 +53,10 @@ def build_method(job: TrainJob, total_steps: int, *, batch: tuple[torch.Tensor, 
     random: a static random mask drawn before training.
     snip, grasp: pruned at initialisation on ``batch``; synflow: at initialisation, data-free, 100 rounds.
     set, rigl: prune-and-regrow every 100 steps (fewer on short runs) until 75 % of training, α = 0.3.
+
+    ``job.sparse_init``: "auto" keeps each method's default, "rescale" and "none" set its ``sparse_init`` to
+    True and False; "he" sets it to False, and the training run (:func:`~sparseflow.training.run.run_train_job`)
+    redraws the weights with :func:`sparseflow.init.sparse_init_` once the first mask is in place.
     """
     if job.method == "dense":
         return None
@@ -60,6 +64,8 @@ def build_method(job: TrainJob, total_steps: int, *, batch: tuple[torch.Tensor, 
     pattern = parse_pattern(job.pattern)
     targets = Targets(first_layer=job.prune_first, last_layer=job.prune_last)
     common = dict(sparsity=job.sparsity, distribution=distribution, pattern=pattern, targets=targets)
+    if job.sparse_init != "auto":
+        common["sparse_init"] = job.sparse_init == "rescale"
     if job.method == "magnitude":
         return MagnitudePruning(**common, at_step=total_steps // 2)
     if job.method == "gmp":

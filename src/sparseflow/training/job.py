@@ -35,6 +35,9 @@ DEFAULT_DISTRIBUTION = {
     "snip": "global", "grasp": "global", "synflow": "global", "set": "erk", "rigl": "erk",
 }
 DISTRIBUTION_NAMES = (*DISTRIBUTIONS, "global")
+# How the kept weights start (sparseflow.init): the method's own choice, PyTorch's init rescaled to each unit's
+# kept fan-in, He's init redrawn per kept fan-in, or PyTorch's init as masked.
+SPARSE_INITS = ("auto", "rescale", "he", "none")
 FILE_DATASETS = ("mnist", "fashion-mnist")  # 60,000 training images each: --quick trains on a subset
 
 
@@ -72,6 +75,11 @@ class TrainJob:
     sparsity: float = option(0.9, "Fraction of target weights that are zero, in [0, 1).")
     distribution: str | None = option(None, f"{_names(DISTRIBUTION_NAMES)} (default: the method's paper)")
     pattern: str = option("unstructured", "unstructured | N:M (e.g. 2:4) | RxC blocks (e.g. 4x4)")
+    sparse_init: str = option(
+        "auto", "How the kept weights start: auto (the method's own: rescale for the methods that start sparse, "
+        "none for magnitude and gmp, which start dense) | rescale (PyTorch's init scaled to each unit's kept fan-in, "
+        "sf.rescale_) | he (redrawn from N(0, 2/kept fan-in), sf.sparse_init_; critical for ReLU; the dense "
+        "baseline gets He's init too) | none (PyTorch's init, masked)", choices=SPARSE_INITS)
     model: str = option("mlp", _names(MODELS))
     hidden: tuple[int, ...] | None = option(None, "MLP widths, e.g. 300,100 (model mlp only).", min=1,
                                             metavar="WIDTHS")
@@ -142,6 +150,8 @@ class TrainJob:
         d["hidden"] = list(self.hidden) if self.hidden is not None else None
         if self.world_size == 1:  # single-process runs keep the names (hashes) they had before world_size existed
             del d["world_size"]
+        if self.sparse_init == "auto":  # likewise for runs with the method's own initialisation
+            del d["sparse_init"]
         return d
 
     def digest(self) -> str:

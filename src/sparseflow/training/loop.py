@@ -116,11 +116,14 @@ def fit(
     progress: bool = True,
     device: str | torch.device = "cpu",
     config: dict[str, Any] | None = None,
+    label: str = "",
 ) -> TrainResult:
     """Train ``model`` for ``cfg.epochs`` epochs; see the module docstring for the loop and run dir.
 
     ``config`` is written to ``run_dir/config.json`` (default: ``cfg`` as a dict). Under torch.distributed
-    pass a ``train_loader`` made by :func:`sparseflow.training.distributed.shard`.
+    pass a ``train_loader`` made by :func:`sparseflow.training.distributed.shard`. ``label`` names the run
+    in the progress display ("sparse run", "dense baseline"); a resumed run that had already finished shows
+    one line saying so instead of a progress bar.
     """
     _check_arguments(method, train_loader, run_dir, resume)
     total_steps, device = cfg.epochs * len(train_loader), torch.device(device)
@@ -135,7 +138,7 @@ def fit(
     run = RunDir(run_dir, cfg, state, scheduler, train_loader, device)
     resume_at = run.open(resume, config)  # the position within an epoch, when the checkpoint is in one
     net = _wrap(model, method, state.step)
-    show = _Display(progress and distributed.is_main(), cfg, state)
+    show = _Display(progress and distributed.is_main(), cfg, state, label)
     run.start()
     for cb in callbacks:
         cb.on_train_start(state)
@@ -211,35 +214,58 @@ def _check_finite(value: float, state: TrainState, cfg: TrainConfig) -> None:
 
 
 class _Display:
-    """The progress bar and the per-step and per-epoch lines, on stderr (stdout stays clean for --json)."""
+    """The progress bar and the per-step and per-epoch lines, on stderr (stdout stays clean for --json).
 
-    def __init__(self, enabled: bool, cfg: TrainConfig, state: TrainState) -> None:
-        self.enabled, self.cfg, self.state = enabled, cfg, state
-        self.console = Console(stderr=True)
+    It opens with one line naming the run (its ``label``) and where it starts; a run restored at its last step
+    gets that line only ("already finished"), no bar.
+    """
+
+    def __init__(self, enabled: bool, cfg: TrainConfig, state: TrainState, label: str = "") -> None:
+        self.enabled, self.cfg, self.state, self.label = enabled, cfg, state, label
+        self.indent = "  " if label else ""  # the lines under the label's opening line
+        self.console = Console(stderr=True, soft_wrap=True)  # lines are not wrapped (logs, pipes)
         self.bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
+            TextColumn((f"{label}: " if label else "") + "epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  test acc {task.fields[acc]}"),
+            TextColumn("loss {task.fields[loss]}  test acc {task.fields[acc]}"),
             TimeRemainingColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=True,
         )
 
     def __enter__(self) -> _Display:
+        s = self.state
+        finished = s.step >= s.total_steps
+        opening = self._opening(finished)
+        if self.enabled and opening:
+            self.console.print(opening, highlight=False, markup=False)
+        self.bar.disable = not self.enabled or finished
         self.bar.__enter__()
-        self.task = self.bar.add_task("train", total=self.state.total_steps, completed=self.state.step, epoch="-",
-                                      loss=math.nan, acc="-")
+        self.task = self.bar.add_task("train", total=s.total_steps, completed=s.step, epoch="-", loss="-", acc="-")
         return self
+
+    def _opening(self, finished: bool) -> str:
+        s, name = self.state, self.label or "training"
+        if finished:
+            last = s.history[-1] if s.history else {}
+            acc = last.get("test_acc")
+            return (f"{name}: already finished ({s.step} steps, {_plural(len(s.history), 'epoch')}"
+                    + ("" if acc is None else f", test accuracy {acc:.4f}") + "); reported from its checkpoint, "
+                    "not trained again")
+        if s.step:
+            return f"{name}: resuming at step {s.step} of {s.total_steps} (epoch {s.epoch} of {self.cfg.epochs})"
+        return f"{name}: {s.total_steps} steps ({_plural(self.cfg.epochs, 'epoch')})" if self.label else ""
 
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
 
     def step(self, mean_loss: float, value: float, lr: float) -> None:
         s = self.state
-        self.bar.update(self.task, advance=1, epoch=f"{s.epoch}/{self.cfg.epochs}", loss=mean_loss)
+        self.bar.update(self.task, advance=1, epoch=f"{s.epoch}/{self.cfg.epochs}", loss=f"{mean_loss:.4f}")
         if self.enabled and self.cfg.log_every and s.step % self.cfg.log_every == 0:
-            self.console.print(f"step {s.step}/{s.total_steps}  loss {value:.4f}  lr {lr:.3g}")
+            self.console.print(f"{self.indent}step {s.step}/{s.total_steps}  loss {value:.4f}  lr {lr:.3g}",
+                               highlight=False, markup=False)
 
     def evaluated(self, test_acc: float) -> None:
         self.bar.update(self.task, acc=f"{test_acc:.4f}")
@@ -247,8 +273,12 @@ class _Display:
     def epoch_done(self, record: dict[str, Any]) -> None:
         if self.enabled:
             acc = "-" if record["test_acc"] is None else f"{record['test_acc']:.4f}"
-            self.console.print(f"epoch {record['epoch']}/{self.cfg.epochs}  train loss {record['train_loss']:.4f}  "
-                               f"test acc {acc}")
+            self.console.print(f"{self.indent}epoch {record['epoch']}/{self.cfg.epochs}  train loss "
+                               f"{record['train_loss']:.4f}  test acc {acc}", highlight=False, markup=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _density(model: nn.Module) -> float:

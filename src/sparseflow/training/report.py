@@ -23,6 +23,35 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def verdict(criterion: dict[str, Any]) -> str:
+    """A criterion's result cell: "pass", "FAIL", or "n/a" with the reason when the run cannot test it
+    (``"pass": None``, the reason in ``"note"``)."""
+    if criterion.get("pass") is None:
+        return "n/a" + (f" ({criterion['note']})" if criterion.get("note") else "")
+    return "pass" if criterion["pass"] else "FAIL"
+
+
+def criteria_counts(criteria: dict[str, dict[str, Any]]) -> str:
+    """"2 of 3 criteria pass" (and "1 not testable at this scale" when some are ``"pass": None``)."""
+    tested = [c for c in criteria.values() if c.get("pass") is not None]
+    text = f"{sum(bool(c['pass']) for c in tested)} of {len(tested)} criteria pass"
+    untested = len(criteria) - len(tested)
+    return text + (f", {untested} not testable at this scale" if untested else "")
+
+
+def criteria_md(criteria: dict[str, dict[str, Any]]) -> str:
+    """The ``## Criteria`` section of a report: one row per criterion (value, target, result) and the count."""
+    if not criteria:
+        return "## Criteria\n\nNo pass/fail criteria for this run.\n"
+
+    def value(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    rows = [[name, value(c.get("value")), c.get("target", ""), verdict(c)] for name, c in criteria.items()]
+    return (f"## Criteria\n\n{md_table(['criterion', 'value', 'target', 'result'], rows)}\n\n"
+            f"{criteria_counts(criteria)}.\n")
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """Save a matplotlib figure as PNG atomically, then close it (pyplot keeps every open figure alive)."""
     import io
@@ -58,14 +87,18 @@ def _curves(result: JobResult, path: Path) -> None:
 
 
 def _health(result: JobResult) -> str:
-    parts = [f"**Warning:** {w}" for w in result.warnings] or ["No warnings: every layer connected, signal critical."]
+    from sparseflow.training.result import signal_note
+
+    parts = [f"**Warning:** {w}" for w in result.warnings] or ["No warnings."]
     if result.connectivity is not None:
         parts += ["Connectivity of the final sparse model (`sparseflow.connectivity`):", result.connectivity.markdown()]
     else:
         parts.append("Connectivity: this model could not be traced.")
     if result.signal is not None:
+        note = signal_note(result.signal, result.signal_reference, result.starts_dense, result.job.method)
         parts += ["Signal propagation at the start of training (`sparseflow.signal`, one training batch): "
-                  f"verdict **{result.signal.verdict}**, gain {result.signal.gain:.3g}.", result.signal.markdown()]
+                  f"verdict **{result.signal.verdict}**, gain {result.signal.gain:.3g}." + (f" {note}" if note else ""),
+                  result.signal.markdown()]
     else:
         parts.append("Signal at initialisation: not measured (the run was resumed).")
     return "\n\n".join(parts)
@@ -107,6 +140,7 @@ Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.w
 
 {md_table(["parameter", "shape", "weights", "nonzeros", "density", "pruned"], layers)}
 
+{criteria_md(result.to_json()["criteria"])}
 ## Connectivity and signal
 
 {_health(result)}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from torch import nn
 from sparseflow.analysis.connectivity import Connectivity, connectivity
 from sparseflow.analysis.signal import SignalReport, signal
 from sparseflow.errors import SparseflowError
+from sparseflow.init import sparse_init_
 from sparseflow.methods import Method
 from sparseflow.targets import Targets
 from sparseflow.training import distributed
@@ -80,16 +82,43 @@ class TrainOptions(RunOptions):
 
 class SignalProbe(Callback):
     """Measures signal propagation on a fixed batch when training starts (after the method's ``prepare``):
-    the sparse network as it is initialised, which is where vanishing or exploding signal stalls training."""
+    the sparse network as it is initialised, which is where vanishing or exploding signal stalls training.
 
-    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.batch = batch
+    When the method starts sparse, ``dense()`` (the same network built again, dense) gives the reference: the
+    gain of the same initialisation without the mask, so a warning can tell the mask's effect from the init's.
+    """
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], dense: Callable[[], nn.Module] | None = None) -> None:
+        self.batch, self.dense = batch, dense
         self.report: SignalReport | None = None
+        self.reference: SignalReport | None = None
+        self.starts_dense = False
 
     def on_train_start(self, state: TrainState) -> None:
-        if state.step == 0:  # a resumed run has moved on from its initialisation
-            dev = next((p.device for p in state.model.parameters()), torch.device("cpu"))
-            self.report = signal(state.model, self.batch[0].to(dev), self.batch[1].to(dev))
+        if state.step != 0:  # a resumed run has moved on from its initialisation
+            return
+        dev = next((p.device for p in state.model.parameters()), torch.device("cpu"))
+        x, y = self.batch[0].to(dev), self.batch[1].to(dev)
+        self.report = signal(state.model, x, y)
+        mask = getattr(state.method, "mask", None)
+        self.starts_dense = mask is None or all(bool(m.all()) for m in mask.values())
+        if not self.starts_dense and self.dense is not None:
+            self.reference = signal(self.dense().to(dev), x, y)
+
+
+class HeInit(Callback):
+    """``--sparse-init he``: once the first mask is in place (the nonzero weights), redraw every kept weight
+    from N(0, 2/kept fan-in) (:func:`sparseflow.init.sparse_init_`), seeded; at the start of training only."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def apply(self, model: nn.Module) -> None:
+        sparse_init_(model, generator=torch.Generator().manual_seed(self.seed))
+
+    def on_train_start(self, state: TrainState) -> None:
+        if state.step == 0:
+            self.apply(state.model)
 
 
 def _store(model: nn.Module, method: Method | None, out: Path) -> dict[str, Any]:
@@ -152,9 +181,16 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
     # The run folder is made by fit, once the model and the method are built: a job they refuse leaves nothing.
 
-    probe = SignalProbe(first_batch(ds, job))
+    def new_model() -> nn.Module:  # the same weights every time (seeded)
+        model = build_model(job.model, ds.input_shape, ds.num_classes, norm=job.norm, hidden=job.hidden, seed=job.seed)
+        if job.sparse_init == "he":
+            HeInit(job.seed).apply(model)
+        return model
 
-    def one_run(method_name: str, run_dir: Path) -> tuple[TrainResult, Method | None, nn.Module, dict]:
+    probe = SignalProbe(first_batch(ds, job), dense=new_model)
+    he = [HeInit(job.seed)] if job.sparse_init == "he" else []
+
+    def one_run(method_name: str, run_dir: Path, label: str) -> tuple[TrainResult, Method | None, nn.Module, dict]:
         sub = dataclasses.replace(job, method=method_name)
         model = build_model(job.model, ds.input_shape, ds.num_classes, norm=job.norm, hidden=job.hidden, seed=job.seed)
         train_loader, test_loader = loaders(ds, job.batch_size, seed=job.seed)
@@ -168,12 +204,14 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
         config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
         result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
-                     progress=progress, config=config, callbacks=[probe] if method_name == job.method else [],
-                     device=device)
+                     progress=progress, config=config, callbacks=he + ([probe] if method_name == job.method else []),
+                     device=device, label=label)
         return result, method, model.to("cpu"), schedule
 
-    sparse, method, model, schedule = one_run(job.method, out)
-    dense = one_run("dense", out / "dense")[0] if job.baseline and job.method != "dense" else None
+    sparse_label = "dense run" if job.method == "dense" else f"sparse run ({job.method}, sparsity {job.sparsity:g})"
+    sparse, method, model, schedule = one_run(job.method, out, sparse_label)
+    dense = (one_run("dense", out / "dense", "dense baseline (same budget)")[0]
+             if job.baseline and job.method != "dense" else None)
     if not distributed.is_main():
         return None  # fit has synchronised the ranks at every checkpoint; rank 0 measures and reports
 
@@ -187,7 +225,8 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
     except SparseflowError:  # a model the tracer refuses: the report says so instead
         conn = None
     result = JobResult(
-        connectivity=conn, signal=probe.report, storage=_store(model, method, out),
+        connectivity=conn, signal=probe.report, signal_reference=probe.reference, starts_dense=probe.starts_dense,
+        storage=_store(model, method, out),
         job=job, run_dir=out, accuracy=sparse.test_acc,
         dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),
         sparsity=1.0 - nnz / numel, layers=layers, sparse=sparse, dense=dense,
