@@ -784,3 +784,15 @@ def _state_for(widths: tuple[int, ...]) -> dict:
     method = MagnitudePruning(0.7)
     method.prepare(build_tiny_mlp(widths=widths, seed=0))
     return method.state_dict()
+
+
+def test_a_random_mask_does_not_follow_the_weights_drawn_from_the_same_seed() -> None:
+    # torch.manual_seed(s) then nn.Linear draws the uniform stream a Generator seeded s would give the mask:
+    # the mask must come from its own stream, so the kept |w| are a random sample of all |w|.
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(256, 256))
+        w = model[0].weight.detach().abs().clone()
+        RandomSparse(0.9, seed=seed, sparse_init=False).prepare(model)
+        kept = w[model[0].weight != 0]
+        assert abs(float(kept.mean()) / float(w.mean()) - 1) < 0.05

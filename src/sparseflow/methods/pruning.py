@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -107,6 +108,13 @@ class GMP(MagnitudePruning):
         return Cubic(**({"start": 0, "end": 0, "every": 100} | given))  # end=0: Cubic says end= is missing
 
 
+def mask_seed(seed: int) -> int:
+    """The seed of a method's own generator, derived from ``seed`` (numpy's SeedSequence): a model initialised
+    after ``torch.manual_seed(seed)`` draws the same uniform stream as ``torch.Generator().manual_seed(seed)``,
+    so a mask drawn from that would keep the largest initial weights instead of random ones."""
+    return int(np.random.SeedSequence([int(seed), 0x6D61736B]).generate_state(1, np.uint64)[0] >> 1)
+
+
 @dataclass(eq=False)
 class RandomSparse(Method):
     """A static random mask drawn in ``prepare`` (default distribution ERK, Evci et al. 2020).
@@ -127,7 +135,7 @@ class RandomSparse(Method):
             raise SparseflowError(f"RandomSparse seed must be an integer, got {self.seed!r}")
 
     def _setup(self) -> None:
-        self._generator = torch.Generator().manual_seed(int(self.seed))
+        self._generator = torch.Generator().manual_seed(mask_seed(self.seed))
 
     def scores(self, name: str, weight: Tensor) -> Tensor:
         return torch.rand(weight.shape, generator=self._generator).to(weight.device)
