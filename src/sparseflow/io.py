@@ -22,12 +22,16 @@ twice comes back as two equal tensors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +39,13 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import SparseflowError, WriteError
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
+    "write_error",
+    "removed_on_failure",
     "flatten_state",
     "unflatten_state",
     "save_state",
@@ -59,16 +65,23 @@ _MARKERS = frozenset({"__tensor__", "__tuple__", "__dict__", "__float__"})
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename).
+
+    A write that fails (a full disk, no permission, a read-only file system) leaves ``path`` as it was and
+    no temporary file behind, and raises :class:`~sparseflow.errors.WriteError` naming ``path`` (never the
+    temporary) and the cause.
+    """
     path = Path(path)
     directory = path.parent
     if not directory.is_dir():
         raise SparseflowError(
             f"cannot write {str(path)!r}: directory {str(directory)!r} does not exist; create it first"
         )
-    # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    existed = path.is_file()
+    tmp_name = None
     try:
+        # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -77,14 +90,32 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         # Also on KeyboardInterrupt: never leave a stray temp file next to the target.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e, kept=existed) from e
         raise
     _fsync_directory(directory)
+
+
+def write_error(path: Path, e: OSError, *, kept: bool) -> WriteError:
+    """The error for a failed write of ``path``: what failed, why, whether the old file is intact, what to do."""
+    code = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause, fix = "the disk is full", "free space there (or write somewhere else) and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause, fix = e.strerror or "permission denied", "choose a folder you can write to"
+    elif e.errno == errno.EISDIR:
+        cause, fix = "it is a folder", "pass a file path, not a folder"
+    else:
+        cause, fix = e.strerror or str(e) or type(e).__name__, "check the path and the disk, then run again"
+    state = "the previous file is unchanged" if kept else "no file was written"
+    return WriteError(f"cannot write {str(path)!r}: {cause}{f' [{code}]' if code else ''}; {state}; {fix}", e)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
@@ -105,6 +136,34 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def removed_on_failure(directory: str | os.PathLike[str], *, disposable: tuple[str, ...] = ("config.json",),
+                       enabled: bool = True) -> Iterator[None]:
+    """Run the block; if it fails (any exception, Ctrl-C included), remove ``directory`` and the parent folders
+    created with it, provided they did not exist before and hold no file other than ``disposable`` ones.
+
+    A failed run so leaves no empty (or config-only) run folder behind, while one that got far enough to be
+    resumed (a checkpoint, a journal, an error log) is kept. ``enabled=False`` (other ranks than rank 0 of a
+    distributed run) only runs the block.
+    """
+    directory = Path(directory)
+    top = None  # the outermost folder this block may create
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        top = d
+    try:
+        yield
+    except BaseException:
+        if enabled and top is not None and top.is_dir() and not _holds_files(top, disposable):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _holds_files(directory: Path, disposable: tuple[str, ...]) -> bool:
+    return any(not p.is_dir() and p.name not in disposable for p in directory.rglob("*"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from torch import nn
 from sparseflow.analysis.connectivity import Connectivity, connectivity
 from sparseflow.analysis.signal import SignalReport, signal
 from sparseflow.errors import SparseflowError
+from sparseflow.io import removed_on_failure
 from sparseflow.methods import Method
 from sparseflow.targets import Targets
 from sparseflow.training import distributed
@@ -141,8 +142,16 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
 
     ``checkpoint_every``: also checkpoint every that many steps (always at every epoch's end).
     Under torch.distributed (``job.world_size`` processes) every rank trains; rank 0 alone measures, stores
-    and reports, and the other ranks return None.
+    and reports, and the other ranks return None. A run that fails before its first checkpoint leaves no
+    folder behind (nothing in it could be resumed).
     """
+    with removed_on_failure(out, enabled=distributed.is_main()):
+        return _train_job(job, out, data_dir=data_dir, download=download, progress=progress, command=command,
+                          resume=resume, checkpoint_every=checkpoint_every)
+
+
+def _train_job(job: TrainJob, out: Path, *, data_dir: Path | None, download: bool, progress: bool,
+               command: str | None, resume: bool, checkpoint_every: int | None) -> JobResult | None:
     from sparseflow.training.report import write_train_report  # matplotlib is imported only when reporting
 
     t0 = time.perf_counter()
