@@ -23,6 +23,7 @@ import typer
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
 from sparseflow.errors import SparseflowError
+from sparseflow.processes import end_with_launcher, run_child
 from sparseflow.training import distributed
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.options import fields
@@ -58,6 +59,7 @@ def train(call: Call) -> None:
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   checkpoint_every=o.checkpoint_every)
     if distributed.launched():
+        end_with_launcher()  # a rank whose torchrun is gone (killed) has nothing left to do
         with distributed.session(backend=o.backend, timeout_s=o.dist_timeout):
             result = run_train_job(job, out, **kwargs)
         if result is None:  # not rank 0: rank 0 prints
@@ -146,7 +148,7 @@ def _launch(call: Call, nproc: int, out: Path) -> None:
            "-m", "sparseflow", *args]
     # stderr (progress, errors of every rank) passes straight through; stdout (rank 0's tables or JSON) is
     # relayed through this process's sys.stdout.
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = run_child(cmd, stdout=subprocess.PIPE, text=True)  # torchrun (and its ranks) end with this process
     sys.stdout.write(proc.stdout)
     sys.stdout.flush()
     if proc.returncode != 0:
