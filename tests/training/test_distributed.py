@@ -269,6 +269,26 @@ def test_a_rank_that_dies_stops_the_other_and_the_checkpoint_resumes_exactly(
         assert torch.equal(done["mask"][k], whole["mask"][k]), k
 
 
+def test_a_damaged_checkpoint_is_renamed_by_rank_0_alone_and_both_resume_from_the_previous(
+    tmp_path: Path, methods_run: Path
+) -> None:
+    procs = launch("quarantine", tmp_path)
+    errs = [p.stderr.read() for p in procs]  # type: ignore[union-attr]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    run = tmp_path / "quarantine"
+    assert (run / "checkpoint.safetensors.damaged").is_file()  # renamed aside once
+    warnings = [[line for line in err.splitlines() if "renamed to" in line] for err in errs]
+    assert len(warnings[0]) == 1 and warnings[1] == [], warnings  # rank 0 alone renames and says so
+    assert "using the previous checkpoint" in warnings[0][0]
+    ranks, whole = [_load(tmp_path, r, "quarantine") for r in (0, 1)], _load(methods_run, 0, "rigl")
+    assert "renamed to" in ranks[0]["notes"][0]  # the run's report carries the note
+    for done in ranks:  # resumed from epoch 1 on both ranks: exactly the uninterrupted run
+        for k in whole["state"]:
+            assert torch.equal(done["state"][k], whole["state"][k]), k
+        for k in whole["mask"]:
+            assert torch.equal(done["mask"][k], whole["mask"][k]), k
+
+
 def test_a_rank_that_hangs_stops_the_other_after_the_timeout(tmp_path: Path) -> None:
     procs = launch("hang", tmp_path, wait_for=(0,), timeout_s=3, timeout=60)
     report = json.loads((tmp_path / "rank0-hang.json").read_text())
