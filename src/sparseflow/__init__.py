@@ -24,6 +24,7 @@ from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
 from sparseflow.methods import SNIP, GraSP, SynFlow
 from sparseflow.methods import SET, FixedMask, RigL
+from sparseflow.methods import LayerPruning, SparseGPT, Wanda
 from sparseflow.training.models import MODELS, build_model
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.schedules import CosineDrop, Cubic, OneShot
@@ -101,6 +102,9 @@ __all__ = [
     "SNIP",
     "GraSP",
     "SynFlow",
+    "LayerPruning",
+    "SparseGPT",
+    "Wanda",
     "RigL",
     "SET",
     "SparseflowError",

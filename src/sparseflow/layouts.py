@@ -53,6 +53,18 @@ class Layout:
     groups: int = 1
     chunks: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for axis in ("out_axis", "in_axis", "groups"):
+            value = getattr(self, axis)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SparseflowError(f"Layout({axis}=...) needs an integer, got {value!r}")
+        if self.out_axis == self.in_axis:
+            raise SparseflowError(f"Layout needs different output and input axes, got both {self.out_axis}")
+        if self.groups < 1:
+            raise SparseflowError(f"Layout(groups=...) needs a positive count, got {self.groups}")
+        if not isinstance(self.chunks, tuple) or not all(isinstance(c, str) for c in self.chunks):
+            raise SparseflowError(f"Layout(chunks=...) needs a tuple of names such as ('q', 'k', 'v'), got {self.chunks!r}")
+
     def canonical(self, t: Tensor) -> Tensor:
         """``t`` viewed as ``(out, in, *rest)`` (the tensor itself for the usual layout)."""
         if (self.out_axis, self.in_axis) == (0, 1):
@@ -70,14 +82,19 @@ class Layout:
         shape = tuple(shape)
         if len(shape) < 2:
             raise SparseflowError(f"a weight layout needs a tensor of >= 2 dims, got shape {shape}")
-        rest = tuple(d for i, d in enumerate(shape) if i not in (self.out_axis % len(shape), self.in_axis % len(shape)))
+        axes = (self.out_axis % len(shape), self.in_axis % len(shape))
+        if axes[0] == axes[1] or not all(-len(shape) <= a < len(shape) for a in (self.out_axis, self.in_axis)):
+            raise SparseflowError(f"{self!r} does not fit a weight of shape {shape}: its axes must be two different "
+                                  "axes of the weight")
+        rest = tuple(d for i, d in enumerate(shape) if i not in axes)
         return (shape[self.out_axis], shape[self.in_axis], *rest)
 
     def fan_in(self, shape: tuple[int, ...] | torch.Size) -> int:
-        """Inputs that feed one output unit: in (per group) × kernel size."""
+        """Inputs that feed one output unit: in (per group) × kernel size. (A grouped transposed convolution
+        stores every input channel along its input axis, but an output reads only its group's.)"""
         c = self.canonical_shape(shape)
-        n = 1
-        for d in c[1:]:
+        n = c[1] // self.groups if self.out_axis != 0 else c[1]
+        for d in c[2:]:
             n *= d
         return n
 
@@ -103,6 +120,12 @@ def register_layout(module_type: type[nn.Module] | str, param: str, layout: Layo
     ``"package.module.ClassName"`` for a type whose package is not imported. Later rules win."""
     if not (isinstance(module_type, str) or (isinstance(module_type, type) and issubclass(module_type, nn.Module))):
         raise SparseflowError(f"register_layout needs an nn.Module subclass or its qualified name, got {module_type!r}")
+    if isinstance(module_type, str) and "." not in module_type.strip("."):
+        raise SparseflowError(f"register_layout needs the qualified name 'package.module.{module_type}', got "
+                              f"{module_type!r}")
+    if not isinstance(param, str) or not param or param == "*":
+        raise SparseflowError(f"register_layout needs a parameter name such as 'weight' (or a prefix 'weight_*'), "
+                              f"got {param!r}")
     if not isinstance(layout, Layout) and not callable(layout):
         raise SparseflowError(f"register_layout needs a Layout or a function returning one, got {layout!r}")
     _RULES.insert(0, (module_type, param, layout))

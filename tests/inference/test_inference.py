@@ -1,8 +1,11 @@
 """convert(): converted models against the dense model they came from (the oracle), for MLPs and
-convolutions (1x1, k x k with stride/padding/dilation), fully dense and empty layers, every backend,
-measured and cost-model plans; unsupported layers stay dense and are listed; bad inputs raise."""
+convolutions (Conv1d/2d/3d: 1x1, k x k with stride/padding/dilation, "same"/"valid", every padding mode),
+fully dense and empty layers, every backend, measured and cost-model plans; unsupported layers stay dense
+and are listed; bad inputs raise; deconvert gives back the original modules."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -14,7 +17,9 @@ import sparseflow as sf
 from sparseflow.errors import SparseflowError
 from sparseflow.inference.convert import convert, deconvert, inference_report
 from sparseflow.inference.kernels import Backend, best_isa
-from sparseflow.inference.kernels.modules import Kernel, SparseConv2d, SparseLinear
+from sparseflow.inference.kernels.conv import SparseConv
+from sparseflow.inference.kernels.modules import Choice, Kernel, SparseLinear
+from sparseflow.inference.plan import Planner
 
 BACKENDS = [Backend.TORCH] + ([Backend.COMPILED] if best_isa() is not None else [])
 
@@ -23,7 +28,7 @@ def sparsify_(model: nn.Module, density: float, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 m.weight[torch.rand(m.weight.shape, generator=g) >= density] = 0
     return model
 
@@ -58,7 +63,10 @@ def test_cost_model_plan_is_sparse_for_sparse_layers_and_dense_for_dense():
     assert isinstance(fast[0], SparseLinear) and all(c.kernel is not Kernel.DENSE for c in fast[0].plan)
     assert isinstance(fast[1], nn.Linear)  # fully dense: left as it was
     rows = {r.name: r for r in inference_report(fast)}
-    assert rows["1"].plan == () and "faster" in rows["1"].reason
+    assert rows["1"].plan == () and rows["1"].reason == "density 1.00 above the threshold 0.3 (cost model, not measured)"
+    measured = (Choice(1, Kernel.DENSE, None, 0, 0.01, 0.02), Choice(16, Kernel.DENSE, None, 0, 0.1, 0.3))
+    assert Planner.dense_reason(measured, 0.25) == ("density 0.25: dense was faster at every measured batch size "
+                                                    "(B=1: 0.01 vs 0.02 ms, B=16: 0.1 vs 0.3 ms)")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -69,20 +77,69 @@ def test_conv_matches_dense(backend, conv):
     torch.manual_seed(0)
     dense = sparsify_(nn.Sequential(nn.Conv2d(6, 10, **conv), nn.ReLU(), nn.Conv2d(10, 4, 1)).eval(), 0.2)
     fast = convert(dense, backend=backend, measure=False)
-    assert isinstance(fast[0], SparseConv2d)
+    assert isinstance(fast[0], SparseConv)
     assert_same(fast, dense, torch.randn(3, 6, 9, 11))
+
+
+@pytest.mark.parametrize("dims,conv", [
+    (1, dict(kernel_size=3, padding=1)), (1, dict(kernel_size=4, stride=2, dilation=2, padding="valid")),
+    (1, dict(kernel_size=1, stride=3)), (2, dict(kernel_size=(2, 4), padding="same")),
+    (2, dict(kernel_size=3, padding=2, padding_mode="reflect")), (2, dict(kernel_size=3, padding=1, padding_mode="circular")),
+    (3, dict(kernel_size=3, padding=1)), (3, dict(kernel_size=(2, 3, 1), stride=(1, 2, 1), dilation=(2, 1, 1))),
+    (3, dict(kernel_size=2, padding="same", padding_mode="replicate", bias=False)), (3, dict(kernel_size=1))])
+def test_conv_nd_padding_modes_match_dense(dims, conv):
+    torch.manual_seed(0)
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    dense = sparsify_(nn.Sequential(cls(5, 7, **conv)).eval(), 0.2)
+    fast = convert(dense, measure=False)
+    assert isinstance(fast[0], SparseConv) and fast[0].kind == cls.__name__
+    x = torch.randn(2, 5, *(9, 8, 7)[:dims])
+    assert_same(fast, dense, x)
+    assert_same(fast, dense, x[0])  # unbatched input, as torch's convolutions take it
+    back = deconvert(fast)
+    assert type(back[0]) is cls and back[0].padding == dense[0].padding and torch.equal(back[0].weight, dense[0].weight)
 
 
 def test_unsupported_layers_stay_dense_and_are_listed():
     torch.manual_seed(0)
-    dense = sparsify_(nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Conv2d(8, 8, 3, padding="same"),
-                                    nn.Flatten(2), nn.Conv1d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 36, 5)).eval(), 0.1)
+    dense = sparsify_(nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Conv2d(8, 8, 3, groups=8),
+                                    nn.ConvTranspose2d(8, 8, 1), nn.Flatten(2), nn.Conv1d(8, 4, 1), nn.Flatten(),
+                                    nn.Linear(4 * 16, 5)).eval(), 0.1)
+    with torch.no_grad():
+        dense[2].weight[torch.rand(dense[2].weight.shape) < 0.9] = 0
     with pytest.warns(UserWarning, match="left dense"):
         fast = convert(dense, measure=False)
     reasons = {r.name: r.reason for r in inference_report(fast)}
-    assert "grouped" in reasons["0"] and "padding" in reasons["1"] and "no sparse kernel" in reasons["3"]
-    assert reasons["5"] == "" and isinstance(fast[5], SparseLinear)
+    assert "grouped" in reasons["0"] and "depthwise" in reasons["1"] and "no sparse kernel" in reasons["2"]
+    assert reasons["4"] == reasons["6"] == "" and isinstance(fast[6], SparseLinear) and isinstance(fast[4], SparseConv)
     assert_same(fast, dense, torch.randn(2, 4, 8, 8))
+
+
+class _MyLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_rnn_embedding_and_linear_subclass_are_listed_with_reasons():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"emb": nn.Embedding(10, 8), "lstm": nn.LSTM(8, 8), "gru": nn.GRU(8, 8, num_layers=2),
+                           "mine": _MyLinear(8, 8), "dense": nn.Linear(8, 8)})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and not name.startswith("dense"):
+                p[torch.rand(p.shape, generator=g) >= 0.1] = 0
+    with pytest.warns(UserWarning, match="left dense"):
+        fast = convert(model, measure=False)
+    rows = {r.name: r for r in inference_report(fast)}
+    assert set(rows) == {"emb", "lstm", "gru", "mine", "dense"} and all(not r.plan for r in rows.values())
+    assert "table lookup" in rows["emb"].reason and "LSTM weights: no sparse kernel" in rows["lstm"].reason
+    assert "GRU" in rows["gru"].reason and "_MyLinear subclasses Linear" in rows["mine"].reason
+    assert rows["dense"].reason.startswith("density 1.00 above the threshold")
+    assert type(fast["mine"]) is _MyLinear and type(fast["dense"]) is nn.Linear
+    assert abs(rows["lstm"].density - 0.1) < 0.05
+    back = deconvert(fast)
+    assert not any(k.startswith("_sparseflow") for m in back.modules() for k in vars(m))
 
 
 def test_fp64_model_is_left_dense():
@@ -100,6 +157,10 @@ def test_bad_inputs_raise():
         fast(torch.randn(2, 8, dtype=torch.float64))
     with pytest.raises(SparseflowError, match="inference-only"):
         fast(torch.randn(2, 8, requires_grad=True))
+    with pytest.raises(SparseflowError, match="call .float"):
+        fast.half()(torch.randn(2, 8))
+    with pytest.raises(SparseflowError, match="in_channels=3"):
+        convert(sparsify_(nn.Conv3d(3, 4, 1), 0.2), measure=False)(torch.randn(2, 3, 4, 4))
     with pytest.raises(SparseflowError, match="batch_sizes"):
         convert(nn.Linear(2, 2), batch_sizes=(0,))
 
@@ -132,3 +193,15 @@ def test_save_load_roundtrip(tmp_path):
     x = torch.randn(4, 20)
     with torch.no_grad():
         assert torch.equal(again(x), fast(x))
+
+
+def test_shared_layer_is_converted_under_every_name_and_dense_unsupported_layers_do_not_warn():
+    lin = sparsify_(nn.Linear(8, 8), 0.1)
+    model = nn.ModuleDict({"a": nn.Sequential(lin), "b": nn.Sequential(lin), "emb": nn.Embedding(5, 8)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dense Embedding is no news
+        fast = convert(model, measure=False)
+    assert fast["a"][0] is fast["b"][0] and isinstance(fast["a"][0], SparseLinear)
+    back = deconvert(fast)
+    assert back["a"][0] is back["b"][0] and type(back["a"][0]) is nn.Linear
+    assert torch.equal(back["b"][0].weight, lin.weight)

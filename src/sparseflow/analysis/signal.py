@@ -2,8 +2,8 @@
 
 ``signal(model, batch)`` runs one forward and one backward pass and reports, per weight (every weight with a
 known layout, :mod:`sparseflow.layouts`: Linear, HF Conv1D, convolutions, each q, k, v chunk of
-``nn.MultiheadAttention``'s ``in_proj_weight`` and its ``out_proj``; see :mod:`sparseflow.analysis.signal_probe`),
-in forward-call order:
+``nn.MultiheadAttention``'s ``in_proj_weight`` and its ``out_proj``, each gate chunk of an LSTM's, GRU's or RNN's
+``weight_ih_l{k}`` and ``weight_hh_l{k}``; see :mod:`sparseflow.analysis.signal_probe`), in forward-call order:
 
 - q_l, the measured second moment of the layer's output (its pre-activation, bias included) averaged over
   examples, units and positions; for zero-mean pre-activations this is their variance;
@@ -165,7 +165,8 @@ def signal(
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernels skip the calls the hooks read
     try:
-        with torch.enable_grad():
+        # cuDNN's recurrent kernels have no backward in eval mode; the native ones compute the same
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             try:
                 out = call(model, inputs)
             except RuntimeError as e:
@@ -213,8 +214,7 @@ def _report(rows: list[Site], routes: dict, probe: Probe, grads: dict[int, Tenso
         grad_norm = float((site.view(g).double() * kept).norm()) if g is not None else None
         density = float(kept.double().mean())
         if not probe.measured(site):
-            why = ("a recurrent weight: its gates' pre-activations are not observable outside the module"
-                   if isinstance(site.module, nn.RNNBase) else "not called by the forward pass")
+            why = probe.reasons.get(site.name, "not called by the forward pass")
             out.append(LayerSignal(site.name, site.kind, OWN_INPUT, None, density, weight_sq, bias_sq, None, None,
                                    None, None, grad_norm, "unknown", f"{why}: not measured"))
             continue

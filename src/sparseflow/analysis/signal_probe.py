@@ -4,15 +4,20 @@ the second moment of each row's input and output during one forward pass, and th
 Rows (:class:`Site`) come from the layout registry (:func:`sparseflow.analysis.units.weight_params`): every
 weight with a known layout except embedding tables, in module order. A module's ``weight`` is one row named by
 the module (``"h.0.mlp.c_fc"``); ``nn.MultiheadAttention`` gives one row per q, k, v chunk of
-``in_proj_weight`` (``"attn.in_proj_weight[q]"``) and its ``out_proj``; other weights (an LSTM's
-``weight_ih_l0``) are rows named by the parameter.
+``in_proj_weight`` (``"attn.in_proj_weight[q]"``) and its ``out_proj``; a recurrent module's ``weight_ih_l{k}``
+and ``weight_hh_l{k}`` (``_reverse``) give one row per gate chunk of their layout (``"lstm.weight_hh_l0[f]"``; an
+``nn.RNN``, without gates, one row); other weights are rows named by the parameter.
 
 Hooks. A weight module (Linear, HF Conv1D, convolutions) is read by a forward hook: the second moment of its
 input and of its output, at its first call. ``nn.MultiheadAttention`` applies ``in_proj_weight`` and
 ``out_proj`` inside one functional call, so its hook recomputes them from the call's own arguments: chunk c's
 output is ``F.linear(input_c, W_c, b_c)`` (query, key, value), and ``out_proj``'s input is the module rerun
 with ``out_proj`` replaced by the identity (``torch.func.functional_call``: the module is not modified).
-Recurrent weights act inside the cuDNN/ATen kernel with no observable gate pre-activations: not measured.
+Recurrent weights act inside one ATen/cuDNN kernel, so the hook of an ``nn.LSTM``/``GRU``/``RNN`` recomputes what
+each of them multiplies (:mod:`sparseflow.analysis.signal_rnn`): a row's input is layer k's input sequence x_t
+(``weight_ih``) or its previous hidden states h_{t-1}, h0 first (``weight_hh``), and its output the gate chunk's
+pre-activation ``F.linear(input, W_c, b_c)``, bias included, over all steps. A row that cannot be measured (a
+PackedSequence input) keeps its reason in :attr:`Probe.reasons`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from sparseflow.analysis.meanfield import is_weight_module
+from sparseflow.analysis.signal_rnn import weight_inputs
 from sparseflow.analysis.units import weight_params
 from sparseflow.errors import SparseflowError
 from sparseflow.layouts import LABEL_KEYS, Layout, batch_size, output_loss, output_tensor, split_batch
@@ -90,6 +96,12 @@ def sites(model: nn.Module) -> list[Site]:
             continue
         leaf_bias = getattr(m, "bias" if w.leaf == "weight" else w.leaf.replace("weight", "bias", 1), None)
         bias = leaf_bias.detach() if isinstance(leaf_bias, Tensor) else None
+        if isinstance(m, nn.RNNBase) and w.layout.chunks:  # one row per gate, as for in_proj_weight's q, k, v
+            n, kind = len(w.layout.chunks), type(m).__name__
+            biases = bias.chunk(n) if bias is not None else (None,) * n
+            out += [Site(f"{w.use}[{c}]", kind, m, w.leaf, w.layout, i, n, biases[i], kind)
+                    for i, c in enumerate(w.layout.chunks)]
+            continue
         inside = "MultiheadAttention" if id(m) in out_projs else type(m).__name__ if w.leaf != "weight" else ""
         out.append(Site(owner if w.leaf == "weight" else w.use, type(m).__name__, m, w.leaf, w.layout, bias=bias,
                         inside=inside))
@@ -101,6 +113,7 @@ class Probe:
 
     def __init__(self, model: nn.Module, rows: list[Site]) -> None:
         self.moments: dict[str, tuple[float, float]] = {}
+        self.reasons: dict[str, str] = {}  # why a row that a hook saw was not measured
         self.calls: dict[str, int] = {}
         self._inside = False  # while the MHA hook reruns its module
         self.handles: list[Any] = []
@@ -116,6 +129,12 @@ class Probe:
         for m, chunks in mhas.items():
             self.handles.append(m.register_forward_hook(self._mha_hook(chunks, names.get(id(m.out_proj))),
                                                         with_kwargs=True))
+        recurrent: dict[nn.Module, list[Site]] = {}
+        for s in rows:
+            if isinstance(s.module, nn.RNNBase) and s.leaf.startswith(("weight_ih_l", "weight_hh_l")):
+                recurrent.setdefault(s.module, []).append(s)
+        for m, rnn_rows in recurrent.items():
+            self.handles.append(m.register_forward_hook(self._rnn_hook(rnn_rows), with_kwargs=True))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -156,6 +175,19 @@ class Probe:
                     finally:
                         self._inside = False
                     self._record(out_proj, moment(pre[0]), moment(out[0]))
+        return hook
+
+    def _rnn_hook(self, rows: list[Site]) -> Callable[..., None]:
+        def hook(m: nn.RNNBase, args: tuple, kwargs: dict, out: Any) -> None:
+            with torch.no_grad():
+                inputs = weight_inputs(m, args, kwargs, out)
+                for s in rows:
+                    if isinstance(inputs, str):
+                        self.reasons.setdefault(s.name, inputs)
+                        continue
+                    x, w = inputs[s.leaf], s.view(s.param)
+                    b = None if s.bias is None else s.bias.to(w.dtype)
+                    self._record(s.name, moment(x), moment(F.linear(x, w, b)))
         return hook
 
 

@@ -1,11 +1,17 @@
-"""Inference modules that run the sparse kernels: ``SparseLinear`` and ``SparseConv2d``.
+"""Inference modules that run the sparse kernels: ``SparseLinear`` (nn.Linear and the GPT-2 family's ``Conv1D``).
 
 Each holds its weight in CSR (``CsrWeight``) and a per-batch-size plan: a tuple of ``Choice`` values,
 one per measured batch size, each saying which kernel won there (dense, the compiled CSR kernel with
 its instruction set and register tile, or torch's CSR). A call with batch B follows the choice of the
 largest measured batch size <= B (the smallest one below all of them). A module whose plan contains a
 dense choice also keeps the dense weight, so that it is never slower than dense where dense won.
-Convolutions become the same product: 1x1 convolutions over pixels, k x k through ``F.unfold``.
+
+A converted layer has no dense ``weight`` parameter, yet model code often reads one (T5 casts its input to
+``wo.weight.dtype``, ViT to its patch projection's, torch's transformer fast paths gather every projection
+weight). ``weight`` is therefore a :class:`StubWeight`: the dense weight's shape, dtype and device, no values.
+Reading those works; any computation with it raises, so nothing can silently run on a stand-in. Torch's fused
+attention and encoder-layer fast paths see a tensor subclass (``has_torch_function``) and take their plain
+path, which calls the converted modules.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from torch import nn
 from sparseflow.errors import SparseflowError
 from sparseflow.inference.kernels import CsrWeight, Isa, spmm_checked_inputs, torch_chunk_spmm
 
-__all__ = ["Choice", "Kernel", "SparseConv2d", "SparseLinear"]
+__all__ = ["Choice", "Kernel", "SparseLinear", "StubWeight"]
 
 
 class Kernel(enum.Enum):
@@ -41,12 +47,56 @@ class Choice:
     sparse_ms: float | None = None
 
 
+# what code may read from a StubWeight: metadata, never values
+_READABLE = frozenset({
+    torch.Tensor.dtype.__get__, torch.Tensor.shape.__get__, torch.Tensor.device.__get__, torch.Tensor.ndim.__get__,
+    torch.Tensor.layout.__get__, torch.Tensor.requires_grad.__get__, torch.Tensor.is_cuda.__get__,
+    torch.Tensor.is_sparse.__get__, torch.Tensor.is_nested.__get__, torch.Tensor.is_meta.__get__,
+    torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.is_floating_point,
+    torch.Tensor.element_size, torch.Tensor.__len__,
+})
+
+
+class StubWeight(torch.Tensor):
+    """Stands for a converted layer's dense weight: its shape, dtype and device, no values (one zero, expanded).
+
+    Metadata reads (``.dtype``, ``.shape``, ``.device``, ``.size()``, ``.dim()``, ...) work; everything else
+    raises :class:`SparseflowError`, so code that computes with a layer's weight fails loudly instead of silently
+    using a stand-in.
+    """
+
+    @staticmethod
+    def of(shape: tuple[int, ...]) -> "StubWeight":
+        return torch.zeros(()).expand(*shape).as_subclass(StubWeight)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _READABLE:
+            return super().__torch_function__(func, types, args, kwargs or {})
+        name = getattr(func, "__name__", repr(func))
+        raise SparseflowError(f"{name}() on the weight of a converted layer: sf.convert keeps its weight in CSR and "
+                              "the `weight` attribute only describes it (shape, dtype, device). Run this code on the "
+                              "dense model, or call sf.deconvert(model) to get dense layers back")
+
+    def __repr__(self) -> str:  # Tensor.__repr__ would read the values
+        return f"StubWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+
 class SparseLinear(nn.Module):
-    """``y = x @ W.T + b`` with W sparse; accepts [..., in_features] fp32 CPU inputs like nn.Linear."""
+    """``y = x @ W.T + b`` with W sparse; accepts [..., in_features] fp32 CPU inputs like nn.Linear.
+
+    ``kind`` names the layer it replaces: ``"Linear"``, or ``"Conv1D"`` (Hugging Face, weight stored (in, out):
+    the CSR holds its transpose, so the product is the same) -- ``weight`` and ``sf.deconvert`` follow it.
+    """
+
+    KINDS = ("Linear", "Conv1D")
 
     def __init__(self, csr: CsrWeight, bias: torch.Tensor | None, plan: tuple[Choice, ...],
-                 dense_weight: torch.Tensor | None = None) -> None:
+                 dense_weight: torch.Tensor | None = None, kind: str = "Linear") -> None:
         super().__init__()
+        if kind not in self.KINDS:
+            raise SparseflowError(f"SparseLinear kind must be one of {self.KINDS}, got {kind!r}")
+        self.kind = kind
         if not plan or list(plan) != sorted(plan, key=lambda c: c.batch):
             raise SparseflowError(f"plan must be a non-empty tuple sorted by batch size, got {plan}")
         if any(c.kernel is Kernel.DENSE for c in plan) and dense_weight is None:
@@ -59,6 +109,11 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
         self.register_buffer("dense_weight", None if dense_weight is None else dense_weight.detach().float().contiguous().clone())
         self._torch_csr: torch.Tensor | None = None  # built on first use
+
+    @property
+    def weight(self) -> StubWeight:
+        shape = (self.out_features, self.in_features)
+        return StubWeight.of(shape[::-1] if self.kind == "Conv1D" else shape)
 
     @property
     def csr(self) -> CsrWeight:
@@ -79,6 +134,9 @@ class SparseLinear(nn.Module):
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise SparseflowError(f"converted layers run fp32 on CPU, got {x.dtype} on {x.device}; "
                                   "call x.float().cpu() or keep the dense model for other dtypes/devices")
+        if self.values.dtype != torch.float32 or self.values.device.type != "cpu":  # after model.half() / .to(...)
+            raise SparseflowError(f"this converted layer's weights are {self.values.dtype} on {self.values.device}; "
+                                  "the sparse kernels run fp32 on CPU: call .float().cpu() on the converted model")
         if x.requires_grad and torch.is_grad_enabled():
             raise SparseflowError("converted layers are inference-only (no autograd through the sparse kernels); "
                                   "run them under torch.no_grad() / torch.inference_mode() or train the dense model")
@@ -100,36 +158,6 @@ class SparseLinear(nn.Module):
         density = self.csr.nnz / max(1, self.in_features * self.out_features)
         plan = ", ".join(f"B>={c.batch}:{c.kernel.value}" + (f"/{c.isa.name}/K{c.tile}" if c.isa is not None else "")
                          for c in self.plan)
-        return (f"in_features={self.in_features}, out_features={self.out_features}, density={density:.4f}, "
+        kind = "" if self.kind == "Linear" else f"kind={self.kind}, "
+        return (f"{kind}in_features={self.in_features}, out_features={self.out_features}, density={density:.4f}, "
                 f"index_bytes={self.csr.index_bytes}, plan=[{plan}]")
-
-
-class SparseConv2d(nn.Module):
-    """A groups=1 Conv2d as a SparseLinear over pixels (1x1) or over unfolded k x k patches."""
-
-    def __init__(self, conv: nn.Conv2d, linear: SparseLinear) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size, self.stride = tuple(conv.kernel_size), tuple(conv.stride)
-        self.padding, self.dilation = tuple(conv.padding), tuple(conv.dilation)
-        self.linear = linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise SparseflowError(f"input of shape {tuple(x.shape)} does not fit a conv layer with "
-                                  f"in_channels={self.in_channels}: need [N, {self.in_channels}, H, W]")
-        n, _, h, w = x.shape
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        if self.kernel_size == (1, 1) and self.padding == (0, 0):
-            xs = x[:, :, ::self.stride[0], ::self.stride[1]]
-            rows = xs.permute(0, 2, 3, 1).reshape(-1, self.in_channels)       # [N*OH*OW, C]
-        else:
-            cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [N, C*kh*kw, L]
-            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])              # [N*L, C*kh*kw]
-        y = self.linear(rows)                                                   # [N*OH*OW, out]
-        return y.reshape(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, " \
-               f"padding={self.padding}, dilation={self.dilation}"
