@@ -24,7 +24,7 @@ import typer
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
 from sparseflow.errors import SparseflowError
-from sparseflow.processes import end_with_launcher, run_child
+from sparseflow.training.processes import end_with_launcher, run_child
 from sparseflow.training import distributed
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.options import fields

@@ -28,7 +28,7 @@ from sparseflow.experiments import (collapse, golgi, hopfield, meanfield, method
                                     regularisation, sparse_init)
 from sparseflow.experiments.protocol import Experiment
 from sparseflow.io import write_error
-from sparseflow.processes import run_child
+from sparseflow.training.processes import run_child
 from sparseflow.training.options import BudgetOptions, check, option
 
 

@@ -3,7 +3,7 @@ row through ``done`` as it finishes (in any order); a cell that fails is a 'fail
 
 * :class:`LocalExecutor`: ``workers`` processes started with 'spawn' (a fresh interpreter, no forked torch
   state), each with ``max(1, cores // workers)`` torch threads so that together they do not oversubscribe the
-  machine; they end with the sweep (:func:`sparseflow.processes.worker_pool`).
+  machine; they end with the sweep (:func:`sparseflow.training.processes.worker_pool`).
 * :class:`RayExecutor`: one Ray task per cell on a running cluster, reserving ``cpus_per_cell`` CPUs and using
   as many torch threads. Ray is imported only here, lazily; every node needs this sparseflow installed and
   the sweep folder on a shared filesystem (the cells write their run directories there).
@@ -53,7 +53,7 @@ class LocalExecutor:
     def run(self, cells: list[Cell], done: Done) -> None:
         from concurrent.futures import as_completed
 
-        from sparseflow.processes import worker_pool
+        from sparseflow.training.processes import worker_pool
 
         workers = self.parallel(len(cells))
         threads = self.threads or max(1, cores() // workers)

@@ -32,7 +32,7 @@ from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonCon
 from sparseflow.experiments.methods.result import ComparisonResult
 from sparseflow.io import write_error
 from sparseflow.mask import Mask
-from sparseflow.processes import worker_pool
+from sparseflow.training.processes import worker_pool
 
 JOURNAL = "runs.partial.jsonl"  # finished tasks of an unfinished run: rerunning the same command resumes
 

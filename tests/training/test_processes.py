@@ -1,4 +1,4 @@
-"""No process is left behind: children started through sparseflow.processes end when their parent ends.
+"""No process is left behind: children started through sparseflow.training.processes end when their parent ends.
 
 Each test starts a parent process in its own session (so that a SIGINT to its process group is a Ctrl-C that
 does not reach pytest), waits until the children are set up, records every descendant of the parent (workers,
@@ -20,7 +20,7 @@ import pytest
 
 import procs_child
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(procs_child.__file__).resolve()
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
@@ -64,7 +64,7 @@ def cmdline(pid: int) -> str:
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), e.get("PYTHONPATH", "")])
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HELPER.parent), e.get("PYTHONPATH", "")])
     e["OMP_NUM_THREADS"] = "1"
     for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         e.pop(v, None)

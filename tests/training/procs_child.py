@@ -1,6 +1,6 @@
-"""A parent process for tests/test_processes.py: it starts children through sparseflow.processes and waits.
+"""A parent process for test_processes.py: it starts children through sparseflow.training.processes and waits.
 
-``python tests/procs_child.py KIND DIR``:
+``python tests/training/procs_child.py KIND DIR``:
   pool   a worker_pool of 2 workers, each holding a task that sleeps (4 tasks queued for 2 workers)
   child  run_child of a Python process that sleeps
 Each child writes its pid to DIR/child-<pid> once it is set up; the parent writes DIR/parent-<pid>. The test
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sparseflow.processes import run_child, worker_pool
+from sparseflow.training.processes import run_child, worker_pool
 
 SLEEP_S = 120.0  # far longer than the test waits: a child still alive after the parent ended was not ended
 
@@ -33,7 +33,8 @@ def main(kind: str, directory: str) -> None:
             for f in futures:
                 f.result()
     elif kind == "child":
-        code = f"import os, pathlib, time; pathlib.Path({directory!r}, f'child-{{os.getpid()}}').touch(); time.sleep({SLEEP_S})"
+        code = (f"import os, pathlib, time; pathlib.Path({directory!r}, f'child-{{os.getpid()}}').touch(); "
+                f"time.sleep({SLEEP_S})")
         run_child([sys.executable, "-c", code])
     else:
         raise SystemExit(f"unknown kind {kind!r}")
