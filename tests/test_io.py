@@ -236,6 +236,51 @@ def test_failed_replace_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch:
     assert os.listdir(tmp_path) == ["s.safetensors"]
 
 
+@pytest.mark.parametrize("stage", ["mkstemp", "write", "fsync", "replace"])
+def test_full_disk_keeps_the_previous_file_and_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                stage: str) -> None:
+    import errno
+
+    from sparseflow.errors import WriteError
+
+    path = tmp_path / "metrics.jsonl"
+    atomic_write_text(path, "old\n")
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullFile:  # a file object whose write fails as on a full disk
+        def __init__(self, fd: int, mode: str) -> None:
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self) -> "FullFile":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.f.close()
+
+        write = full
+
+    real_fdopen = os.fdopen
+    patch = {"mkstemp": (tempfile, "mkstemp", full), "write": (os, "fdopen", FullFile),
+             "fsync": (os, "fsync", full), "replace": (os, "replace", full)}[stage]
+    with monkeypatch.context() as mp:
+        mp.setattr(*patch)
+        with pytest.raises(WriteError) as e:
+            atomic_write_text(path, "new\n")
+    assert str(e.value) == (f"cannot write {str(path)!r} (the disk is full): the previous file is unchanged; "
+                            "free space there (or write somewhere else) and run again")
+    assert isinstance(e.value, SparseflowError) and isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["metrics.jsonl"]  # intact, no temporary
+
+
+def test_write_onto_a_folder_names_it(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(SparseflowError, match=r"cannot write '.*d': it is a folder \[EISDIR\]; no file was written"):
+        atomic_write_bytes(tmp_path / "d", b"x")
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
+
+
 def test_atomic_write_text_and_mode(tmp_path: Path) -> None:
     path = tmp_path / "a.txt"
     atomic_write_text(path, "héllo\n")

@@ -35,3 +35,20 @@ class PathError(SparseflowError, OSError):
 
 class CheckpointError(StorageError):
     """A run's checkpoint cannot be written (full disk, no permission) or no valid one can be read."""
+
+
+class WriteError(PathError):
+    """A file could not be written (full disk, no permission, read-only file system); the message names the
+    target file and says whether its previous version is unchanged.
+
+    It is also an :class:`OSError` with the cause's ``errno`` and ``strerror``, so code that handles OS errors
+    (``except OSError``, ``e.errno == errno.ENOSPC``) keeps working.
+    """
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        if cause is not None:
+            self.errno, self.strerror = cause.errno, cause.strerror
+
+    def __str__(self) -> str:  # OSError's would print "[Errno N] strerror" instead of the message
+        return str(self.args[0]) if self.args else ""

@@ -27,8 +27,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-from sparseflow.errors import PathError, SparseflowError
+from sparseflow.errors import PathError, SparseflowError, WriteError
 
 __all__ = [
     "atomic_write_bytes",
@@ -45,6 +48,8 @@ __all__ = [
     "make_folder",
     "path_error",
     "atomic_write_text",
+    "write_error",
+    "removed_on_failure",
     "flatten_state",
     "unflatten_state",
     "save_state",
@@ -144,17 +149,17 @@ def make_folder(path: str | os.PathLike[str], label: str | None = None) -> Path:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename).
 
-    A failure (no folder, no permission, a full disk) raises :class:`PathError` naming ``path``, never the
-    temporary file, and leaves an earlier file at ``path`` as it was.
+    A failure (no folder, no permission, a full disk) raises :class:`~sparseflow.errors.WriteError` (a
+    :class:`PathError`) naming ``path``, never the temporary file, says whether an earlier file at ``path`` is
+    unchanged (it always is) and leaves no temporary file behind.
     """
     path = check_file_target(path)
     directory = path.parent
-    # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
+    existed = path.is_file()
+    tmp_name = None
     try:
+        # Same directory, so os.replace is a rename within one filesystem and therefore atomic.
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise path_error(path, e) from e
-    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -165,14 +170,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         os.replace(tmp_name, path)
     except BaseException as e:
         # Also on KeyboardInterrupt: never leave a stray temp file next to the target.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
         if isinstance(e, OSError) and not isinstance(e, PathError):
-            raise path_error(path, e) from e
+            raise write_error(path, e, kept=existed) from e
         raise
     _fsync_directory(directory)
+
+
+def write_error(path: Path, e: OSError, *, kept: bool) -> WriteError:
+    """The error for a failed write of ``path``: what failed and why, whether the old file is intact, what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause, fix = "the disk is full", "free space there (or write somewhere else) and run again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause, fix = e.strerror or "permission denied", "choose a folder you can write to"
+    elif e.errno == errno.EISDIR:
+        cause, fix = "it is a folder", "pass a file path, not a folder"
+    else:
+        cause, fix = e.strerror or str(e) or type(e).__name__, "check the path and the disk, then run again"
+    state = "the previous file is unchanged" if kept else "no file was written"
+    return WriteError(f"cannot write {str(path)!r} ({cause}): {state}; {fix}", e)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
@@ -193,6 +213,34 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def removed_on_failure(directory: str | os.PathLike[str], *, disposable: tuple[str, ...] = ("config.json",),
+                       enabled: bool = True) -> Iterator[None]:
+    """Run the block; if it fails (any exception, Ctrl-C included), remove ``directory`` and the parent folders
+    created with it, provided they did not exist before and hold no file other than ``disposable`` ones.
+
+    A failed run so leaves no empty (or config-only) run folder behind, while one that got far enough to be
+    resumed (a checkpoint, a journal, an error log) is kept. ``enabled=False`` (other ranks than rank 0 of a
+    distributed run) only runs the block.
+    """
+    directory = Path(directory)
+    top = None  # the outermost folder this block may create
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        top = d
+    try:
+        yield
+    except BaseException:
+        if enabled and top is not None and top.is_dir() and not _holds_files(top, disposable):
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _holds_files(directory: Path, disposable: tuple[str, ...]) -> bool:
+    return any(not p.is_dir() and p.name not in disposable for p in directory.rglob("*"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def test_criteria_are_computed_from_the_means() -> None:
     assert c["RigL amortised step overhead vs dense (dT=100)"]["pass"] is False
 
 
+@pytest.mark.slow
 def test_every_variant_trains_on_the_same_budget() -> None:
     cfg = MethodsConfig(dataset="digits", sparsities=(0.9,), seeds=1, epochs=2, batch_size=64, lr=0.05)
     seen = []

@@ -174,6 +174,7 @@ def test_journal_resumes_finished_tasks_and_sets_another_grid_aside(tmp_path: Pa
     assert mt._read_journal(journal, other) == {} and (tmp_path / "j.jsonl.old").is_file() and not journal.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs the MNIST files in /work/shared/data")
 def test_cli_tiny_run_writes_a_complete_run(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "m"

@@ -195,6 +195,7 @@ def test_cli_tiny_run(run_cli, tmp_path: Path) -> None:
     assert "range (pp)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 @needs_data
 def test_cli_quick(run_cli, tmp_path: Path) -> None:
     import torch

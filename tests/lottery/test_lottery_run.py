@@ -86,6 +86,7 @@ def test_level_one_ticket_trains_from_the_masked_initialisation(reference, tmp_p
     assert res.to_json()["evals"] == ref["result"].levels[0][1]["arms"]["ticket"]["evals"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_identically(reference, tmp_path: Path) -> None:
     def crash(seed: int, level: int, arm: str, step: int) -> None:
         if (seed, level, arm, step) == (0, 1, "reinit", 25):  # mid-arm, after the checkpoint at step 20

@@ -86,6 +86,7 @@ def test_bad_grid_names_the_value(kwargs: dict, words: str) -> None:
         Sweep(**kwargs)
 
 
+@pytest.mark.slow
 def test_cells_equal_run_train_job(tiny, tmp_path: Path) -> None:
     out, result = tiny
     assert [r["cell"] for r in result.rows] == [j.run_name() for j in TINY.cells()]
@@ -103,6 +104,7 @@ def test_cells_equal_run_train_job(tiny, tmp_path: Path) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_finished_cell(tiny) -> None:
     out, first = tiny
     before = _stamps(out)
@@ -115,6 +117,7 @@ def test_rerun_skips_every_finished_cell(tiny) -> None:
     assert again.to_json()["cells_skipped"] == len(first.rows)
 
 
+@pytest.mark.slow
 def test_only_cells_without_a_valid_result_rerun(tiny, tmp_path: Path) -> None:
     src, first = tiny
     out = tmp_path / "copy"
@@ -139,6 +142,7 @@ def test_only_cells_without_a_valid_result_rerun(tiny, tmp_path: Path) -> None:
     assert {k: after[k] for k in untouched} == untouched
 
 
+@pytest.mark.slow
 def test_table_equals_hand_computation(tiny) -> None:
     out, result = tiny
     stored = read_run(out, "sweep")
@@ -159,6 +163,7 @@ def test_table_equals_hand_computation(tiny) -> None:
         assert f"| digits | {entry['method']} | {entry['sparsity']:g} | 2 | {100 * mean:.2f} ± {100 * half:.2f} |" in text
 
 
+@pytest.mark.slow
 def test_figure_plots_the_table(tiny) -> None:
     out, result = tiny
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -173,6 +178,7 @@ def test_figure_plots_the_table(tiny) -> None:
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["gmp", "rigl"]
 
 
+@pytest.mark.slow
 def test_failed_cell_is_reported_and_the_others_finish(tmp_path: Path, run_cli: RunCli) -> None:
     # 64 examples, 1 epoch: one step, too few for a GMP schedule; a random static mask trains fine.
     args = ["sweep", "--methods", "gmp,random", "--sparsities", "0.9", "--seeds", "0", "--subset", "64",
@@ -261,6 +267,7 @@ def ray_head():  # type: ignore[no-untyped-def]
         proc.wait()
 
 
+@pytest.mark.slow
 def test_ray_cells_equal_local_cells(ray_head: str, tiny, tmp_path: Path) -> None:
     _, local = tiny
     ex = RayExecutor(ray_head, cpus_per_cell=1)

@@ -12,6 +12,8 @@ Scenarios:
   die       rank 1 exits abruptly during epoch 2 (RigL, run directory OUT/run): rank 0 must stop with a clear
             error; the checkpoint of epoch 1 stays
   resume    continue OUT/run on both ranks: must end exactly where the uninterrupted run ends
+  quarantine  both ranks stop after epoch 2 (RigL, OUT/quarantine), rank 0 damages the newest checkpoint, both
+            resume: rank 0 alone renames the damaged file aside, both continue from the previous one (epoch 1)
   hang      rank 1 stops answering during epoch 2 (sleeps): rank 0 must stop after the collective timeout
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -71,6 +74,10 @@ def train(method: str, *, batch: int, callbacks=(), run_dir: Path | None = None,
     result = fit(model, train_loader, test_loader, cfg, method=m, callbacks=callbacks, run_dir=run_dir,
                  progress=False, resume=resume)
     return model, m, result
+
+
+class Crash(Exception):
+    pass
 
 
 class AtStep(Callback):
@@ -130,6 +137,26 @@ def main(scenario: str, out: Path) -> None:
     elif scenario == "resume":
         model, m, _ = train("rigl", batch=BATCH, run_dir=out / "run", resume=True)
         torch.save({"state": model.state_dict(), "mask": dict(m.mask)}, out / f"rank{r}-resume.pt")
+    elif scenario == "quarantine":
+        run_dir = out / "quarantine"
+
+        def stop(state: TrainState) -> None:
+            raise Crash  # on both ranks, at the same step: after epoch 2's checkpoint (8 steps per epoch)
+
+        try:
+            train("rigl", batch=BATCH, run_dir=run_dir, callbacks=[AtStep(17, stop)])
+        except Crash:
+            pass
+        distributed.barrier()
+        if r == 0:  # one bit in the middle of the newest checkpoint's tensor data: its checksum fails
+            data = bytearray((run_dir / "checkpoint.safetensors").read_bytes())
+            (header_len,) = struct.unpack("<Q", data[:8])
+            data[8 + header_len + (len(data) - 8 - header_len) // 2] ^= 0x01
+            (run_dir / "checkpoint.safetensors").write_bytes(bytes(data))
+        distributed.barrier()
+        model, m, result = train("rigl", batch=BATCH, run_dir=run_dir, resume=True)
+        torch.save({"state": model.state_dict(), "mask": dict(m.mask), "notes": result.notes},
+                   out / f"rank{r}-quarantine.pt")
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     distributed.shutdown()

@@ -162,13 +162,71 @@ def test_full_disk_keeps_the_old_checkpoint(tmp_path: Path, whole, monkeypatch: 
     with pytest.raises(CheckpointError) as e:
         run(tmp_path, callbacks=[DiskFills()])
     message = str(e.value)
-    assert "disk is full" in message and "ENOSPC" in message and str(tmp_path / CHECKPOINT_FILE) in message
+    assert "disk is full" in message and str(tmp_path / CHECKPOINT_FILE) in message
     assert "unchanged" in message and f"--resume {tmp_path}" in message and "step 8" in message
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert not list(tmp_path.glob(".*tmp"))  # no half-written temporary left behind
     ckpt = load_checkpoint(tmp_path, quiet=True)
     assert ckpt.fallback is None and ckpt.state["step"] == 6  # the old checkpoint, intact
     assert_same(run(tmp_path, resume=True), whole)
+
+
+class DiskFull:
+    """From ``arm()`` on, fsync of the temporary file of ``name`` fails with ENOSPC (inside the atomic writer,
+    where a full disk shows up on filesystems that allocate late)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        import tempfile
+
+        self.armed, self.fds = False, set()
+        real_mkstemp, real_fsync = tempfile.mkstemp, os.fsync
+
+        def mkstemp(*args, **kwargs):
+            fd, path = real_mkstemp(*args, **kwargs)
+            (self.fds.add if Path(path).name.startswith(f".{name}.") else self.fds.discard)(fd)  # (fds are reused)
+            return fd, path
+
+        def fsync(fd: int) -> None:
+            if self.armed and fd in self.fds:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "fsync", fsync)
+        self.undo = lambda: (monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp),
+                             monkeypatch.setattr(os, "fsync", real_fsync))
+
+
+def test_full_disk_on_metrics_names_the_file_keeps_it_and_resumes(tmp_path: Path, whole,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFull(monkeypatch, "metrics.jsonl")
+
+    class FillsAt(Callback):
+        def on_step_end(self, state: TrainState) -> None:
+            if state.step == 7:  # epoch 2: its checkpoint is written, then its metrics.jsonl fails
+                disk.armed = True
+
+    with pytest.raises(SparseflowError) as e:
+        run(tmp_path, callbacks=[FillsAt()])
+    message = str(e.value)
+    target = tmp_path / "metrics.jsonl"
+    assert f"cannot write {str(target)!r} (the disk is full): the previous file is unchanged" in message
+    assert ".tmp" not in message
+    disk.undo()
+    assert [json.loads(line)["epoch"] for line in target.read_text().splitlines()] == [1]  # epoch 1's, intact
+    assert not list(tmp_path.glob(".*tmp"))
+    assert_same(run(tmp_path, resume=True), whole)  # the run goes on from its checkpoint as if nothing happened
+
+
+def test_full_disk_on_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = DiskFull(monkeypatch, "config.json")
+    disk.armed = True
+    with pytest.raises(SparseflowError) as e:
+        run(tmp_path / "run")
+    assert f"cannot write {str(tmp_path / 'run' / 'config.json')!r} (the disk is full): no file was written" \
+        in str(e.value)
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC  # still an OSError for code that handles those
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
 
 
 def test_checksum_covers_tensors_and_skeleton(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import gzip
 import http.server
 import random
@@ -203,6 +204,36 @@ def test_download_failures_name_the_url(mirror: tuple[str, Path], tmp_path: Path
     assert download_dataset("digits", tmp_path / "c") == []
     with pytest.raises(SparseflowError, match="timeout"):
         download_dataset("mnist", tmp_path, timeout=0)
+
+
+def test_full_disk_during_a_download_names_the_file_not_the_network(mirror: tuple[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    url, root = mirror
+    (root / FILES[0]).write_bytes(b"x" * 1000)
+    real_fdopen = os.fdopen
+
+    class FullFile:  # the temporary download file: its writes fail as on a full disk
+        def __init__(self, fd: int, mode: str) -> None:
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self) -> "FullFile":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdopen", FullFile)
+    with pytest.raises(SparseflowError) as e:
+        download_dataset("mnist", tmp_path / "d", base_url=url)
+    dest = tmp_path / "d" / FILES[0]
+    assert str(e.value).startswith(f"cannot write {str(dest)!r} (the disk is full): no file was written")
+    assert not isinstance(e.value, DataError)  # not "check the network"
+    assert list((tmp_path / "d").iterdir()) == []  # no partial file
 
 
 def test_dataset_names_are_the_public_list() -> None:

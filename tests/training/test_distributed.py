@@ -193,6 +193,7 @@ def _load(out: Path, rank: int, name: str) -> dict:
     return torch.load(out / f"rank{rank}-{name}.pt", weights_only=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", w.METHODS)
 def test_masks_are_bit_identical_on_both_ranks_after_every_update(methods_run: Path, method: str) -> None:
     a, b = _load(methods_run, 0, method), _load(methods_run, 1, method)
@@ -216,6 +217,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", w.METHODS)
 def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(methods_run: Path, method: str, one_thread) -> None:
     log = w.MaskLog()
@@ -231,6 +233,7 @@ def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(methods_run: Path, 
         assert mine["test_acc"] == pytest.approx(theirs["test_acc"], abs=1 / 360 + 1e-9)  # at most one example
 
 
+@pytest.mark.slow
 def test_a_mask_that_differs_between_ranks_stops_both_naming_the_layer(tmp_path: Path) -> None:
     procs = launch("mismatch", tmp_path)
     assert [p.returncode for p in procs] == [0, 0], _stderr(procs)
@@ -245,6 +248,7 @@ def test_a_mask_that_differs_between_ranks_stops_both_naming_the_layer(tmp_path:
         assert "differ between ranks after the mask update at step 4" in report["local_gradient"]
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_other_and_the_checkpoint_resumes_exactly(
     tmp_path: Path, methods_run: Path
 ) -> None:
@@ -269,6 +273,28 @@ def test_a_rank_that_dies_stops_the_other_and_the_checkpoint_resumes_exactly(
         assert torch.equal(done["mask"][k], whole["mask"][k]), k
 
 
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_renamed_by_rank_0_alone_and_both_resume_from_the_previous(
+    tmp_path: Path, methods_run: Path
+) -> None:
+    procs = launch("quarantine", tmp_path)
+    errs = [p.stderr.read() for p in procs]  # type: ignore[union-attr]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    run = tmp_path / "quarantine"
+    assert (run / "checkpoint.safetensors.damaged").is_file()  # renamed aside once
+    warnings = [[line for line in err.splitlines() if "renamed to" in line] for err in errs]
+    assert len(warnings[0]) == 1 and warnings[1] == [], warnings  # rank 0 alone renames and says so
+    assert "using the previous checkpoint" in warnings[0][0]
+    ranks, whole = [_load(tmp_path, r, "quarantine") for r in (0, 1)], _load(methods_run, 0, "rigl")
+    assert "renamed to" in ranks[0]["notes"][0]  # the run's report carries the note
+    for done in ranks:  # resumed from epoch 1 on both ranks: exactly the uninterrupted run
+        for k in whole["state"]:
+            assert torch.equal(done["state"][k], whole["state"][k]), k
+        for k in whole["mask"]:
+            assert torch.equal(done["mask"][k], whole["mask"][k]), k
+
+
+@pytest.mark.slow
 def test_a_rank_that_hangs_stops_the_other_after_the_timeout(tmp_path: Path) -> None:
     procs = launch("hang", tmp_path, wait_for=(0,), timeout_s=3, timeout=60)
     report = json.loads((tmp_path / "rank0-hang.json").read_text())
@@ -278,6 +304,7 @@ def test_a_rank_that_hangs_stops_the_other_after_the_timeout(tmp_path: Path) -> 
     assert load_state(tmp_path / "run" / "checkpoint.safetensors")[0]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_cli_nproc_2_trains_end_to_end(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sparseflow.storage import load as load_sfz
 

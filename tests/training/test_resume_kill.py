@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from sparseflow.training.checkpoints import load_checkpoint
@@ -143,6 +144,7 @@ def _kill_when(proc: subprocess.Popen, path: Path, timeout: float = 60.0) -> Non
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_cli_killed_in_sparse_run_and_in_dense_baseline_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # `sparseflow train` killed in the sparse run, resumed with `--resume OUT`, killed again in the dense
     # baseline (OUT/dense), resumed again: both runs equal an uninterrupted `sparseflow train`.

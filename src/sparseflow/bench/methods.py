@@ -13,8 +13,6 @@ import functools
 import os
 import statistics
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from sparseflow.bench.overhead import OverheadRow, rigl_overhead
 from sparseflow.distributions import check_sparsity
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
+from sparseflow.training.processes import worker_pool
 from sparseflow.training.options import check, option
 from sparseflow.training.rundir import write_results
 
@@ -127,8 +126,8 @@ def methods_benchmark(cfg: MethodsConfig, *, data_dir: str | Path | None, worker
     threads = max(1, (os.cpu_count() or 1) // workers)
     acc: dict[tuple[str, float], list[float]] = {}
     measured: dict[tuple[str, float], list[float]] = {}
-    # 'spawn': a forked child of a process whose torch thread pool has run can deadlock in its first parallel op.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    # 'spawn' workers that end with this process (Ctrl-C, SIGTERM, SIGKILL): sparseflow.training.processes.
+    with worker_pool(workers) as pool:
         futures = [pool.submit(_run, spec, cfg, None if data_dir is None else str(data_dir), threads) for spec in specs]
         for fut in futures:
             spec, a, s = fut.result()

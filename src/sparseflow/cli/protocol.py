@@ -8,13 +8,14 @@ returns the JSON object the command prints; the callers add what differs (the de
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from sparseflow.cli.generate import Call
 from sparseflow.errors import PathError
 from sparseflow.experiments.protocol import Experiment
-from sparseflow.io import check_folder_target
+from sparseflow.io import check_folder_target, removed_on_failure
 
 
 def check_out(out: Path, what: str = "report.md, results.json and the figures") -> None:
@@ -32,9 +33,10 @@ def run_protocol(call: Call, exp: Experiment, out: Path | None, label: str) -> d
     for line in [notes] if isinstance(notes, str) else notes or []:
         call.run.note(line)
     kwargs = {"options": call.options} if exp.options is not None else {}
-    with call.run.progress(label) as tick:
-        result = exp.run(call.config, out, tick, **kwargs)
-    obj = exp.write_outputs(result, out) if out is not None else result.to_json()
+    with removed_on_failure(out) if out is not None else nullcontext():  # a failed run leaves no empty folder
+        with call.run.progress(label) as tick:
+            result = exp.run(call.config, out, tick, **kwargs)
+        obj = exp.write_outputs(result, out) if out is not None else result.to_json()
     for t in exp.tables(result) if exp.tables is not None else []:
         (call.run.wide(t.min_width) if t.min_width else call.run.out).print(t.rich())
         if t.note:

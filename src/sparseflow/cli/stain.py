@@ -47,7 +47,7 @@ def stain_cmd(call: Call) -> None:
     from sparseflow.analysis import stain_plots
     from sparseflow.analysis.loader import DATASET_SHAPES
     from sparseflow.analysis.stain import stain
-    from sparseflow.io import atomic_write_text, json_safe, make_folder
+    from sparseflow.io import atomic_write_text, json_safe, make_folder, removed_on_failure
 
     o: StainOptions = call.options
     path = o.model_or_run
@@ -57,18 +57,19 @@ def stain_cmd(call: Call) -> None:
     st = stain(loaded.model, loaded.mask, layer=o.layer, units=o.units, seed=o.seed, input_shape=shape,
                names=loaded.names, any_unit=o.all_units)
     out = o.out if o.out is not None else path / "stain" if path.is_dir() else path.with_name(path.stem + "-stain")
-    make_folder(out, "--out")
-    title = f"{path.name}: {st.graph.density:.1%} of weights kept, {len(st.trees.units)} units stained"
-    files = ["stain.png", "masks.png", "degrees.png"]
-    stain_plots.plot_graphs([(title, st)], out / "stain.png")
-    stain_plots.plot_masks([(path.name, st)], out / "masks.png")
-    stain_plots.plot_degrees([(path.name, st)], out / "degrees.png")
-    if st.pixels is not None:
-        stain_plots.plot_pixels([(path.name, st)], out / "pixels.png")
-        files.append("pixels.png")
-    result = {"command": "stain", "path": str(path), "source": loaded.source,
-              "model": type(loaded.model).__name__, **st.to_json(), "out": str(out), "files": files + ["stain.json"]}
-    atomic_write_text(out / "stain.json", json.dumps(json_safe(result), indent=2) + "\n")
+    with removed_on_failure(out):  # a failure while plotting leaves no empty folder
+        make_folder(out, "--out")
+        title = f"{path.name}: {st.graph.density:.1%} of weights kept, {len(st.trees.units)} units stained"
+        files = ["stain.png", "masks.png", "degrees.png"]
+        stain_plots.plot_graphs([(title, st)], out / "stain.png")
+        stain_plots.plot_masks([(path.name, st)], out / "masks.png")
+        stain_plots.plot_degrees([(path.name, st)], out / "degrees.png")
+        if st.pixels is not None:
+            stain_plots.plot_pixels([(path.name, st)], out / "pixels.png")
+            files.append("pixels.png")
+        result = {"command": "stain", "path": str(path), "source": loaded.source,
+                  "model": type(loaded.model).__name__, **st.to_json(), "out": str(out), "files": files + ["stain.json"]}
+        atomic_write_text(out / "stain.json", json.dumps(json_safe(result), indent=2) + "\n")
 
     run = call.run
     run.table(f"stained units of {result['layer']} ({result['layer_units']} units, "

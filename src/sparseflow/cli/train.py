@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import typer
 
 from sparseflow.cli._app import app
@@ -26,12 +27,13 @@ from sparseflow.cli.generate import Call, command
 from sparseflow.cli.runner import failed_criteria
 from sparseflow.errors import SparseflowError
 from sparseflow.io import check_folder_target
+from sparseflow.training.processes import end_with_launcher, run_child
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import has_checkpoint
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.options import fields
 from sparseflow.training.result import JobResult
-from sparseflow.training.run import TrainOptions, run_train_job
+from sparseflow.training.run import TrainOptions, run_train_job, train_threads
 
 
 def train(call: Call) -> None:
@@ -74,13 +76,19 @@ def train(call: Call) -> None:
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   checkpoint_every=o.checkpoint_every)
-    if distributed.launched():
-        with distributed.session(backend=o.backend, timeout_s=o.dist_timeout):
+    before = torch.get_num_threads()
+    torch.set_num_threads(train_threads(job.model, o.threads))
+    try:
+        if distributed.launched():
+            end_with_launcher()  # a rank whose torchrun is gone (killed) has nothing left to do
+            with distributed.session(backend=o.backend, timeout_s=o.dist_timeout):
+                result = run_train_job(job, out, **kwargs)
+            if result is None:  # not rank 0: rank 0 prints
+                return
+        else:
             result = run_train_job(job, out, **kwargs)
-        if result is None:  # not rank 0: rank 0 prints
-            return
-    else:
-        result = run_train_job(job, out, **kwargs)
+    finally:
+        torch.set_num_threads(before)
     _show(call, result, out)
 
 
@@ -163,7 +171,7 @@ def _launch(call: Call, nproc: int, out: Path) -> None:
            "-m", "sparseflow", *args]
     # stderr (progress, errors of every rank) passes straight through; stdout (rank 0's tables or JSON) is
     # relayed through this process's sys.stdout.
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    proc = run_child(cmd, stdout=subprocess.PIPE, text=True)  # torchrun (and its ranks) end with this process
     sys.stdout.write(proc.stdout)
     sys.stdout.flush()
     if proc.returncode == 1 and failed_criteria(_last_json(proc.stdout)):

@@ -27,6 +27,8 @@ from sparseflow.errors import SparseflowError
 from sparseflow.experiments import (collapse, golgi, hopfield, meanfield, methods, normalisation, percolation,
                                     regularisation, sparse_init)
 from sparseflow.experiments.protocol import Experiment
+from sparseflow.io import write_error
+from sparseflow.training.processes import run_child
 from sparseflow.training.options import BudgetOptions, check, option
 
 
@@ -141,8 +143,12 @@ def run_one(entry: Entry, quick: bool, out: Path, data_root: Path | None) -> Out
         return Outcome(entry.name, "skipped", 0.0, {}, cmd)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(out / "log.txt", "wb") as log:
-        proc = subprocess.run([sys.executable, "-m", "sparseflow.cli", *cmd], stdout=subprocess.PIPE, stderr=log)
+    try:
+        log = open(out / "log.txt", "wb")
+    except OSError as e:
+        raise write_error(out / "log.txt", e, kept=(out / "log.txt").is_file()) from e
+    with log:  # the child ends with this process (Ctrl-C, kill)
+        proc = run_child([sys.executable, "-m", "sparseflow.cli", *cmd], stdout=subprocess.PIPE, stderr=log)
     wall = time.perf_counter() - t0
     lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
     obj: dict[str, Any] = {}

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from sparseflow.training.data import load_dataset
 from sparseflow.errors import SparseflowError
-from sparseflow.io import atomic_write_text, json_safe, load_state, make_folder, save_state
+from sparseflow.io import atomic_write_text, json_safe, load_state, make_folder, removed_on_failure, save_state
 from sparseflow.lottery.config import LotteryJob, level_counts
 from sparseflow.lottery.prune import derived_seed, next_mask, random_mask
 from sparseflow.lottery.trainer import LevelData, eval_loader, train_arm
@@ -144,7 +144,16 @@ def _data(job: LotteryJob, data_dir: Path | None) -> tuple[Tensor, Tensor, Any, 
 def run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None = None, recompute_level: int | None = None,
                 command: str | None = None, on_step: StepHook | None = None,
                 progress: Callable[[str, int], None] | None = None) -> LotteryResult:
-    """Run (or resume) ``job`` in ``out``; see the module docstring. ``progress(label, steps)`` reports work."""
+    """Run (or resume) ``job`` in ``out``; see the module docstring. ``progress(label, steps)`` reports work.
+    A run that fails before it has written anything to resume from leaves no folder behind."""
+    with removed_on_failure(out):
+        return _run_lottery(job, out, data_dir=data_dir, recompute_level=recompute_level, command=command,
+                            on_step=on_step, progress=progress)
+
+
+def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute_level: int | None,
+                 command: str | None, on_step: StepHook | None,
+                 progress: Callable[[str, int], None] | None) -> LotteryResult:
     t0 = time.perf_counter()
     x, y, val, test, input_shape, classes = _data(job, data_dir)
 

@@ -3,7 +3,7 @@ row through ``done`` as it finishes (in any order); a cell that fails is a 'fail
 
 * :class:`LocalExecutor`: ``workers`` processes started with 'spawn' (a fresh interpreter, no forked torch
   state), each with ``max(1, cores // workers)`` torch threads so that together they do not oversubscribe the
-  machine.
+  machine; they end with the sweep (:func:`sparseflow.training.processes.worker_pool`).
 * :class:`RayExecutor`: one Ray task per cell on a running cluster, reserving ``cpus_per_cell`` CPUs and using
   as many torch threads. Ray is imported only here, lazily; every node needs this sparseflow installed and
   the sweep folder on a shared filesystem (the cells write their run directories there).
@@ -51,13 +51,13 @@ class LocalExecutor:
         return f"{w} local process{'es' if w > 1 else ''}, {self.threads or max(1, cores() // w)} torch thread(s) each"
 
     def run(self, cells: list[Cell], done: Done) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
+
+        from sparseflow.training.processes import worker_pool
 
         workers = self.parallel(len(cells))
         threads = self.threads or max(1, cores() // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
+        with worker_pool(workers) as pool:  # the workers end with this process (Ctrl-C, kill)
             futures = {pool.submit(run_cell, dataclasses.replace(c, threads=threads)): c for c in cells}
             for f in as_completed(futures):
                 try:
@@ -65,10 +65,6 @@ class LocalExecutor:
                 except Exception as e:  # the worker process died (killed, out of memory): no row came back
                     r = row(futures[f].job, "failed", error=f"worker process died: {type(e).__name__}: {e}")
                 done(r)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
 
 
 _ADDRESS = re.compile(r"(?:ray://)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})")

@@ -22,8 +22,10 @@ import random
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparseflow.errors import DataError, SparseflowError
+from sparseflow.io import write_error
 
 DATASETS = ("digits", "mnist1d", "mnist", "fashion-mnist")
 
@@ -261,21 +264,21 @@ def download_dataset(
     return written
 
 
+T = TypeVar("T")
+
+
 def _fetch(url: str, dest: Path, sha256: str, timeout: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (OSError, urllib.error.URLError) as e:  # URLError, HTTPError and timeouts are all OSErrors
-                raise DataError(
-                    f"could not download {url}: {e}; check the network, or place the file manually as {dest}"
-                ) from e
+            response = _network(url, dest, lambda: urllib.request.urlopen(url, timeout=timeout))
+            with response:
+                while chunk := _network(url, dest, lambda: response.read(1 << 20)):
+                    digest.update(chunk)
+                    out.write(chunk)  # a full disk fails here, not in the network calls
             out.flush()
             os.fsync(out.fileno())  # the bytes must be on disk before the rename makes them visible
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset file is meant to be shared
@@ -285,5 +288,17 @@ def _fetch(url: str, dest: Path, sha256: str, timeout: float) -> None:
                 f"The mirror may be broken: try again later, or place the original file manually as {dest}"
             )
         os.replace(tmp, dest)
+    except OSError as e:  # writing (the network's errors are DataErrors by now)
+        raise write_error(dest, e, kept=False) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _network(url: str, dest: Path, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except (OSError, urllib.error.URLError) as e:  # URLError, HTTPError and timeouts are all OSErrors
+        raise DataError(
+            f"could not download {url}: {e}; check the network, or place the file manually as {dest}"
+        ) from e

@@ -165,7 +165,7 @@ class RunDir:
             )
         resume_at = None
         if resumed:
-            checkpoint = load_checkpoint(run_dir, quarantine=True)  # prints a fallback on stderr
+            checkpoint = self._load_shared(run_dir, main)
             self.notes = (checkpoint.fallback,) if checkpoint.fallback else ()
             self.elapsed_before, resume_at = restore(checkpoint, self.state, self.scheduler, self.loader, self.cfg,
                                                      self.device)
@@ -176,6 +176,22 @@ class RunDir:
         if main and (not resumed or not (run_dir / CONFIG_FILE).exists()):
             write_config(run_dir, config, self.cfg)
         return resume_at
+
+    @staticmethod
+    def _load_shared(run_dir: Path, main: bool) -> Checkpoint:
+        """The checkpoint every rank resumes from. Rank 0 alone loads it first and, if the newest file is damaged,
+        renames it aside (and says so); the other ranks load only after that (a barrier), so no two processes
+        rename the same file and every rank restores the same checkpoint. In one process: a plain load."""
+        checkpoint, error = None, None
+        if main:
+            try:
+                checkpoint = load_checkpoint(run_dir, quarantine=True)  # prints a fallback on stderr
+            except SparseflowError as e:  # (the others must pass the barrier too, then fail the same way)
+                error = e
+        distributed.barrier()
+        if error is not None:
+            raise error
+        return checkpoint if checkpoint is not None else load_checkpoint(run_dir, quiet=True)
 
     def start(self) -> None:
         self.started = time.perf_counter()

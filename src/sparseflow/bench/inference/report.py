@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from sparseflow.bench.inference.measure import METHODS
 from sparseflow.bench.inference.run import InferenceResult
 from sparseflow.experiments.protocol import TableData
+from sparseflow.io import atomic_write_text
 from sparseflow.training.rundir import write_results
 
 
@@ -40,6 +42,7 @@ def write_outputs(result: InferenceResult, out: Path) -> dict[str, Any]:
 
     data = result.to_json()
     write_results(out, "bench-inference", data, "result.json")
-    with open(out / "table.md", "w") as f:
-        Console(file=f, width=200).print(speedup_table(result).rich())
+    console = Console(file=io.StringIO(), width=200)
+    console.print(speedup_table(result).rich())
+    atomic_write_text(out / "table.md", console.file.getvalue())
     return data

@@ -19,9 +19,8 @@ import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,9 @@ from sparseflow.bench.methods import RunSpec
 from sparseflow.experiments.methods.config import Setting
 from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonConfig, RunRecord, config_json, imp_mask
 from sparseflow.experiments.methods.result import ComparisonResult
+from sparseflow.io import write_error
 from sparseflow.mask import Mask
+from sparseflow.training.processes import worker_pool
 
 JOURNAL = "runs.partial.jsonl"  # finished tasks of an unfinished run: rerunning the same command resumes
 
@@ -152,10 +153,13 @@ def _read_journal(path: Path, cfg: ComparisonConfig) -> dict[str, tuple[RunRecor
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a") as f:  # one line per task, flushed to disk before the next task is counted
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with path.open("a") as f:  # one line per task, flushed to disk before the next task is counted
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # (a torn last line is skipped when the journal is read back)
+        raise write_error(path, e, kept=True) from e
 
 
 def _init_worker(threads: int) -> None:
@@ -192,9 +196,8 @@ def run_methods(cfg: ComparisonConfig, progress: Callable[[str, int], None] = la
             done(task, _work(task))
     else:
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        # spawn: a forked child of a process whose OpenMP pool is running can hang.
-        with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
+        # spawn workers (a forked child of a process whose OpenMP pool is running can hang) that end with this one
+        with worker_pool(cfg.workers, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(_work, t): t for t in tasks}
             for fut in as_completed(futures):
                 done(futures[fut], fut.result())
