@@ -8,6 +8,8 @@ from pathlib import Path
 
 from conftest import RunCli
 
+from conftest import criteria_exit
+
 LOTTERY = ["lottery", "--quick", "--no-progress", "--hidden", "8,8", "--iterations", "20", "--eval-every", "10",
            "--prune-fraction", "0.5", "--target-density", "0.3", "--seeds", "0"]
 
@@ -18,8 +20,8 @@ def _mtimes(root: Path) -> dict[str, int]:
 
 def test_lottery_explicit_options_win_over_quick_and_a_finished_run_says_so(tmp_path: Path, run_cli: RunCli) -> None:
     out = tmp_path / "l"
-    code, _, err = run_cli([*LOTTERY, "--out", str(out)])
-    assert code == 0, err
+    code, stdout, err = run_cli([*LOTTERY, "--json", "--out", str(out)])
+    assert code == criteria_exit(json.loads(stdout.splitlines()[-1])), err  # 1: a criterion failed at this scale
     job = json.loads((out / "config.json").read_text())["job"]
     # --quick would set hidden 100,100, 300 iterations, eval every 50, prune fraction 0.4 and no target
     assert (job["hidden"], job["iterations"], job["eval_every"], job["prune_fraction"], job["target_density"]) == (
@@ -27,8 +29,8 @@ def test_lottery_explicit_options_win_over_quick_and_a_finished_run_says_so(tmp_
     assert "finished before" not in err
     files = _mtimes(out / "seed0")
 
-    code, _, err = run_cli([*LOTTERY, "--out", str(out)])  # the same command again: read, not trained
-    assert code == 0, err
+    code, stdout, err = run_cli([*LOTTERY, "--json", "--out", str(out)])  # the same command again: read, not trained
+    assert code == criteria_exit(json.loads(stdout.splitlines()[-1])), err
     notes = [line for line in err.splitlines() if "finished before" in line]
     assert len(notes) == 1 and str(out) in notes[0], err
     assert _mtimes(out / "seed0") == files
