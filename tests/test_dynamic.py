@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 import sparseflow as sf
 from sparseflow import GLOBAL, NM, SET, Block, RigL, SparseflowError, uniform
+from sparseflow.methods.pruning import mask_seed
 
 from conftest import build_tiny_convnet, build_tiny_mlp
 
@@ -92,7 +93,7 @@ def test_rigl_update_equals_the_direct_implementation() -> None:
 def test_set_update_equals_the_direct_implementation_with_the_same_draws() -> None:
     seed = 11
     method = SET(0.5, distribution=uniform, update_every=10, until=45, alpha=0.5, seed=seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(mask_seed(seed))  # the method's own stream (not the weights')
     model = build_tiny_mlp(seed=0)
     initial = {n: torch.rand(p.shape, generator=g) for n, p in sf.prunable(model).items()}  # prepare's draws
     probe = copy.deepcopy(method)

@@ -47,7 +47,9 @@ def test_phases_are_labelled_and_a_finished_rerun_says_so(tmp_path: Path, run_cl
         assert f"| {name} | {c['value']:.4g} | {c['target']} | pass |" in report
 
 
-def test_tables_use_the_full_width_when_not_a_terminal(tmp_path: Path, run_cli: RunCli) -> None:
+def test_tables_use_the_full_width_when_not_a_terminal(tmp_path: Path, run_cli: RunCli,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # pytest-xdist's workers set COLUMNS=80
     run = tmp_path / "r"
     assert run_cli(["train", "--quick", "--epochs", "1", "--no-baseline", "--method", "random", "--no-progress",
                     "--out", str(run)])[0] == 0

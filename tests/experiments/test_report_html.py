@@ -180,14 +180,14 @@ def test_an_experiment_whose_criterion_failed_ran_all_the_same(tmp_path: Path, m
 
     crit = {"bound": {"value": 2.0, "target": "<= 1", "pass": False}}
 
-    def fake(cmd, stdout, stderr):  # noqa: ANN001, ANN202 (subprocess.run's signature as run_one calls it)
+    def fake(cmd, stdout, stderr):  # noqa: ANN001, ANN202 (run_child's signature as run_one calls it)
         out = Path(cmd[cmd.index("--out") + 1])
         write_run(out, "collapse", {"criteria": crit}, "# collapse\n")
         printed = json.dumps({"criteria": crit}).encode() + b"\n" if "crash" not in str(out) else b""
         stderr.write(b"Traceback ...\n" if not printed else b"1 criterion failed: bound (exit status 1)\n")
         return subprocess.CompletedProcess(cmd, 1, printed)
 
-    monkeypatch.setattr(registry.subprocess, "run", fake)
+    monkeypatch.setattr(registry, "run_child", fake)
     entry = registry.Entry("collapse", ("experiment", "collapse"), "layer collapse", 60)
     ran = registry.run_one(entry, True, tmp_path / "ok", None)
     assert ran.status == "ok" and ran.criteria == crit

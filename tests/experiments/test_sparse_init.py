@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import criteria_exit
+
 from sparseflow.cli import main
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.sparse_init.run import InitConfig, InitResult, Run, _data, criteria, theory_moments, train_one
@@ -53,8 +55,8 @@ def test_cli_quick_json_writes_results_report_and_figures(tmp_path: Path, capsys
     with pytest.raises(SystemExit) as e:
         main(["experiment", "init", "--quick", "--json", "--width", "32", "--train-size", "128", "--epochs", "1",
               "--out", str(out)])
-    assert e.value.code in (0, None)
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (e.value.code or 0) == criteria_exit(obj)  # at this reduced scale a criterion may fail: exit status 1
     assert obj["command"] == "experiment init" and "digits" in obj["dataset"]
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["runs"]) == 7  # dense + 3 sparsities x 2 inits, one seed
