@@ -206,4 +206,4 @@ def test_download_failures_name_the_url(mirror: tuple[str, Path], tmp_path: Path
 
 
 def test_dataset_names_are_the_public_list() -> None:
-    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion-mnist")
+    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion-mnist", "tinyshakespeare")
