@@ -58,8 +58,9 @@ def quick_subset(c: SimpleNamespace) -> int | None:
 
 
 def quick_batch_size(c: SimpleNamespace) -> int:
-    # On a language model SGD gains more from 4x the steps than from 4x the windows per step.
-    return 16 if c.dataset in TEXT_DATASETS else c.batch_size
+    # On a language model SGD gains more from 4x the steps than from 4x the windows per step. (Configs that
+    # share this option without a single dataset, such as a sweep's, keep their batch size.)
+    return 16 if getattr(c, "dataset", None) in TEXT_DATASETS else c.batch_size
 
 
 def quick_test_subset(c: SimpleNamespace) -> int | None:
