@@ -28,7 +28,8 @@ from sparseflow.errors import SparseflowError
 _TRANSPOSED = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # Linear (out, in) <-> Conv1D (in, out)
 
 
-def _transformers() -> Any:
+def require_transformers() -> Any:
+    """The transformers package, or one clear error saying how to install it."""
     try:
         import transformers
     except ImportError:
@@ -40,7 +41,7 @@ def _transformers() -> Any:
 def gpt2_config(vocab_size: int, block_size: int = 128, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
                 dropout: float = 0.0) -> Any:
     """A ``GPT2Config`` of the GPT's shape: vocabulary, context (``n_positions``), depth, heads, width, dropout."""
-    tf = _transformers()
+    tf = require_transformers()
     return tf.GPT2Config(vocab_size=vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer,
                          n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
                          bos_token_id=None, eos_token_id=None)  # a character vocabulary has no such tokens
@@ -48,7 +49,7 @@ def gpt2_config(vocab_size: int, block_size: int = 128, n_layer: int = 4, n_head
 
 def gpt2_model(vocab_size: int, block_size: int = 128, **shape: Any) -> nn.Module:
     """A freshly initialised ``GPT2LMHeadModel`` (GPT-2's initialisation, from torch's RNG)."""
-    return _transformers().GPT2LMHeadModel(gpt2_config(vocab_size, block_size, **shape))
+    return require_transformers().GPT2LMHeadModel(gpt2_config(vocab_size, block_size, **shape))
 
 
 def to_gpt2(model: nn.Module) -> nn.Module:
@@ -76,7 +77,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """
     from sparseflow.training.gpt import GPT
 
-    tf = _transformers()
+    tf = require_transformers()
     hf = to_gpt2(model) if isinstance(model, GPT) else model
     if not isinstance(hf, tf.PreTrainedModel):
         raise SparseflowError(f"save_pretrained needs a sparseflow GPT or a transformers model, got "

@@ -172,9 +172,9 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         if job.model not in LANGUAGE_MODELS:
             raise SparseflowError(f"--save-pretrained writes a Hugging Face language model; model {job.model!r} "
                                   f"is not one ({', '.join(LANGUAGE_MODELS)} are)")
-        from sparseflow.training.hf import _transformers
+        from sparseflow.training.hf import require_transformers
 
-        _transformers()  # the clear error when transformers is missing
+        require_transformers()
     device = distributed.device()
     ds = _dataset(job, data_dir, download)
     cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
@@ -197,8 +197,8 @@ def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, dow
         } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
         config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
         result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
-                     progress=progress, config=config, callbacks=[probe] if probe and method_name == job.method else [],
-                     device=device)
+                     progress=progress, config=config, device=device,
+                     callbacks=[probe] if probe is not None and method_name == job.method else [])
         return result, method, model.to("cpu"), schedule
 
     sparse, method, model, schedule = one_run(job.method, out)
