@@ -20,7 +20,8 @@ from sparseflow.training.build import build_method, first_batch
 from sparseflow.training.data import load_dataset, loaders
 from sparseflow.training.gpt import GPT, generate
 from sparseflow.training.job import METHODS, TrainJob
-from sparseflow.training.loop import TrainConfig, fit
+from sparseflow.methods import RigL
+from sparseflow.training.loop import Callback, TrainConfig, fit
 from sparseflow.training.models import build_model
 
 TEXT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare"
@@ -100,6 +101,40 @@ def test_every_method_prunes_the_gpt(method: str) -> None:
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.0 if method == "dense" else 0.5, abs=1e-3)
     assert (model.transformer.wte.weight != 0).all()
+
+
+class CrashAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state) -> None:  # noqa: ANN001
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+@needs_text
+def test_random_windows_resume_mid_epoch_bit_exact(tmp_path: Path) -> None:
+    full = load_dataset("tinyshakespeare", TEXT_DIR, context=16)
+    tokens = full.train_tokens[:2000]  # 1,984 windows, 125 per epoch: an epoch draws a part of them
+    ds = dataclasses.replace(full, x_train=tokens[:-1].unfold(0, 16, 1), y_train=tokens[1:].unfold(0, 16, 1),
+                             train_tokens=tokens, x_test=full.x_test[:4], y_test=full.y_test[:4])
+    assert (len(ds.x_train), ds.epoch_windows) == (1984, 125)
+    cfg = TrainConfig(epochs=2, seed=3, checkpoint_every=3)
+
+    def run(run_dir: Path, **kw):  # noqa: ANN003, ANN202
+        torch.manual_seed(0)
+        model = GPT(65, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.1)  # dropout: the RNG is restored
+        method = RigL(sparsity=0.5, update_every=4, until=12)
+        return model, fit(model, *loaders(ds, 16, seed=0), cfg, method=method, run_dir=run_dir, progress=False, **kw)
+
+    model_a, result_a = run(tmp_path / "a")
+    assert result_a.steps == 16
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", callbacks=[CrashAt(11)])  # in epoch 2, two steps after the checkpoint at step 9
+    model_b, result_b = run(tmp_path / "b", resume=True)
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert result_b.test_loss == result_a.test_loss
 
 
 def test_mismatched_model_and_options_are_refused(tmp_path: Path) -> None:
