@@ -84,6 +84,11 @@ def test_train_reports_perplexity_and_a_sample(tmp_path: Path, run_cli: RunCli) 
     with torch.no_grad():
         assert torch.allclose(again(x).logits, model(x), atol=1e-5)
     assert result["pretrained"] == str(hf)
+    # the run directory rebuilds the model for analysis (and anything else that reads run directories)
+    from sparseflow.analysis.loader import load_for_analysis
+
+    with torch.no_grad():
+        assert torch.equal(load_for_analysis(out).model(x), model(x))
 
 
 @needs_text
