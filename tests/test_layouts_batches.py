@@ -73,3 +73,23 @@ def test_batch_size_and_to_device() -> None:
     assert moved["a"].device.type == "meta" and moved["c"] == 3
     assert isinstance(moved["b"], tuple) and isinstance(moved["b"][1], list) and moved["b"][1][0].is_meta
     assert to_device(x, "meta").is_meta
+
+
+def test_default_loss_and_predictions_read_sequence_outputs_per_position() -> None:
+    import torch.nn.functional as F
+
+    from sparseflow.layouts import default_loss, predictions
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(3, 5, 7, generator=g), torch.randint(0, 7, (3, 5), generator=g)  # (B, T, V), (B, T)
+    by_hand = -torch.log_softmax(logits, dim=-1).gather(-1, y[..., None]).mean()  # mean over the 15 positions
+    assert torch.allclose(default_loss(logits, y), by_hand, atol=1e-6)
+    assert torch.equal(predictions(logits, y), logits.argmax(-1)) and predictions(logits, y).shape == (3, 5)
+    # torch's convention stays for (N, C, L) against (N, L): classes on axis 1
+    seg, t = torch.randn(3, 7, 5, generator=g), torch.randint(0, 7, (3, 5), generator=g)
+    assert torch.allclose(default_loss(seg, t), F.cross_entropy(seg, t))
+    assert torch.allclose(default_loss(seg[:, :, 0], t[:, 0]), F.cross_entropy(seg[:, :, 0], t[:, 0]))
+    # a model output's logits (not given labels): the same per-position reading
+    assert torch.allclose(default_loss({"logits": logits}, y), by_hand, atol=1e-6)
+    assert torch.equal(predictions({"logits": logits}, y), logits.argmax(-1))
+    assert predictions({"logits": logits, "loss": by_hand}, y) is None  # labels shifted inside the model's loss

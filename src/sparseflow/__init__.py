@@ -64,6 +64,9 @@ from sparseflow.methods import SNIP, GraSP, SynFlow
 from sparseflow.methods import SET, FixedMask, RigL
 from sparseflow.methods import LayerPruning, SparseGPT, Wanda
 from sparseflow.training.models import MODELS, build_model
+from sparseflow.training.gpt import GPT, generate
+from sparseflow.training.hf import save_pretrained, to_gpt2
+from sparseflow.training.text import TextDataset
 from sparseflow.patterns import NM, Block, Unstructured
 from sparseflow.schedules import CosineDrop, Cubic, OneShot
 from sparseflow.storage import (FileReport, Stored, append_mask, binary_entropy, from_torch_prune, inspect, load,
@@ -111,13 +114,18 @@ __all__ = [
     "MODELS",
     "Callback",
     "Dataset",
+    "GPT",
+    "TextDataset",
     "TrainConfig",
     "TrainResult",
     "build_model",
     "evaluate",
     "fit",
+    "generate",
     "load_dataset",
     "loaders",
+    "save_pretrained",
+    "to_gpt2",
     "GLOBAL",
     "GMP",
     "MASK_SAFE_OPTIMIZERS",

@@ -244,25 +244,43 @@ def output_loss(output: Any) -> Tensor | None:
     return value if isinstance(value, Tensor) and value.dim() == 0 else None
 
 
+def sequence_output(output: Tensor, y: Any) -> bool:
+    """Whether a tensor ``output`` holds one distribution per position, classes on the last axis: a 3-D output
+    ``(batch, sequence, classes)`` against 2-D targets ``(batch, sequence)`` (a language model's logits).
+
+    Any other tensor follows torch's convention, classes on axis 1 (``(N, C)``, ``(N, C, L)`` against
+    ``(N, L)``). A ``(B, T, T)`` output against ``(B, T)`` targets matches both readings; it is read as a
+    sequence output.
+    """
+    return isinstance(y, Tensor) and output.dim() == 3 and y.dim() == 2 and y.shape == output.shape[:2]
+
+
 def default_loss(output: Any, y: Any) -> Tensor:
-    """The model's own loss when it computed one (``output.loss``), else cross-entropy of the prediction
-    (``output`` itself or its ``.logits``, classes on the last axis) against ``y``."""
+    """The model's own loss when it computed one (``output.loss``), else the mean cross-entropy of the
+    prediction against ``y``: for ``output`` a tensor, classes on axis 1 (torch's convention) except for a
+    sequence output (:func:`sequence_output`: ``(B, T, V)`` against ``(B, T)``), which is flattened to its
+    ``B * T`` positions; for a model output (its ``.logits``, ``(batch, [sequence,] classes)``), classes on the
+    last axis. The mean is over positions, so ``exp`` of a language model's loss is its perplexity."""
     own = output_loss(output)
     if own is not None:
         return own
     if y is None:
         raise SparseflowError("the batch has no targets and the model computes no loss: pass (x, y) batches, "
                               "labels in a dict batch, or loss=(output, y) -> scalar")
-    if isinstance(output, Tensor):
+    if isinstance(output, Tensor) and not sequence_output(output, y):
         return F.cross_entropy(output, y)  # torch's convention: classes on axis 1
-    logits = output_tensor(output)  # a model output's logits: (batch, [sequence,] classes)
+    logits = output_tensor(output)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 def predictions(output: Any, y: Any) -> Tensor | None:
     """Predicted classes comparable with ``y`` (``argmax`` over the classes), or None when the output is not a
-    classifier's: a language model's labels are shifted inside its loss, so token accuracy is not read off them."""
+    classifier's. A sequence output (:func:`sequence_output`) predicts one class per position, shaped like
+    ``y``, unless the model computed its own loss: a Hugging Face language model given ``labels`` shifts them
+    inside its loss, so they do not line up with its logits."""
     logits = output if isinstance(output, Tensor) else output_tensor(output)
+    if sequence_output(logits, y) and output_loss(output) is None:
+        return logits.argmax(dim=-1)
     if not isinstance(y, Tensor) or logits.dim() != 2 or y.shape != logits.shape[:1]:
         return None
     return logits.argmax(dim=1)

@@ -120,3 +120,10 @@ def test_fixed_mask_zeroes_outside_and_never_rescales(make_tiny_mlp) -> None:
     with pytest.raises(MaskError, match="targets of this model"):
         FixedMask(keep=bad).prepare(make_tiny_mlp(), None)
     assert math.isclose(FixedMask(keep=keep).density(), 1.0)  # not prepared yet: the all-ones start
+
+
+def test_lottery_offers_no_language_models() -> None:
+    # its loop reads one label per example: the GPTs and the text set belong to `sparseflow train`
+    for kw in ({"model": "gpt"}, {"model": "hf-gpt2"}, {"dataset": "tinyshakespeare"}):
+        with pytest.raises(SparseflowError, match="must be one of"):
+            LotteryJob(**kw)

@@ -237,4 +237,4 @@ def test_full_disk_during_a_download_names_the_file_not_the_network(mirror: tupl
 
 
 def test_dataset_names_are_the_public_list() -> None:
-    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion-mnist")
+    assert DATASETS == ("digits", "mnist1d", "mnist", "fashion-mnist", "tinyshakespeare")

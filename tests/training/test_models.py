@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseflow.errors import SparseflowError
-from sparseflow.training.models import MODELS, NORMS, MLP, ConvNet, ResNet, build_model, group_count
+from sparseflow.training.models import LANGUAGE_MODELS, MODELS, NORMS, MLP, ConvNet, ResNet, build_model, group_count
 
+CLASSIFIERS = tuple(m for m in MODELS if m not in LANGUAGE_MODELS)  # (the GPTs: tests/training/test_gpt.py)
 SHAPES = ((1, 8, 8), (1, 40), (1, 28, 28))  # digits, mnist1d, (fashion-)mnist
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -20,7 +21,7 @@ def n_params(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_forward_backward_every_model_norm_shape(name: str, norm: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, shape, 10, norm=norm, seed=0)
     x, y = torch.randn(2, *shape), torch.tensor([3, 7])  # batch of 2: the smallest batch norm accepts
@@ -34,7 +35,7 @@ def test_forward_backward_every_model_norm_shape(name: str, norm: str, shape: tu
 
 
 @pytest.mark.parametrize("shape", ((1, 40), (3, 32, 32)), ids=("1d", "2d"))
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_named_modules_order_is_call_order(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, shape, 10, norm="batch", seed=0)
     declared = [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]

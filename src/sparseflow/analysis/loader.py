@@ -32,7 +32,8 @@ from sparseflow.mask import Mask
 
 # One example's shape and the classes of each dataset of sparseflow.training.data (fixed by the dataset, not the run).
 DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist1d": ((1, 40), 10), "mnist": ((1, 28, 28), 10),
-                  "fashion-mnist": ((1, 28, 28), 10)}
+                  "fashion-mnist": ((1, 28, 28), 10),
+                  "tinyshakespeare": ((128,), 65)}  # (context, vocabulary): what `sparseflow train` uses
 
 
 @dataclass(frozen=True)

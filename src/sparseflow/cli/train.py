@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 
 from sparseflow.cli._app import app
 from sparseflow.cli.generate import Call, command
@@ -75,7 +76,7 @@ def train(call: Call) -> None:
                       + f"; run directory {out}")
     kwargs = dict(data_dir=o.data_dir, download=o.download, progress=o.progress, resume=resume is not None,
                   command="sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                  checkpoint_every=o.checkpoint_every)
+                  checkpoint_every=o.checkpoint_every, save_pretrained=o.save_pretrained)
     before = torch.get_num_threads()
     torch.set_num_threads(train_threads(job.model, o.threads))
     try:
@@ -114,10 +115,20 @@ def _show(call: Call, result: JobResult, out: Path) -> None:
               [(layer.name, "x".join(map(str, layer.shape)), f"{layer.numel:,}", f"{layer.nonzeros:,}",
                 f"{layer.density:.4f}", "yes" if layer.target else "no (dense)") for layer in result.layers],
               left=("parameter", "shape"))
-    rows = [(job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}")]
-    if result.dense is not None:
-        rows.append(("dense", "0.0000", f"{result.dense_accuracy:.4f}"))
-    run.table("test accuracy (same training budget)", ("run", "sparsity", "accuracy"), rows)
+    if result.language_model:
+        runs = [(job.method, result.sparsity, result.sparse, result.perplexity)]
+        if result.dense is not None:
+            runs.append(("dense", 0.0, result.dense, result.dense_perplexity))
+        run.table("validation (same training budget; loss per character, perplexity = exp(loss))",
+                  ("run", "sparsity", "loss", "perplexity", "next-char accuracy"),
+                  [(name, f"{s:.4f}", f"{r.test_loss:.4f}", f"{ppl:.3f}", f"{r.test_acc:.4f}")
+                   for name, s, r, ppl in runs])
+        run.print(f"sample ({job.method} model):\n{escape(result.sample)}")
+    else:
+        rows = [(job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}")]
+        if result.dense is not None:
+            rows.append(("dense", "0.0000", f"{result.dense_accuracy:.4f}"))
+        run.table("test accuracy (same training budget)", ("run", "sparsity", "accuracy"), rows)
     for w in result.warnings:
         run.warn(w)
     st = result.storage

@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.errors import SparseflowError
-from sparseflow.training.data import DATASETS
+from sparseflow.training.data import DATASETS as ALL_DATASETS
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS
-from sparseflow.training.models import MODELS
+from sparseflow.training.models import LANGUAGE_MODELS
+from sparseflow.training.models import MODELS as ALL_MODELS
 from sparseflow.training.options import RunOptions, check, option
+from sparseflow.training.text import TEXT_DATASETS
+
+# The lottery trains classifiers (its loop reads one label per example): no language models or text.
+DATASETS = tuple(d for d in ALL_DATASETS if d not in TEXT_DATASETS)
+MODELS = tuple(m for m in ALL_MODELS if m not in LANGUAGE_MODELS)
 
 SCOPES = ("layerwise", "global")
 REWINDS = ("weights", "lr")  # rewind the kept weights to step k (Frankle et al.), or only the LR (Renda et al.)

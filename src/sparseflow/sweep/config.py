@@ -61,7 +61,7 @@ class Sweep:
                                    "without --subset: 1000 when a dataset is mnist or fashion-mnist).",
                                    quick=_quick_test_subset)
     epochs: int = like(TrainJob, "epochs", help="Training epochs per cell.", quick=5)
-    batch_size: int = like(TrainJob, "batch_size")
+    batch_size: int = like(TrainJob, "batch_size", help="Minibatch size (per process when data-parallel).")
     lr: float = like(TrainJob, "lr")
     optimizer: str = like(TrainJob, "optimizer")
     weight_decay: float = like(TrainJob, "weight_decay")

@@ -51,7 +51,8 @@ def build_method(job: TrainJob, total_steps: int, *, batch: tuple[torch.Tensor, 
     magnitude: train dense for half the steps, prune once, fine-tune the rest.
     gmp: cubic schedule from 10 % to 60 % of the steps, 20 pruning updates (Zhu & Gupta 2017).
     random: a static random mask drawn before training.
-    snip, grasp: pruned at initialisation on ``batch``; synflow: at initialisation, data-free, 100 rounds.
+    snip, grasp: pruned at initialisation on ``batch``; synflow: at initialisation, data-free, 100 rounds (on a
+    language model on the token ids of ``batch``'s first example instead of an all-ones input).
     set, rigl: prune-and-regrow every 100 steps (fewer on short runs) until 75 % of training, α = 0.3.
 
     ``job.sparse_init``: "auto" keeps each method's default, "rescale" and "none" set its ``sparse_init`` to
@@ -82,6 +83,8 @@ def build_method(job: TrainJob, total_steps: int, *, batch: tuple[torch.Tensor, 
             raise SparseflowError(f"{job.method} scores weights on a data batch: pass batch=(x, y)")
         return (SNIP if job.method == "snip" else GraSP)(**common, data=batch)
     if job.method == "synflow":
+        if batch is not None and not batch[0].is_floating_point():  # token ids: kept, as SynFlow cannot make them ones
+            return SynFlow(**common, example=batch)
         return SynFlow(**common, input_shape=input_shape)
     if job.method in ("set", "rigl"):
         until = int(0.75 * total_steps)

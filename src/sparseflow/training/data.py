@@ -9,12 +9,15 @@ Every loader returns a :class:`Dataset` of float32 inputs and int64 labels. Imag
   locally with the package's canonical arguments (seed 42): 4,000 train / 1,000 test signals of length 40.
 - ``mnist`` (LeCun et al. 1998) and ``fashion-mnist`` (Xiao, Rasul & Vollgraf 2017): the four original IDX
   files, checked against their sha256 before they are parsed, normalised with the customary mean / std.
+- ``tinyshakespeare``: character-level text for language models, a :class:`~sparseflow.training.text.TextDataset`
+  of int64 next-character windows (:mod:`sparseflow.training.text`).
 
 The ``seed`` of :func:`load_dataset` only chooses the training ``subset``; test sets never depend on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -30,12 +33,12 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from sparseflow.errors import DataError, SparseflowError
 from sparseflow.io import write_error
 
-DATASETS = ("digits", "mnist1d", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist1d", "mnist", "fashion-mnist", "tinyshakespeare")
 
 # The four original files, in the order (train images, train labels, test images, test labels).
 _FILES = (
@@ -101,17 +104,28 @@ def load_dataset(
     download: bool = False,
     subset: int | None = None,
     seed: int = 0,
+    context: int | None = None,
 ) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASETS`); ``subset`` keeps that many seeded-random train examples.
 
-    ``data_dir`` is the folder that directly holds the four IDX files of ``mnist`` / ``fashion-mnist``
-    (ignored for the embedded datasets); ``download=True`` fetches the files missing there first.
+    ``data_dir`` is the folder that directly holds the four IDX files of ``mnist`` / ``fashion-mnist``, or
+    ``input.txt`` of ``tinyshakespeare`` (ignored for the embedded datasets); ``download=True`` fetches the IDX
+    files missing there first. ``context`` is the window length of a text dataset (default 128; text only).
     """
     if name not in DATASETS:
         raise SparseflowError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0):
         raise SparseflowError(f"subset must be a positive number of training examples, got {subset!r}")
-    if name == "digits":
+    if context is not None and name != "tinyshakespeare":
+        raise SparseflowError(f"context={context!r} is the window length of a text dataset; {name!r} has none, "
+                              "leave it unset")
+    if name == "tinyshakespeare":
+        from sparseflow.training.text import DEFAULT_CONTEXT, load_text
+
+        if download:
+            download_dataset(name, data_dir)  # (refuses: see there)
+        ds = load_text(name, data_dir, DEFAULT_CONTEXT if context is None else context)
+    elif name == "digits":
         ds = _digits()
     elif name == "mnist1d":
         ds = _mnist1d()
@@ -133,20 +147,24 @@ def load_dataset(
             f"pass at most {len(ds.x_train)} or leave subset unset"
         )
     keep = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(seed))[:subset]
-    return Dataset(name, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test, ds.num_classes)
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
 
 
 def loaders(ds: Dataset, batch_size: int, *, seed: int) -> tuple[DataLoader, DataLoader]:
     """(train, test) loaders over ``ds``; the train order is reshuffled each epoch by a generator seeded
-    with ``seed`` (same seed, same order), the test order is fixed."""
+    with ``seed`` (same seed, same order), the test order is fixed.
+
+    An epoch of a text dataset is ``ds.epoch_windows`` windows drawn without replacement from all training
+    windows (random starts, :mod:`sparseflow.training.text`); of any other, every training example once.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SparseflowError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    train = DataLoader(
-        TensorDataset(ds.x_train, ds.y_train),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    examples = TensorDataset(ds.x_train, ds.y_train)
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = getattr(ds, "epoch_windows", len(examples))  # (a TextDataset's; importing it here would cycle)
+    # RandomSampler with num_samples = len draws exactly what shuffle=True draws.
+    sampler = RandomSampler(examples, num_samples=per_epoch, generator=g)
+    train = DataLoader(examples, batch_size=batch_size, sampler=sampler, generator=g)
     test = DataLoader(TensorDataset(ds.x_test, ds.y_test), batch_size=batch_size, shuffle=False)
     return train, test
 
@@ -245,12 +263,16 @@ def download_dataset(
 
     Each file is streamed to a temporary file beside its destination, checked against its sha256 and only
     then renamed into place, so an interrupted or corrupt download never leaves a file that looks complete.
-    ``base_url`` replaces the official mirror (e.g. a local copy). ``digits`` and ``mnist1d`` need no files.
+    ``base_url`` replaces the official mirror (e.g. a local copy). ``digits`` and ``mnist1d`` need no files;
+    ``tinyshakespeare`` is not downloaded (a DataError says where to place it).
     """
     if name not in DATASETS:
         raise SparseflowError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if not timeout > 0:
         raise SparseflowError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if name == "tinyshakespeare":
+        raise DataError("sparseflow does not download tinyshakespeare: place karpathy/char-rnn's "
+                        f"data/tinyshakespeare/input.txt in {data_dir} and leave download off")
     if name not in _SHA256:
         return []
     root = Path(data_dir)

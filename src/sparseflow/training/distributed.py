@@ -210,8 +210,11 @@ class ShardedBatches(Sampler[list[int]]):
     needs at least one example per step); that is the only case where the steps differ from one process.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, rank: int, world: int) -> None:
-        self.global_batches = BatchSampler(RandomSampler(range(n), generator=generator), world * batch_size, False)
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, *, rank: int, world: int,
+                 num_samples: int | None = None) -> None:
+        # num_samples: examples per epoch when fewer than n are drawn (a text dataset's random windows)
+        order = RandomSampler(range(n), generator=generator, num_samples=num_samples)
+        self.global_batches = BatchSampler(order, world * batch_size, False)
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
@@ -241,7 +244,8 @@ def shard(loader: DataLoader) -> DataLoader:
         )
     if loader.drop_last:
         raise SparseflowError("shard() needs a loader with drop_last=False")
-    sampler = ShardedBatches(len(loader.dataset), loader.batch_size, g, rank=rank(), world=world_size())
+    sampler = ShardedBatches(len(loader.dataset), loader.batch_size, g, rank=rank(), world=world_size(),
+                             num_samples=loader.sampler.num_samples)
     return DataLoader(loader.dataset, batch_sampler=sampler, generator=g, collate_fn=loader.collate_fn,
                       num_workers=loader.num_workers)
 

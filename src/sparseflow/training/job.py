@@ -25,8 +25,9 @@ from sparseflow.patterns import NM, Unstructured
 from sparseflow.training.build import parse_pattern
 from sparseflow.training.data import DATASETS
 from sparseflow.training.hparams import OPTIMIZERS
-from sparseflow.training.models import MODELS, NORMS
+from sparseflow.training.models import LANGUAGE_MODELS, MODELS, NORMS
 from sparseflow.training.options import check, known, option
+from sparseflow.training.text import TEXT_DATASETS
 
 METHODS = ("dense", "magnitude", "gmp", "random", "snip", "grasp", "synflow", "set", "rigl")
 # Each method's layer-wise distribution in its paper, used when none is given.
@@ -47,17 +48,29 @@ def convolutional(model: str) -> bool:
 
 
 def quick_epochs(c: SimpleNamespace) -> int:
+    if c.dataset in TEXT_DATASETS:
+        return 1
     if c.dataset in (*FILE_DATASETS, "mnist1d"):
         return 3 if convolutional(c.model) else 5
     return 10
 
 
 def quick_subset(c: SimpleNamespace) -> int | None:
+    if c.dataset in TEXT_DATASETS:
+        return 2560  # windows of 128 characters: 160 steps of 16
     return (1000 if convolutional(c.model) else 4000) if c.dataset in FILE_DATASETS else None
+
+
+def quick_batch_size(c: SimpleNamespace) -> int:
+    # On a language model SGD gains more from 4x the steps than from 4x the windows per step. (Configs that
+    # share this option without a single dataset, such as a sweep's, keep their batch size.)
+    return 16 if getattr(c, "dataset", None) in TEXT_DATASETS else c.batch_size
 
 
 def quick_test_subset(c: SimpleNamespace) -> int | None:
     # (a training subset given explicitly keeps the whole test split, as it always has)
+    if c.dataset in TEXT_DATASETS:
+        return 128  # of 871 validation windows: 16,384 characters
     if c.dataset in FILE_DATASETS and c.subset is None:
         return 1000 if convolutional(c.model) else 2000
     return None
@@ -86,13 +99,15 @@ class TrainJob:
     norm: str = option("none", _names(NORMS), choices=NORMS)
     dataset: str = option("digits", _names(DATASETS))
     subset: int | None = option(None, "Use this many training examples (quick: 4000 of mnist or fashion-mnist, "
-                                "1000 for a convolutional model).", min=1, quick=quick_subset)
+                                "1000 for a convolutional model, 2560 windows of tinyshakespeare).", min=1,
+                                quick=quick_subset)
     test_subset: int | None = option(None, "Evaluate on the first N test examples (quick, without --subset: 2000 "
-                                     "of mnist or fashion-mnist, 1000 for a convolutional model).", min=1,
-                                     quick=quick_test_subset)
+                                     "of mnist or fashion-mnist, 1000 for a convolutional model, 128 windows of "
+                                     "tinyshakespeare).", min=1, quick=quick_test_subset)
     epochs: int = option(30, "Training epochs (each run; quick: 10, on mnist1d, mnist and fashion-mnist 5, 3 for "
-                         "a convolutional model).", min=1, quick=quick_epochs)
-    batch_size: int = option(64, "Minibatch size (per process when data-parallel).", min=1)
+                         "a convolutional model, 1 on tinyshakespeare).", min=1, quick=quick_epochs)
+    batch_size: int = option(64, "Minibatch size (per process when data-parallel; quick: 16 on tinyshakespeare).",
+                             min=1, quick=quick_batch_size)
     lr: float = option(0.05, "Peak learning rate (cosine decay).", min=0, min_open=True)
     optimizer: str = option("sgd", _names(OPTIMIZERS), choices=OPTIMIZERS)
     weight_decay: float = option(5e-4, "Weight decay.", min=0)
@@ -115,6 +130,11 @@ class TrainJob:
         known(self.distribution, DISTRIBUTION_NAMES, "distribution")
         known(self.model, MODELS, "model")
         known(self.dataset, DATASETS, "dataset")
+        if (self.dataset in TEXT_DATASETS) != (self.model in LANGUAGE_MODELS):
+            raise SparseflowError(
+                f"model {self.model!r} does not fit dataset {self.dataset!r}: the language models "
+                f"({', '.join(LANGUAGE_MODELS)}) train on text ({', '.join(TEXT_DATASETS)}), the others on "
+                "images and signals; e.g. --dataset tinyshakespeare --model gpt")
         check_sparsity(self.sparsity)
         pattern = parse_pattern(self.pattern)
         if self.method == "dense" and self.sparsity != 0:

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sparseflow.errors import SparseflowError
-from sparseflow.layouts import batch_size, call, default_loss, predictions, split_batch, to_device
+from sparseflow.layouts import batch_size, call, default_loss, predictions, sequence_output, split_batch, to_device
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import CHECKPOINT_FILE, rng_snapshot
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
@@ -74,13 +74,15 @@ def evaluate(
     """(accuracy, mean loss) over ``loader``; restores the model's train/eval mode.
 
     Batches are ``(x, y)`` pairs or dicts of model inputs; the loss is :func:`~sparseflow.layouts.default_loss`
-    (cross-entropy, or the model's own loss). Accuracy is NaN when the model is not a classifier with one
-    label per example (a language model)."""
+    (cross-entropy, or the model's own loss). For a language model's ``(B, T, V)`` logits against ``(B, T)``
+    targets both are per position: the mean token cross-entropy (whose exp is the perplexity) and the
+    fraction of next tokens predicted. Accuracy is NaN when the model is not a classifier (a model that
+    computes its own loss from labels it shifts)."""
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    correct, loss_sum, n, classified = 0, 0.0, 0, True
+    correct, predicted, loss_sum, n, classified = 0, 0, 0.0, 0, True
     for batch in loader:
         inputs, y = (to_device(v, device) for v in split_batch(batch))
         out = call(model, inputs)
@@ -88,17 +90,22 @@ def evaluate(
         loss_sum += _summed_loss(out, y, k).item()
         pred = predictions(out, y)
         classified = classified and pred is not None
-        correct += int((pred == y).sum().item()) if pred is not None else 0
+        if pred is not None:
+            correct += int((pred == y).sum().item())
+            predicted += pred.numel()
         n += k
     model.train(was_training)
     if n == 0:
         raise SparseflowError("evaluate() got a loader that yields no samples; pass a non-empty test loader")
-    return (correct / n if classified else math.nan), loss_sum / n
+    return (correct / predicted if classified else math.nan), loss_sum / n
 
 
 def _summed_loss(out: Any, y: Any, n: int) -> torch.Tensor:
-    """The loss summed over the batch's ``n`` examples (cross-entropy exactly; a model's own mean loss × n)."""
+    """The loss summed over the batch's ``n`` examples, each example's loss being the mean over its positions
+    (cross-entropy exactly; a model's own mean loss × n)."""
     if isinstance(out, torch.Tensor):
+        if sequence_output(out, y):  # (B, T, V): B examples of T positions each
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum") / out.shape[1]
         return F.cross_entropy(out, y, reduction="sum")
     return default_loss(out, y) * n
 

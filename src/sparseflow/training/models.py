@@ -5,6 +5,9 @@
 - :class:`ConvNet`: Conv-2 / Conv-4 / Conv-6 of Frankle & Carbin 2019 (VGG-like: pairs of 3x3 convs, each
   pair followed by a 2x2 max-pool, then fully connected 256-256-classes).
 - :class:`ResNet`: ResNet-(6n+2) for small images (He et al. 2016, "Deep Residual Learning", section 4.2).
+- ``gpt``: a character-level GPT in nanoGPT's shape (:mod:`sparseflow.training.gpt`), and ``hf-gpt2``, the same
+  network as a ``transformers`` ``GPT2LMHeadModel`` built from a config (:mod:`sparseflow.training.hf`). Their
+  ``input_shape`` is ``(context,)`` and ``num_classes`` the vocabulary size, as a text dataset gives them.
 
 Every model takes ``norm`` in :data:`NORMS` (studied under small batches: Ioffe & Szegedy 2015 "batch",
 Ba et al. 2016 "layer", Wu & He 2018 "group"). Convolutional models accept 1-D signals ``(C, L)`` as well
@@ -27,7 +30,8 @@ from torch import Tensor, nn
 from sparseflow.errors import SparseflowError
 
 NORMS = ("batch", "layer", "group", "none")
-MODELS = ("mlp", "lenet300-100", "conv2", "conv4", "conv6", "resnet")
+MODELS = ("mlp", "lenet300-100", "conv2", "conv4", "conv6", "resnet", "gpt", "hf-gpt2")
+LANGUAGE_MODELS = ("gpt", "hf-gpt2")
 
 
 def _check_norm(norm: str) -> None:
@@ -242,6 +246,11 @@ def build_model(
         raise SparseflowError(f"input_shape must be a non-empty tuple of positive sizes, got {input_shape!r}")
     if hidden is not None and name != "mlp":
         raise SparseflowError(f"hidden={hidden!r} only applies to 'mlp'; {name!r} has fixed widths, leave it unset")
+    if name in LANGUAGE_MODELS and (len(shape) != 1 or norm != "none"):
+        raise SparseflowError(
+            f"{name!r} is a language model: it takes input_shape=(context,) of token ids, got {shape}, and has "
+            f"its own LayerNorms (leave norm unset, got {norm!r}); train it on a text dataset such as tinyshakespeare"
+        )
     is_conv = name.startswith("conv") or name == "resnet"
     if is_conv and len(shape) not in (2, 3):
         raise SparseflowError(
@@ -256,6 +265,14 @@ def build_model(
 
 
 def _make(name: str, shape: tuple[int, ...], num_classes: int, norm: str, hidden: tuple[int, ...] | None) -> nn.Module:
+    if name == "gpt":
+        from sparseflow.training.gpt import GPT
+
+        return GPT(num_classes, block_size=shape[0])
+    if name == "hf-gpt2":
+        from sparseflow.training.hf import gpt2_model
+
+        return gpt2_model(num_classes, block_size=shape[0])
     if name == "mlp":
         return MLP(math.prod(shape), num_classes, (256, 128) if hidden is None else tuple(hidden), norm)
     if name == "lenet300-100":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,12 +77,17 @@ def _curves(result: JobResult, path: Path) -> None:
     runs = [(f"{result.job.method} (s={result.job.sparsity:g})", result.sparse)]
     if result.dense is not None:
         runs.append(("dense", result.dense))
+    lm = result.language_model
     for label, run in runs:
         epochs = [r["epoch"] for r in run.history]
         ax1.plot(epochs, [r["train_loss"] for r in run.history], label=label)
-        ax2.plot(epochs, [r["test_acc"] for r in run.history], label=label)
+        if lm:  # epochs without an evaluation have no test loss
+            pts = [(r["epoch"], math.exp(min(r["test_loss"], 700.0))) for r in run.history if r["test_loss"] is not None]
+            ax2.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=label)
+        else:
+            ax2.plot(epochs, [r["test_acc"] for r in run.history], label=label)
     ax1.set(xlabel="epoch", ylabel="train loss", yscale="log")
-    ax2.set(xlabel="epoch", ylabel="test accuracy")
+    ax2.set(xlabel="epoch", ylabel="validation perplexity" if lm else "test accuracy")
     ax2.legend()
     save_figure(fig, path)
 
@@ -99,6 +105,9 @@ def _health(result: JobResult) -> str:
         parts += ["Signal propagation at the start of training (`sparseflow.signal`, one training batch): "
                   f"verdict **{result.signal.verdict}**, gain {result.signal.gain:.3g}." + (f" {note}" if note else ""),
                   result.signal.markdown()]
+    elif result.language_model:
+        parts.append("Signal at initialisation: not measured for a language model (along the residual stream the "
+                     "per-layer gains do not multiply end to end).")
     else:
         parts.append("Signal at initialisation: not measured (the run was resumed).")
     return "\n\n".join(parts)
@@ -118,13 +127,33 @@ def _storage(result: JobResult) -> str:
 """)
 
 
+def _sample(result: JobResult) -> str:
+    from sparseflow.training.gpt import SAMPLE_TEMPERATURE
+
+    if result.sample is None:
+        return ""
+    text = result.sample.replace("```", "` ` `")  # (the fence must not end early)
+    saved = f"\nAlso saved as a Hugging Face folder: `{result.pretrained}`.\n" if result.pretrained else ""
+    return (f"\nValidation loss is the mean cross-entropy per character (nats); perplexity is its exp.\n{saved}\n"
+            f"### Sample\n\n{len(result.sample)} characters from the {result.job.method} model after a newline "
+            f"(seed {result.job.seed}, temperature {SAMPLE_TEMPERATURE:g}):\n\n```text\n{text}\n```\n")
+
+
 def write_train_report(result: JobResult, out: Path, *, command: str | None = None) -> None:
     """OUT/report.md and OUT/curves.png for a train job."""
     _curves(result, out / "curves.png")
     job = result.job
-    rows = [[job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}"]]
-    if result.dense_accuracy is not None and job.method != "dense":
-        rows.append(["dense (same budget)", "0.0000", f"{result.dense_accuracy:.4f}"])
+    if result.language_model:
+        header = ["run", "sparsity (measured)", "validation loss", "perplexity", "next-character accuracy"]
+        rows = [[job.method, f"{result.sparsity:.4f}", result.sparse.test_loss, result.perplexity, result.accuracy]]
+        if result.dense is not None:
+            rows.append(["dense (same budget)", "0.0000", result.dense.test_loss, result.dense_perplexity,
+                         result.dense_accuracy])
+    else:
+        header = ["run", "sparsity (measured)", "test accuracy"]
+        rows = [[job.method, f"{result.sparsity:.4f}", f"{result.accuracy:.4f}"]]
+        if result.dense_accuracy is not None and job.method != "dense":
+            rows.append(["dense (same budget)", "0.0000", f"{result.dense_accuracy:.4f}"])
     layers = [[layer.name, "x".join(map(str, layer.shape)), layer.numel, layer.nonzeros, f"{layer.density:.4f}",
                "yes" if layer.target else "no (dense)"] for layer in result.layers]
     text = f"""# sparseflow train: {job.model} on {job.dataset}, {job.method} at sparsity {job.sparsity:g}
@@ -134,8 +163,8 @@ Run `{job.run_name()}`, {result.sparse.steps} optimizer steps per run, {result.w
 
 ## Result
 
-{md_table(["run", "sparsity (measured)", "test accuracy"], rows)}
-
+{md_table(header, rows)}
+{_sample(result)}
 ## Layers (measured from the saved checkpoint)
 
 {md_table(["parameter", "shape", "weights", "nonzeros", "density", "pruned"], layers)}

@@ -42,6 +42,11 @@ def layer_stats(state_dict: dict[str, torch.Tensor], names: list[str], targets: 
     return out
 
 
+def _perplexity(run: TrainResult | None) -> float | None:
+    loss = None if run is None else run.test_loss
+    return None if loss is None else math.exp(min(loss, 700.0))  # (exp overflows a float past ~709)
+
+
 WASTE_WARN = 0.01  # warn when at least this fraction of the kept weights lies on no input-output path
 _SHOWN = 4  # layers named in a warning
 
@@ -157,6 +162,25 @@ class JobResult:
     signal_reference: SignalReport | None = None  # of the same weights dense (None: the run started dense)
     starts_dense: bool = False  # the method trains the dense network first (dense, magnitude, gmp)
     storage: dict[str, Any] | None = None  # sizes of OUT/model.sfz against dense fp32 and the entropy bound
+    sample: str | None = None  # a language model's generated text (None for a classifier)
+    pretrained: str | None = None  # the Hugging Face folder the model was also saved to
+
+    @property
+    def language_model(self) -> bool:
+        return self.sample is not None
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp of the mean validation cross-entropy per token (language models)."""
+        return _perplexity(self.sparse) if self.language_model else None
+
+    @property
+    def dense_perplexity(self) -> float | None:
+        if not self.language_model:
+            return None
+        if self.dense is not None:
+            return _perplexity(self.dense)
+        return self.perplexity if self.job.method == "dense" else None  # a dense run is its own baseline
 
     @property
     def warnings(self) -> list[str]:
@@ -179,6 +203,10 @@ class JobResult:
             "accuracy": self.accuracy,
             "dense_accuracy": self.dense_accuracy,
             "accuracy_gap": None if self.dense_accuracy is None else self.dense_accuracy - self.accuracy,
+            "test_loss": self.sparse.test_loss,
+            "dense_test_loss": None if self.dense is None else self.dense.test_loss,
+            **({"perplexity": self.perplexity, "dense_perplexity": self.dense_perplexity, "sample": self.sample,
+                "pretrained": self.pretrained} if self.language_model else {}),
             "layers": [layer.to_dict() for layer in self.layers],
             "steps": self.sparse.steps,
             "wall_s": self.wall_s,

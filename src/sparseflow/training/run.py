@@ -9,8 +9,14 @@
                                sparseflow.training.checkpoints)
     OUT/dense/...              the same for the dense baseline
     OUT/model.sfz              the sparse model alone: entropy-coded masks and kept values (sparseflow.save)
-    OUT/report.md, curves.png  tables and learning curves
+    OUT/report.md, curves.png  tables and learning curves (for a language model also validation perplexity
+                               and a text sample)
     OUT/result.json            the figures the CLI prints with --json
+
+A language model (``gpt``, ``hf-gpt2`` on ``tinyshakespeare``) reports its validation loss (mean cross-entropy
+per character), perplexity (its exp) and next-character accuracy, and a 200-character sample of the trained
+sparse model (seeded by the job's seed, temperature 0.8, from a newline). ``save_pretrained`` also writes the
+trained sparse model as a Hugging Face folder (:func:`sparseflow.training.hf.save_pretrained`).
 
 The reported sparsity and per-layer counts are measured from the saved checkpoint, not taken from the
 target.
@@ -47,14 +53,18 @@ from sparseflow.training import distributed
 from sparseflow.training.build import build_method, first_batch
 from sparseflow.training.checkpoints import load_checkpoint
 from sparseflow.training.data import Dataset, load_dataset, loaders
+from sparseflow.training.gpt import generate
 from sparseflow.training.job import TrainJob, job_differences, read_job
 from sparseflow.training.hparams import TrainConfig
 from sparseflow.training.loop import fit
 from sparseflow.training.state import Callback, TrainResult, TrainState
-from sparseflow.training.models import build_model
+from sparseflow.training.models import LANGUAGE_MODELS, build_model
 from sparseflow.training.options import RunOptions, check, known, option
 from sparseflow.training.result import JobResult, layer_stats
 from sparseflow.training.rundir import write_results
+from sparseflow.training.text import TextDataset
+
+SAMPLE_CHARS = 200  # length of a language model's text sample in the report
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ class TrainOptions(RunOptions):
         "config.json; options given must agree. `--out DIR --resume` also works.", metavar="RUN_DIR")
     checkpoint_every: int | None = option(None, "Also checkpoint every K steps (always at every epoch's end).",
                                           min=1, metavar="K")
-    data_dir: Path | None = option(None, "Folder with the IDX .gz files (mnist, fashion-mnist).")
+    data_dir: Path | None = option(None, "Folder with the IDX .gz files (mnist, fashion-mnist) or input.txt "
+                                   "(tinyshakespeare).")
     download: bool = option(False, "Fetch missing dataset files (checksums verified).",
                             flag="--download/--no-download")
     progress: bool = option(True, "Show progress bars (on stderr).", flag="--progress/--no-progress")
@@ -77,6 +88,8 @@ class TrainOptions(RunOptions):
         "small matrices only make threads wait for each other; PyTorch's default otherwise).", min=1)
     dist_timeout: float = option(300.0, "Seconds a collective may wait for another process before the run stops.")
     backend: str = option("auto", "Distributed backend: auto (nccl with CUDA, else gloo) | gloo | nccl")
+    save_pretrained: Path | None = option(None, "Also write the trained model as a Hugging Face folder "
+                                          "(save_pretrained; models gpt and hf-gpt2).", metavar="DIR")
 
     def __post_init__(self) -> None:
         check(self)
@@ -166,9 +179,16 @@ def _check_start(job: TrainJob, out: Path, resume: bool) -> None:
 def _dataset(job: TrainJob, data_dir: Path | None, download: bool) -> Dataset:
     ds = load_dataset(job.dataset, data_dir, download=download, subset=job.subset, seed=job.seed)
     if job.test_subset is not None:  # the first examples of the fixed test split: the same for every seed
-        ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[: job.test_subset], ds.y_test[: job.test_subset],
-                     ds.num_classes)
+        ds = dataclasses.replace(ds, x_test=ds.x_test[: job.test_subset], y_test=ds.y_test[: job.test_subset])
     return ds
+
+
+def _sample(model: nn.Module, ds: Dataset, seed: int) -> str | None:
+    """200 characters the trained language model writes after a newline (None for other datasets)."""
+    if not isinstance(ds, TextDataset):
+        return None
+    ids = generate(model, ds.encode("\n").view(1, 1), SAMPLE_CHARS, context=ds.context, seed=seed)
+    return ds.decode(ids[0, 1:])
 
 
 def _mask_sparsity(saved_method: dict[str, Any] | None) -> float:
@@ -181,25 +201,34 @@ def _mask_sparsity(saved_method: dict[str, Any] | None) -> float:
 
 def run_train_job(job: TrainJob, out: Path, *, data_dir: Path | None = None, download: bool = False,
                   progress: bool = True, command: str | None = None, resume: bool = False,
-                  checkpoint_every: int | None = None) -> JobResult | None:
+                  checkpoint_every: int | None = None, save_pretrained: Path | None = None) -> JobResult | None:
     """Train ``job``'s sparse model and (if ``job.baseline``) its dense baseline on the same budget.
 
     ``checkpoint_every``: also checkpoint every that many steps (always at every epoch's end).
+    ``save_pretrained``: also write the trained sparse model there as a Hugging Face folder (language models).
     Under torch.distributed (``job.world_size`` processes) every rank trains; rank 0 alone measures, stores
     and reports, and the other ranks return None. A run that fails before its first checkpoint leaves no
     folder behind (nothing in it could be resumed).
     """
     with removed_on_failure(out, enabled=distributed.is_main()):
         return _train_job(job, out, data_dir=data_dir, download=download, progress=progress, command=command,
-                          resume=resume, checkpoint_every=checkpoint_every)
+                          resume=resume, checkpoint_every=checkpoint_every, save_pretrained=save_pretrained)
 
 
 def _train_job(job: TrainJob, out: Path, *, data_dir: Path | None, download: bool, progress: bool,
-               command: str | None, resume: bool, checkpoint_every: int | None) -> JobResult | None:
+               command: str | None, resume: bool, checkpoint_every: int | None,
+               save_pretrained: Path | None) -> JobResult | None:
     from sparseflow.training.report import write_train_report  # matplotlib is imported only when reporting
 
     t0 = time.perf_counter()
     _check_start(job, out, resume)
+    if save_pretrained is not None:  # refused before training, not after it
+        if job.model not in LANGUAGE_MODELS:
+            raise SparseflowError(f"--save-pretrained writes a Hugging Face language model; model {job.model!r} "
+                                  f"is not one ({', '.join(LANGUAGE_MODELS)} are)")
+        from sparseflow.training.hf import require_transformers
+
+        require_transformers()
     device = distributed.device()
     ds = _dataset(job, data_dir, download)
     cfg = TrainConfig(**job.train_config_kwargs(), checkpoint_every=checkpoint_every)
@@ -211,7 +240,8 @@ def _train_job(job: TrainJob, out: Path, *, data_dir: Path | None, download: boo
             HeInit(job.seed).apply(model)
         return model
 
-    probe = SignalProbe(first_batch(ds, job), dense=new_model)
+    # Not for a language model: along its residual stream the per-layer gains do not multiply end to end.
+    probe = None if isinstance(ds, TextDataset) else SignalProbe(first_batch(ds, job), dense=new_model)
     he = [HeInit(job.seed)] if job.sparse_init == "he" else []
 
     def one_run(method_name: str, run_dir: Path, label: str) -> tuple[TrainResult, Method | None, nn.Module, dict]:
@@ -228,8 +258,8 @@ def _train_job(job: TrainJob, out: Path, *, data_dir: Path | None, download: boo
         } | {"name": type(method).__name__, "distribution": job.distribution, "pattern": job.pattern}
         config = {"job": sub.to_dict(), "schedule": schedule, "command": command, "sparseflow_run": job.run_name()}
         result = fit(model, train_loader, test_loader, cfg, method=method, run_dir=run_dir, resume=resume,
-                     progress=progress, config=config, callbacks=he + ([probe] if method_name == job.method else []),
-                     device=device, label=label)
+                     progress=progress, config=config, device=device, label=label,
+                     callbacks=he + ([probe] if probe is not None and method_name == job.method else []))
         return result, method, model.to("cpu"), schedule
 
     sparse_label = "dense run" if job.method == "dense" else f"sparse run ({job.method}, sparsity {job.sparsity:g})"
@@ -248,9 +278,15 @@ def _train_job(job: TrainJob, out: Path, *, data_dir: Path | None, download: boo
         conn: Connectivity | None = connectivity(model)
     except SparseflowError:  # a model the tracer refuses: the report says so instead
         conn = None
+    if save_pretrained is not None:
+        from sparseflow.training.hf import save_pretrained as write_pretrained
+
+        write_pretrained(model, save_pretrained)
     result = JobResult(
-        connectivity=conn, signal=probe.report, signal_reference=probe.reference, starts_dense=probe.starts_dense,
+        connectivity=conn, signal=probe.report if probe else None,
+        signal_reference=probe.reference if probe else None, starts_dense=probe.starts_dense if probe else False,
         storage=_store(model, method, out),
+        sample=_sample(model, ds, job.seed), pretrained=None if save_pretrained is None else str(save_pretrained),
         job=job, run_dir=out, accuracy=sparse.test_acc,
         dense_accuracy=dense.test_acc if dense is not None else (sparse.test_acc if job.method == "dense" else None),
         sparsity=1.0 - nnz / numel, layers=layers, sparse=sparse, dense=dense,
