@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sparseflow.cli import (analyze, bench, experiments, lottery, report, stain, storage, sweep,  # noqa: F401
+from sparseflow.cli import (analyze, bench, experiments, lottery, prune, report, stain, storage, sweep,  # noqa: F401
                             train, usage)  # (importing a module registers its commands)
 from sparseflow import _status_line
 from sparseflow.cli._app import app
