@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparseflow.training.options import RunOptions, option
+from sparseflow.training.options import RunOptions, check, option
 from sparseflow.training.rundir import write_results
 
 
@@ -30,6 +30,14 @@ class DataBenchOptions(BenchOptions):
     """:class:`BenchOptions` and ``--data-dir``, the folder a benchmark reads its dataset from."""
 
     data_dir: Path | None = option(None, "Folder with the MNIST IDX .gz files.")
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():  # even where --quick would not read it
+            from sparseflow.errors import DataError
+
+            raise DataError(f"--data-dir {str(self.data_dir)!r} is not a folder: pass the folder that holds the "
+                            "MNIST IDX .gz files (e.g. ../shared/data/mnist)")
 
 
 def result_writer(name: str) -> Callable[[Any, Path], dict[str, Any]]:
