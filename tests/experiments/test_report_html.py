@@ -121,6 +121,7 @@ def test_train_report_page_keeps_the_connectivity_summary_out_of_its_table(tmp_p
     assert '<td class="pass">pass</td>' in page and "<h2>Criteria</h2>" in page  # report.md's criteria section
 
 
+@pytest.mark.slow
 def test_sweep_page_has_the_accuracy_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sparseflow.sweep.config import Sweep
     from sparseflow.sweep.grid import run_sweep
@@ -158,6 +159,7 @@ def test_full_run_of_everything_needs_yes(run_cli, tmp_path: Path) -> None:
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_run_all_runs_each_in_its_own_process_and_reports(tmp_path: Path, monkeypatch) -> None:
     tiny = registry.Entry("collapse", ("experiment", "collapse", "--seeds", "1", "--width", "20", "--depth", "3"),
                           "layer collapse", 60)
