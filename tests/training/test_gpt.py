@@ -58,6 +58,11 @@ def test_named_modules_order_is_call_order() -> None:
     assert called == declared and declared[-1] == "lm_head"
 
 
+def test_torch_fx_traces_it() -> None:
+    model, x = tiny().eval(), ids()
+    assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))  # the input checks are one opaque call
+
+
 def test_a_future_token_never_changes_earlier_logits() -> None:
     model, x = tiny().eval(), ids()
     before = model(x)

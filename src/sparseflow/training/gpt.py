@@ -28,6 +28,16 @@ from sparseflow.errors import SparseflowError
 SAMPLE_TEMPERATURE = 0.8  # nanoGPT's sample.py default
 
 
+@torch.fx.wrap  # one opaque call when torch.fx traces the model (connectivity analysis), not Python branches
+def _check_ids(idx: Tensor, block_size: int) -> None:
+    if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        raise SparseflowError(f"GPT takes token ids of shape (batch, time) as int64, got {idx.dtype} "
+                              f"{tuple(idx.shape)}")
+    if idx.shape[1] > block_size:
+        raise SparseflowError(f"a sequence of {idx.shape[1]} tokens exceeds the GPT's context of {block_size}; "
+                              f"pass at most the last {block_size}")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t attends to positions <= t (one fused q, k, v projection)."""
 
@@ -113,15 +123,9 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx: Tensor) -> Tensor:
-        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise SparseflowError(f"GPT takes token ids of shape (batch, time) as int64, got {idx.dtype} "
-                                  f"{tuple(idx.shape)}")
-        t = idx.shape[1]
-        if t > self.block_size:
-            raise SparseflowError(f"a sequence of {t} tokens exceeds the GPT's context of {self.block_size}; "
-                                  f"pass at most the last {self.block_size}")
-        pos = torch.arange(t, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        _check_ids(idx, self.block_size)
+        pos = self.transformer.wpe.weight[: idx.shape[1]]  # (T, C): positions 0 .. T-1
+        x = self.transformer.drop(self.transformer.wte(idx) + pos)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
