@@ -98,3 +98,18 @@ def test_bench_connectivity_quick_criteria(run_cli: RunCli) -> None:
     assert crit["pass"] == (crit["value"] <= 30)
     # 10 % random density: about a tenth of the weights are nonzero (binomial, 10M draws).
     assert got["nonzeros"] == pytest.approx(0.1 * got["weights"], rel=0.01) and got["threads"] == 1
+
+
+def test_analyze_shows_a_layer_local_result_without_crashing(tmp_path, run_cli, monkeypatch) -> None:  # noqa: ANN001
+    # A model the tracer cannot follow gets the layer-local analysis, whose path counts are None: shown as "-".
+    import sparseflow.analysis.connectivity as conn_module
+
+    real = conn_module.connectivity
+    monkeypatch.setattr(conn_module, "connectivity", lambda model, mask=None, **kw: real(model, mask,
+                                                                                          analysis="layer-local"))
+    run = tmp_path / "r"
+    assert run_cli(["train", "--quick", "--epochs", "1", "--no-baseline", "--no-progress", "--out", str(run)])[0] == 0
+    code, out, err = run_cli(["analyze", str(run)])
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.strip().startswith("│")]
+    assert rows and all("-" in line for line in rows)

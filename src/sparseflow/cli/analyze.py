@@ -45,8 +45,10 @@ def analyze(call: Call) -> None:
     show = lambda n: loaded.names.get(n, n)  # noqa: E731  (checkpoint names for an inferred MLP)
     run.table(f"connectivity of {loaded.source} ({type(loaded.model).__name__})",
               ("layer", "in", "out", "nonzeros", "no in", "no out", "unreached", "dead end", "const", "effective"),
-              [(show(r.name), *(f"{v:,}" for v in (r.in_units, r.out_units, r.nonzeros, r.no_incoming, r.no_outgoing,
-                                                   r.unreachable, r.dead_end, r.constant, r.effective)))
+              [(show(r.name) + (f" [{r.chunk}]" if getattr(r, "chunk", None) else ""),
+                *("-" if v is None else f"{v:,}"  # None: a layer-local analysis has no paths to count
+                  for v in (r.in_units, r.out_units, r.nonzeros, r.no_incoming, r.no_outgoing, r.unreachable,
+                            r.dead_end, r.constant, r.effective)))
                for r in c.layers])
     run.print(c.summary())
     result = {"command": "analyze", "path": str(path), "source": loaded.source, "model": type(loaded.model).__name__,
