@@ -14,6 +14,7 @@ from sparseflow.training.run import train_threads
 
 def test_the_default_is_one_thread_for_fully_connected_models_only() -> None:
     assert train_threads("mlp", None) == 1 and train_threads("lenet300-100", None) == 1
+    assert train_threads("gpt", None) == 1
     assert train_threads("conv2", None) == torch.get_num_threads()
     assert train_threads("mlp", 3) == 3
 
