@@ -33,8 +33,9 @@ def prune(call: Call) -> None:
     make_folder(out, "--out")
     context = int(getattr(getattr(loaded.model, "config", None), "n_positions", 0) or text.context)
     context = min(context, text.context)
-    train_tokens = text.train_tokens if loaded.encode is text.encode else None
-    val_tokens = text.val_tokens if loaded.encode is text.encode else None
+    char_level = loaded.encode == text.encode  # (bound methods: equal, never identical)
+    train_tokens = text.train_tokens if char_level else None
+    val_tokens = text.val_tokens if char_level else None
     if train_tokens is None:  # a tokenizer of its own: read the text through it
         raw = text.decode(torch.cat([text.train_tokens, text.val_tokens]))
         cut = len(text.decode(text.train_tokens))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from sparseflow.distributions import Global, allocate, kept_total
 from sparseflow.errors import SparseflowError
-from sparseflow.layouts import call, to_device
+from sparseflow.layouts import call
 from sparseflow.methods.base import Method
 from sparseflow.methods.calibration import (
     Site, block_output, capture_inputs, find_blocks, from_matrix_view, matrix_view, observing, sites_of,
@@ -62,14 +62,15 @@ def _relative_error(w: Tensor, new: Tensor, h: Tensor) -> float:
     return float(((d @ h) * d).sum()) / base if base > 0 else 0.0
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def peak_mib() -> float:
+    """The process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _check_batches(who: str, data: Any, n: int) -> list[Any]:
+def _check_batches(who: str, data: Any, n: int, device: torch.device) -> list[Any]:
     from sparseflow.methods.saliency import _batches  # one reader of user batches
 
-    return [x for x, _ in _batches(who, data, n, torch.device("cpu"))]
+    return [x for x, _ in _batches(who, data, n, device)]  # the inputs, on the weights' device
 
 
 @dataclass(eq=False)
@@ -119,7 +120,7 @@ class Calibrated(Method):
         sites = sites_of(model, names, self._layouts)
         keep = self._counts()
         device = next(iter(self._params.values())).device
-        batches = [to_device(x, device) for x in _check_batches(type(self).__name__, self.data, self.batches)]
+        batches = _check_batches(type(self).__name__, self.data, self.batches, device)
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
@@ -178,7 +179,7 @@ class Calibrated(Method):
                 p.copy_(from_matrix_view(new * mask, s.layout, p.shape).to(p.dtype))
             self._mask[s.name] = from_matrix_view(mask, s.layout, p.shape).bool()
             row = LayerPruning(s.name, block, float(mask.float().mean()), error, time.perf_counter() - t0,
-                               _peak_mib(), damping)
+                               peak_mib(), damping)
             self.report.append(row)
             if self.on_layer is not None:
                 self.on_layer(row)
@@ -194,14 +195,8 @@ class Calibrated(Method):
 
     def _select(self, scores: Tensor, keep: int, per_row: bool) -> Tensor:
         """Boolean mask of the matrix view keeping ``keep`` by ``scores``: N:M groups, per row, or per layer."""
-        if isinstance(self.pattern, NM):
-            m, n = self.pattern.m, self.pattern.n
-            groups = scores.reshape(-1, m)
-            mask = torch.zeros_like(groups, dtype=torch.bool)
-            mask.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
-            return mask.reshape(scores.shape)
-        if not per_row:
-            return topk_mask(scores.reshape(-1), keep).reshape(scores.shape)
+        if isinstance(self.pattern, NM) or not per_row:  # the pattern's own selection on the (out, in) matrix
+            return self.pattern.topk(scores, keep)
         rows = scores.shape[0]
         per, extra = divmod(keep, rows)
         order = torch.argsort(scores, dim=1, descending=True, stable=True)

@@ -13,7 +13,6 @@ and the process's peak memory.
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import MISSING, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from sparseflow.errors import SparseflowError
 from sparseflow.layouts import call, output_tensor
 from sparseflow.methods import LayerPruning, MagnitudePruning, SparseGPT, Wanda
+from sparseflow.methods.oneshot import peak_mib
 from sparseflow.patterns import NM, Unstructured
 from sparseflow.training.options import check, option
 
@@ -133,10 +133,6 @@ def perplexity(model: nn.Module, x: Tensor, y: Tensor, batch: int = 16) -> float
                                        reduction="sum"))
         n += y[i:i + batch].numel()
     return math.exp(min(total / n, 700.0))
-
-
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass

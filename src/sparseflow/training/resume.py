@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from sparseflow.errors import SparseflowError
 from sparseflow.io import atomic_write_text, json_safe, make_folder
+from sparseflow.layouts import to_device
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import (
     Checkpoint,
@@ -124,7 +125,8 @@ def restore(checkpoint: Checkpoint, state: TrainState, scheduler: LambdaLR, load
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if state.method is not None:
-        state.method.load_state_dict(_to_device(ckpt["method"], device))
+        # Masks and buffers a method keeps must live next to the parameters they gate.
+        state.method.load_state_dict(to_device(ckpt["method"], device))
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
     resume_at = None
     if position is not None:
@@ -226,12 +228,3 @@ class RunDir:
              self.elapsed() if elapsed_s is None else elapsed_s, pos)
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    # Masks and buffers a method keeps must live next to the parameters they gate.
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
