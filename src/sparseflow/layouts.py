@@ -297,6 +297,19 @@ def batch_size(inputs: Any) -> int:
     raise SparseflowError(f"cannot tell the batch size of inputs of type {type(inputs).__name__}")
 
 
+def attention_before_out_proj(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> Tensor:
+    """What ``m`` computes before its ``out_proj`` on this call (``out_proj``'s input, which MHA never passes to the
+    module itself): ``m`` run with the projection set to the identity (``functional_call``: ``m`` is unchanged).
+    Its forward hooks fire again for this call; a hook calling this must ignore that inner call."""
+    from torch.func import functional_call
+
+    e = m.out_proj.weight
+    identity = {"out_proj.weight": torch.eye(e.shape[1], dtype=e.dtype, device=e.device)}
+    if m.out_proj.bias is not None:
+        identity["out_proj.bias"] = torch.zeros_like(m.out_proj.bias)
+    return functional_call(m, identity, args, kwargs)[0]
+
+
 def to_device(inputs: Any, device: torch.device | str) -> Any:
     """Inputs (a tensor, tuple or dict of tensors) moved to ``device``."""
     if isinstance(inputs, Tensor):

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from sparseflow.analysis.meanfield import is_weight_module
 from sparseflow.analysis.signal_rnn import weight_inputs
 from sparseflow.analysis.units import weight_params
 from sparseflow.errors import SparseflowError
-from sparseflow.layouts import LABEL_KEYS, Layout, batch_size, output_loss, output_tensor, split_batch
+from sparseflow.layouts import (LABEL_KEYS, Layout, attention_before_out_proj, batch_size, output_loss, output_tensor,
+                                split_batch)
 
 PROBE = "0.5 * mean over examples of the sum of squared outputs (no targets given)"
 
@@ -165,16 +165,12 @@ class Probe:
                     b = None if s.bias is None else s.bias.to(w.dtype)
                     self._record(s.name, moment(x), moment(F.linear(x, w, b)))
                 if out_proj is not None:
-                    e = m.out_proj.weight
-                    identity = {"out_proj.weight": torch.eye(e.shape[1], dtype=e.dtype, device=e.device)}
-                    if m.out_proj.bias is not None:
-                        identity["out_proj.bias"] = torch.zeros_like(m.out_proj.bias)
                     self._inside = True
                     try:
-                        pre = functional_call(m, identity, args, kwargs)
+                        pre = attention_before_out_proj(m, args, kwargs)
                     finally:
                         self._inside = False
-                    self._record(out_proj, moment(pre[0]), moment(out[0]))
+                    self._record(out_proj, moment(pre), moment(out[0]))
         return hook
 
     def _rnn_hook(self, rows: list[Site]) -> Callable[..., None]:

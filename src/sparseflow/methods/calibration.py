@@ -26,10 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from sparseflow.errors import SparseflowError
-from sparseflow.layouts import Layout, call, matches_type
+from sparseflow.layouts import Layout, attention_before_out_proj, call, matches_type
 
 Consumer = Callable[[str, Tensor], None]  # (target name, inputs as (tokens, features))
 
@@ -194,13 +193,9 @@ def _attention_hook(group: list[Site], consume: Consumer) -> Callable[..., None]
                 x = qkv["qkv".index(s.leaf[0])]
                 consume(s.name, x.detach().reshape(-1, x.shape[-1]))
             else:  # out_proj.weight: the attention output before the projection, by running it with W = I
-                e = m.out_proj.weight
-                identity = {"out_proj.weight": torch.eye(e.shape[1], dtype=e.dtype, device=e.device)}
-                if m.out_proj.bias is not None:
-                    identity["out_proj.bias"] = torch.zeros_like(m.out_proj.bias)
                 inside[0] = True
                 try:
-                    pre = functional_call(m, identity, args, kwargs)[0]
+                    pre = attention_before_out_proj(m, args, kwargs)
                 finally:
                     inside[0] = False
                 consume(s.name, pre.detach().reshape(-1, pre.shape[-1]))
