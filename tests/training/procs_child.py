@@ -9,7 +9,9 @@ then ends the parent (SIGKILL, SIGTERM or SIGINT) and checks that no child is le
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ def hold(directory: str) -> int:
 
 
 def main(kind: str, directory: str) -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps the stacks of a parent that hangs
     (Path(directory) / f"parent-{os.getpid()}").touch()
     if kind == "pool":
         with worker_pool(2) as pool:

@@ -95,7 +95,15 @@ def end_and_check(parent: subprocess.Popen, sig: int, timeout: float = 30.0) -> 
             os.killpg(parent.pid, sig)
         else:
             parent.send_signal(sig)
-        parent.wait(timeout)
+        try:
+            parent.wait(timeout)
+        except subprocess.TimeoutExpired:  # show where the parent is stuck (procs_child registers SIGUSR1)
+            parent.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            parent.kill()
+            parent.wait()
+            pytest.fail(f"the parent did not end within {timeout:g} s of {signal.Signals(sig).name}; its stacks:\n"
+                        + parent.stderr.read().decode(errors="replace")[-6000:])
         deadline = time.monotonic() + timeout
         while (left := {p for p in procs if running(p)}) and time.monotonic() < deadline:
             time.sleep(0.1)
