@@ -33,7 +33,8 @@ compared across ranks after every update, and only rank 0 writes files and shows
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,10 @@ def evaluate(
     correct, predicted, loss_sum, n, classified = 0, 0, 0.0, 0, True
     for batch in loader:
         inputs, y = (to_device(v, device) for v in split_batch(batch))
-        out = call(model, inputs)
-        k = batch_size(inputs)
-        loss_sum += _summed_loss(out, y, k).item()
+        with batch_errors("evaluate on", inputs, y, first=n == 0):
+            out = call(model, inputs)
+            k = batch_size(inputs)
+            loss_sum += _summed_loss(out, y, k).item()
         pred = predictions(out, y)
         classified = classified and pred is not None
         if pred is not None:
@@ -98,6 +100,36 @@ def evaluate(
     if n == 0:
         raise SparseflowError("evaluate() got a loader that yields no samples; pass a non-empty test loader")
     return (correct / predicted if classified else math.nan), loss_sum / n
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"{str(v.dtype).removeprefix('torch.')} {tuple(v.shape)}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(t)}" for k, t in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_describe(t) for t in v) + ")"
+    return type(v).__name__
+
+
+@contextmanager
+def batch_errors(doing: str, x: Any, y: Any, *, first: bool) -> Iterator[None]:
+    """Turn torch's error on the *first* batch (the model or the loss cannot take what the loader yields: a
+    wrong shape, dtype or number of classes) into one :class:`SparseflowError` naming the batch. Later batches
+    are not wrapped: an error there is not about the loader's format."""
+    if not first:
+        yield
+        return
+    try:
+        yield
+    except SparseflowError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SparseflowError(
+            f"cannot {doing} the first batch (inputs {_describe(x)}, targets {_describe(y)}): {cause}; the loader "
+            "must yield (inputs, targets) the model takes, with targets of class indices (or dicts of the model's "
+            "keyword inputs)") from e
 
 
 def _summed_loss(out: Any, y: Any, n: int) -> torch.Tensor:
@@ -159,7 +191,8 @@ def fit(
             loss_sum, seen, lr = pos.loss_sum, pos.seen, pos.lr
             for i, batch in enumerate(pos.batches_left(train_loader, epoch, device), start=pos.batches):
                 x, y = (to_device(v, device) for v in split_batch(batch))
-                loss, value = _loss(net, x, y, train_loader, i)
+                with batch_errors("train on", x, y, first=state.step == 0):
+                    loss, value = _loss(net, x, y, train_loader, i)
                 _check_finite(value, state, cfg)
                 loss.backward()
                 if manual_grads:
