@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparseflow.bench import connectivity, inference, masks, methods, overhead, storage
+from sparseflow.bench import connectivity, inference, masks, methods, oneshot, overhead, storage
 from sparseflow.experiments.protocol import Experiment
 
 BENCHMARKS: tuple[Experiment, ...] = (
@@ -12,5 +12,6 @@ BENCHMARKS: tuple[Experiment, ...] = (
     inference.BENCHMARK,
     masks.BENCHMARK,
     storage.BENCHMARK,
+    oneshot.BENCHMARK,
 )
 NAMES = tuple(b.name for b in BENCHMARKS)

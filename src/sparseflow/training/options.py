@@ -257,7 +257,7 @@ def command_line(prefix: str, *objs: Any) -> str:
                 on, _, off = name.partition("/")
                 parts.append(on if value else off or "--no-" + on.removeprefix("--"))
             else:
-                parts += [name, _arg(value)]
+                parts += [name, _arg(value) or '""']  # an empty list as an argument the shell keeps
     return " ".join(parts)
 
 

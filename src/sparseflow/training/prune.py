@@ -135,6 +135,18 @@ def perplexity(model: nn.Module, x: Tensor, y: Tensor, batch: int = 16) -> float
     return math.exp(min(total / n, 700.0))
 
 
+def oneshot_method(name: str, sparsity: float, nm: NM | None, calib: Tensor,
+                   on_layer: Callable[[LayerPruning], None] | None = None) -> Any:
+    """The unprepared one-shot method ``name`` (one of :data:`METHODS`) at ``sparsity`` (or the N:M pattern
+    ``nm``), calibrated on the windows ``calib`` in batches of 8 (magnitude reads no data)."""
+    pattern = nm or Unstructured()
+    if name == "magnitude":
+        return MagnitudePruning(sparsity, pattern=pattern)
+    data = [(calib[i:i + 8], calib[i:i + 8]) for i in range(0, len(calib), 8)]  # (inputs, unused targets)
+    kind = Wanda if name == "wanda" else SparseGPT
+    return kind(sparsity, data=data, batches=len(data), pattern=pattern, on_layer=on_layer)
+
+
 @dataclass
 class PruneResult:
     method: str
@@ -153,13 +165,7 @@ def prune_model(model: nn.Module, cfg: PruneConfig, calib: Tensor, val: tuple[Te
     """Prune ``model`` in place on the calibration windows ``calib``; (the result, the method)."""
     t0 = time.perf_counter()
     before = perplexity(model, *val)
-    pattern = cfg.nm or Unstructured()
-    data = [(calib[i:i + 8], calib[i:i + 8]) for i in range(0, len(calib), 8)]  # (inputs, unused targets)
-    if cfg.method == "magnitude":
-        method: Any = MagnitudePruning(cfg.sparsity, pattern=pattern)
-    else:
-        kind = Wanda if cfg.method == "wanda" else SparseGPT
-        method = kind(cfg.sparsity, data=data, batches=len(data), pattern=pattern, on_layer=on_layer)
+    method = oneshot_method(cfg.method, cfg.sparsity, cfg.nm, calib, on_layer)
     method.prepare(model)
     layers = list(getattr(method, "report", []))
     after = perplexity(model, *val)
