@@ -2,7 +2,7 @@
 
 1. **The dense model**: the GPT of ``sparseflow train --dataset tinyshakespeare --model gpt --method dense``
    (trained into OUT/dense, or reused from there or from ``--dense RUN``).
-2. **One-shot grid**: magnitude, Wanda and SparseGPT at every level (unstructured sparsities and N:M
+2. **One-shot grid**: magnitude, Wanda (per output row, as the paper; and per layer) and SparseGPT at every level (unstructured sparsities and N:M
    patterns), each calibrated on ``seeds`` independent draws of ``calibration`` training windows (magnitude
    reads no data: one result per level); validation perplexity of each pruned model.
 3. **Recovery**: each method's seed-0 model at the ``recovery`` levels, fine-tuned under its mask for a
@@ -36,8 +36,8 @@ from sparseflow.experiments.protocol import Experiment, Tick, no_progress
 from sparseflow.patterns import NM
 from sparseflow.training.options import check, option
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
-LABELS = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+METHODS = ("magnitude", "wanda", "wanda-layer", "sparsegpt")
+LABELS = {"magnitude": "magnitude", "wanda": "Wanda", "wanda-layer": "Wanda (per layer)", "sparsegpt": "SparseGPT"}
 ROUTES = ("one-shot + fine-tune", "GMP", "RigL")
 FINETUNE_BATCH = 32  # windows per step of the recovery fine-tuning
 
@@ -254,9 +254,10 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
     data_dir = Path(options.data_dir)  # type: ignore[arg-type]  (check_options refused None)
     levels = config.parsed_levels()
     seeds = range(config.seeds)
-    n_grid = sum(1 if m == "magnitude" else config.seeds for m in METHODS) * len(levels)
+    n_grid = sum(1 if m == "magnitude" else config.seeds for lv in levels for m in _methods(lv))
     n_routes = len(_route_tasks(config))
-    progress("", advance=0, total=1 + n_grid + len(config.recovery) * len(METHODS) + n_routes)
+    n_recovery = sum(len(_methods(parse_level(t))) for t in config.recovery)
+    progress("", advance=0, total=1 + n_grid + n_recovery + n_routes)
     torch.set_num_threads(os.cpu_count() or 1)
     ds = load_text("tinyshakespeare", data_dir)
     val = _validation(ds, config)
@@ -281,7 +282,7 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
         kept: dict[tuple[str, str], tuple[Any, Any]] = {}  # (method, level) -> (seed-0 model, its method)
         recovery_labels = {parse_level(t).label for t in config.recovery}
         for level in levels:
-            for name in METHODS:
+            for name in _methods(level):
                 for seed in (seeds if name != "magnitude" else range(1)):
                     model = copy.deepcopy(dense_model)
                     t = time.perf_counter()
@@ -297,8 +298,9 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
                     progress(f"{LABELS[name]} {level.label} seed {seed}: perplexity {ppl:.3f}")
 
         recovery = []
-        for label in [lv.label for lv in levels if lv.label in recovery_labels]:
-            for name in METHODS:
+        for level in [lv for lv in levels if lv.label in recovery_labels]:
+            label = level.label
+            for name in _methods(level):
                 model, method = kept.pop((name, label))
                 from sparseflow.training.finetune import finetune
 
@@ -320,6 +322,11 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
                          dense=dense, grid=grid, recovery=recovery, routes=routes, machine=machine(),
                          wall_s=time.perf_counter() - t0,
                          command=command_line("sparseflow bench oneshot", config, dataclasses.replace(options, out=out)))
+
+
+def _methods(level: Level) -> tuple[str, ...]:
+    """The methods run at ``level``: under N:M, Wanda per layer is Wanda (the groups decide), so it is left out."""
+    return tuple(m for m in METHODS if not (level.nm is not None and m == "wanda-layer"))
 
 
 def _config_json(config: OneshotConfig) -> dict[str, Any]:

@@ -139,8 +139,8 @@ def plot(result: OneshotResult, path: Path) -> None:
     patterns = [lv for lv in levels if ":" in lv]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
-    colors = {"magnitude": "tab:gray", "wanda": "tab:orange", "sparsegpt": "tab:blue"}
-    for m in METHODS:
+    colors = {"magnitude": "tab:gray", "wanda": "tab:orange", "wanda-layer": "tab:green", "sparsegpt": "tab:blue"}
+    for m in METHODS if unstructured else ():
         xs = [float(lv) for lv in unstructured]
         ys = [statistics.fmean(result.perplexities(m, lv)) for lv in unstructured]
         es = [statistics.stdev(p) if len(p := result.perplexities(m, lv)) > 1 else 0.0 for lv in unstructured]
@@ -157,12 +157,13 @@ def plot(result: OneshotResult, path: Path) -> None:
     ax.set_title("one-shot pruning of the char GPT")
     ax = axes[1]
     if patterns:
-        width = 0.8 / len(METHODS)
-        for i, m in enumerate(METHODS):
+        shown = [m for m in METHODS if all(result.perplexities(m, lv) for lv in patterns)]
+        width = 0.8 / len(shown)
+        for i, m in enumerate(shown):
             ys = [statistics.fmean(result.perplexities(m, lv)) for lv in patterns]
             ax.bar([j + i * width for j in range(len(patterns))], ys, width, color=colors[m], label=LABELS[m])
         ax.axhline(result.dense["perplexity"], color="black", linestyle=":", label="dense")
-        ax.set_xticks([j + width for j in range(len(patterns))], patterns)
+        ax.set_xticks([j + width * (len(shown) - 1) / 2 for j in range(len(patterns))], patterns)
         ax.set_yscale("log")
         ax.set_title("N:M patterns (50 % sparsity)")
         ax.legend(fontsize=7)

@@ -29,7 +29,7 @@ from sparseflow.methods.oneshot import peak_mib
 from sparseflow.patterns import NM, Unstructured
 from sparseflow.training.options import check, option
 
-METHODS = ("wanda", "sparsegpt", "magnitude")
+METHODS = ("wanda", "wanda-layer", "sparsegpt", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class PruneConfig:
 
     model: Path = option(MISSING, "A run directory of `sparseflow train` (a language model) or a local Hugging "
                          "Face model folder.", positional=True)
-    method: str = option("sparsegpt", " | ".join(METHODS), choices=METHODS)
+    method: str = option("sparsegpt", " | ".join(METHODS) + " (wanda compares weights within each output row, as "
+                         "the paper does; wanda-layer within each layer)", choices=METHODS)
     sparsity: float = option(0.5, "Fraction of the target weights pruned (with --pattern: 1 - N/M).", min=0, max=1,
                              max_open=True)
     pattern: str | None = option(None, "N:M semi-structured sparsity along the input axis, e.g. 2:4.")
@@ -143,8 +144,10 @@ def oneshot_method(name: str, sparsity: float, nm: NM | None, calib: Tensor,
     if name == "magnitude":
         return MagnitudePruning(sparsity, pattern=pattern)
     data = [(calib[i:i + 8], calib[i:i + 8]) for i in range(0, len(calib), 8)]  # (inputs, unused targets)
-    kind = Wanda if name == "wanda" else SparseGPT
-    return kind(sparsity, data=data, batches=len(data), pattern=pattern, on_layer=on_layer)
+    if name in ("wanda", "wanda-layer"):
+        return Wanda(sparsity, data=data, batches=len(data), pattern=pattern, on_layer=on_layer,
+                     per="layer" if name == "wanda-layer" else "row")
+    return SparseGPT(sparsity, data=data, batches=len(data), pattern=pattern, on_layer=on_layer)
 
 
 @dataclass
