@@ -2,7 +2,7 @@
 
 Oracles: the perplexities in result.json equal those recomputed by hand from the dense run the bench trained
 (magnitude and SparseGPT pruned again on the same calibration draw); the fine-tuning equals a hand-written AdamW
-loop that zeroes the pruned weights after each step; the criteria follow from the numbers they are given; the
+loop (cosine learning rate) that zeroes the pruned weights after each step; the criteria follow from the numbers they are given; the
 three routes spend the same number of optimizer steps; ``sparseflow prune`` on the bench's run directory
 recomputes to the perplexity it reports.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,9 @@ def test_finetune_equals_a_hand_written_masked_adamw_loop() -> None:
 
     opt = torch.optim.AdamW(hand.parameters(), lr=1e-2, weight_decay=0.0)
     g = torch.Generator().manual_seed(3)
-    for _ in range(5):
+    for t in range(5):
+        for group in opt.param_groups:  # cosine from 1e-2 at the first step towards 0 after the last
+            group["lr"] = 1e-2 * 0.5 * (1 + math.cos(math.pi * t / 5))
         x, y = windows(tokens, 8, 4, g)
         loss = torch.nn.functional.cross_entropy(hand(x).reshape(-1, 11), y.reshape(-1))
         opt.zero_grad()

@@ -83,8 +83,8 @@ class OneshotConfig:
                                        "Levels at which each method's seed-0 model is fine-tuned under its mask "
                                        "(each must be among --levels).", quick=("0.7",), distinct=True,
                                        nonempty=False)
-    finetune_steps: int = option(100, f"Steps of the recovery fine-tuning (AdamW, lr 3e-4, {FINETUNE_BATCH} "
-                                      "windows a step).", min=1, quick=20)
+    finetune_steps: int = option(100, f"Steps of the recovery fine-tuning (AdamW, lr 3e-4 cosine-decayed to 0, "
+                                      f"{FINETUNE_BATCH} windows a step).", min=1, quick=20)
     routes: tuple[float, ...] = option((0.5, 0.8), "Sparsities at which the three routes train on one budget "
                                        "(empty: none).", quick=(), distinct=True, nonempty=False)
     route_epochs: int = option(4, "Epochs of each route's budget (one-shot route: dense for all but the last, "

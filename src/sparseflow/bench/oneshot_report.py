@@ -116,8 +116,8 @@ def tables(result: OneshotResult) -> list[TableData]:
                      ("method", *_levels(result)), grid_rows(result))]
     levels, rows = recovery_rows(result)
     if levels:
-        out.append(TableData(f"masked fine-tuning, seed 0 ({cfg['finetune_steps']} AdamW steps of "
-                             f"{cfg['finetune_batch']} windows): one-shot → fine-tuned", ("method", *levels), rows))
+        out.append(TableData(f"masked fine-tuning, seed 0 ({cfg['finetune_steps']} AdamW steps, lr 3e-4 cosine to 0, "
+                             f"{cfg['finetune_batch']} windows a step): one-shot → fine-tuned", ("method", *levels), rows))
     sparsities, rows = route_rows(result)
     if sparsities:
         out.append(TableData(f"three routes, {cfg['route_epochs']} epochs of {cfg['batch_size']} windows a step each",
