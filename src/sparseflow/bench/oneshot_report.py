@@ -144,7 +144,8 @@ def plot(result: OneshotResult, path: Path) -> None:
         xs = [float(lv) for lv in unstructured]
         ys = [statistics.fmean(result.perplexities(m, lv)) for lv in unstructured]
         es = [statistics.stdev(p) if len(p := result.perplexities(m, lv)) > 1 else 0.0 for lv in unstructured]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colors[m], label=f"{LABELS[m]} (one-shot)")
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colors[m], label=f"{LABELS[m]} (one-shot)",
+                    zorder=3)
         rec = [(float(r["level"]), r["finetuned"]) for r in result.recovery if r["method"] == m and ":" not in r["level"]]
         if rec:
             rec.sort()
@@ -164,7 +165,7 @@ def plot(result: OneshotResult, path: Path) -> None:
             ax.bar([j + i * width for j in range(len(patterns))], ys, width, color=colors[m], label=LABELS[m])
         ax.axhline(result.dense["perplexity"], color="black", linestyle=":", label="dense")
         ax.set_xticks([j + width * (len(shown) - 1) / 2 for j in range(len(patterns))], patterns)
-        ax.set_yscale("log")
+        ax.set_ylabel("validation perplexity")
         ax.set_title("N:M patterns (50 % sparsity)")
         ax.legend(fontsize=7)
     else:
