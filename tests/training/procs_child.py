@@ -29,6 +29,10 @@ def hold(directory: str) -> int:
 
 def main(kind: str, directory: str) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps the stacks of a parent that hangs
+    # A program started from a terminal turns Ctrl-C into KeyboardInterrupt. A test runner started in the
+    # background of a non-interactive shell passes SIGINT on as ignored, and Python keeps an ignored SIGINT
+    # ignored: restore the terminal's behaviour that the test is about.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     (Path(directory) / f"parent-{os.getpid()}").touch()
     if kind == "pool":
         with worker_pool(2) as pool:
