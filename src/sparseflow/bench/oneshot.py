@@ -149,7 +149,7 @@ class OneshotResult:
     routes: list[dict[str, Any]] = field(default_factory=list)  # route, sparsity, perplexity, steps, run_dir
     machine: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
-    command: str | None = None  # the command that repeats the run
+    command_line: str | None = None  # the command that repeats the run
 
     def perplexities(self, method: str, level: str) -> list[float]:
         return [r["perplexity"] for r in self.grid if r["method"] == method and r["level"] == level]
@@ -321,7 +321,8 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
     return OneshotResult(config={**_config_json(config), "methods": list(METHODS), "finetune_batch": FINETUNE_BATCH},
                          dense=dense, grid=grid, recovery=recovery, routes=routes, machine=machine(),
                          wall_s=time.perf_counter() - t0,
-                         command=command_line("sparseflow bench oneshot", config, dataclasses.replace(options, out=out)))
+                         command_line=command_line("sparseflow bench oneshot", config,
+                                                   dataclasses.replace(options, out=out)))
 
 
 def _methods(level: Level) -> tuple[str, ...]:

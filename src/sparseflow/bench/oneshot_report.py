@@ -212,5 +212,5 @@ def write_report(result: OneshotResult, out: Path) -> dict[str, Any]:
     data = result.to_json()
     write_results(out, "bench-oneshot", data, "result.json")
     plot(result, out / "perplexity.png")
-    atomic_write_text(out / "report.md", report_md(result, result.command))
+    atomic_write_text(out / "report.md", report_md(result, result.command_line))
     return data
