@@ -52,3 +52,10 @@ class WriteError(PathError):
 
     def __str__(self) -> str:  # OSError's would print "[Errno N] strerror" instead of the message
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): the part of a
+    library's error that is worth quoting inside a one-line :class:`SparseflowError`."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from sparseflow.analysis.meanfield import is_weight_module
 from sparseflow.analysis.signal_rnn import weight_inputs
 from sparseflow.analysis.units import weight_params
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import SparseflowError, first_line
 from sparseflow.layouts import (LABEL_KEYS, Layout, attention_before_out_proj, batch_size, output_loss, output_tensor,
                                 split_batch)
 
@@ -242,7 +242,7 @@ def check_batch(model: nn.Module, batch: object, targets: object) -> tuple[Any, 
 
 
 def shape_error(model: nn.Module, inputs: Any, err: RuntimeError) -> SparseflowError:
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    msg = first_line(err)
     if not isinstance(inputs, Tensor):
         what = f"keys {sorted(inputs)}" if isinstance(inputs, Mapping) else type(inputs).__name__
         return SparseflowError(f"{type(model).__name__} could not run on the batch ({what}): torch: {msg}")

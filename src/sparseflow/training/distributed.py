@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import SparseflowError, first_line
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -286,9 +286,8 @@ def collective_errors(where: Callable[[], str]) -> Iterator[None]:
         # gloo reports a closed peer as a plain RuntimeError; leave other RuntimeErrors (a shape mismatch) alone.
         if not isinstance(e, dist.DistError) and not any(k in text for k in _BACKEND_WORDS):
             raise
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise SparseflowError(
             f"rank {rank()} of {world_size()}: a collective operation failed {where()}: another rank stopped, "
-            f"crashed or did not answer within the timeout ({first[:300]}). Training stopped; the last "
+            f"crashed or did not answer within the timeout ({first_line(e)[:300]}). Training stopped; the last "
             "checkpoint written stays valid: resume with --resume and the same number of processes"
         ) from e

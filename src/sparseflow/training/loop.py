@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sparseflow.errors import SparseflowError
+from sparseflow.errors import SparseflowError, first_line
 from sparseflow.layouts import batch_size, call, default_loss, predictions, sequence_output, split_batch, to_device
 from sparseflow.training import distributed
 from sparseflow.training.checkpoints import CHECKPOINT_FILE, rng_snapshot
@@ -125,11 +125,10 @@ def batch_errors(doing: str, x: Any, y: Any, *, first: bool) -> Iterator[None]:
     except SparseflowError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SparseflowError(
-            f"cannot {doing} the first batch (inputs {_describe(x)}, targets {_describe(y)}): {cause}; the loader "
-            "must yield (inputs, targets) the model takes, with targets of class indices (or dicts of the model's "
-            "keyword inputs)") from e
+            f"cannot {doing} the first batch (inputs {_describe(x)}, targets {_describe(y)}): {first_line(e)}; "
+            "the loader must yield (inputs, targets) the model takes, with targets of class indices (or dicts of "
+            "the model's keyword inputs)") from e
 
 
 def _summed_loss(out: Any, y: Any, n: int) -> torch.Tensor:
