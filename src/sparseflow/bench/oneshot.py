@@ -183,9 +183,8 @@ def _job(config: OneshotConfig, method: str, sparsity: float, epochs: int, subse
 
 
 def _train(job: Any, run_dir: Path, data_dir: Path) -> Any:
-    from sparseflow.training.run import run_train_job
-
     from sparseflow.training.options import command_line
+    from sparseflow.training.run import run_train_job
 
     resume = (run_dir / "config.json").is_file()  # a run of the same settings is reused (or finished)
     command = f"{command_line('sparseflow train', job)} --data-dir {data_dir} --out {run_dir}"
@@ -195,6 +194,7 @@ def _train(job: Any, run_dir: Path, data_dir: Path) -> Any:
 def _route(kind: str, sparsities: tuple[float, ...], config: OneshotConfig, data_dir: str, root: str,
            threads: int) -> list[dict[str, Any]]:
     """One route at its sparsities (a worker process): rows of (route, sparsity, perplexity, steps, run_dir)."""
+    from sparseflow.training.finetune import finetune
     from sparseflow.training.prune import load_language_model, perplexity
     from sparseflow.training.text import load_text
 
@@ -209,8 +209,6 @@ def _route(kind: str, sparsities: tuple[float, ...], config: OneshotConfig, data
         for s in sparsities:
             model = load_language_model(run_dir, ds).model
             method = _prune(model, "sparsegpt", Level(f"{s:g}", s), ds, config.calibration, seed=0)
-            from sparseflow.training.finetune import finetune
-
             finetune(model, method.mask, ds.train_tokens, steps=steps_per_epoch, batch=config.batch_size,
                      context=ds.context, seed=0)
             rows.append({"route": kind, "sparsity": s, "perplexity": perplexity(model, *val),
@@ -244,14 +242,15 @@ def _prune(model: torch.nn.Module, method: str, level: Level, ds: Any, calibrati
 def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_progress, *,
         options: OneshotOptions = OneshotOptions()) -> OneshotResult:
     """Train or reuse the dense GPT, prune it on the grid, fine-tune, train the routes (module docstring)."""
+    from sparseflow.training.finetune import finetune
     from sparseflow.training.job import read_job
-    from sparseflow.training.options import command_line
+    from sparseflow.training.options import command_line, to_dict
     from sparseflow.training.prune import load_language_model, perplexity
     from sparseflow.training.text import load_text
 
     t0 = time.perf_counter()
-    check_options(config, options)
-    data_dir = Path(options.data_dir)  # type: ignore[arg-type]  (check_options refused None)
+    ds = load_text("tinyshakespeare", options.data_dir)  # (check_options has refused a missing --data-dir)
+    data_dir = Path(options.data_dir)  # type: ignore[arg-type]
     levels = config.parsed_levels()
     seeds = range(config.seeds)
     n_grid = sum(1 if m == "magnitude" else config.seeds for lv in levels for m in _methods(lv))
@@ -259,7 +258,6 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
     n_recovery = sum(len(_methods(parse_level(t))) for t in config.recovery)
     progress("", advance=0, total=1 + n_grid + n_recovery + n_routes)
     torch.set_num_threads(os.cpu_count() or 1)
-    ds = load_text("tinyshakespeare", data_dir)
     val = _validation(ds, config)
 
     with tempfile.TemporaryDirectory(prefix="sparseflow-oneshot-") as scratch:
@@ -279,7 +277,7 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
         progress(f"dense perplexity {dense_ppl:.3f}")
 
         grid: list[dict[str, Any]] = []
-        kept: dict[tuple[str, str], tuple[Any, Any]] = {}  # (method, level) -> (seed-0 model, its method)
+        kept: dict[tuple[str, str], tuple[Any, Any, float]] = {}  # (method, level) -> seed 0's model, method, ppl
         recovery_labels = {parse_level(t).label for t in config.recovery}
         for level in levels:
             for name in _methods(level):
@@ -294,18 +292,14 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
                                  "perplexity": ppl, "density": method.density(), "seconds": seconds,
                                  "error": statistics.fmean(r.error for r in report) if report else None})
                     if seed == 0 and level.label in recovery_labels:
-                        kept[(name, level.label)] = (model, method)
+                        kept[(name, level.label)] = (model, method, ppl)
                     progress(f"{LABELS[name]} {level.label} seed {seed}: perplexity {ppl:.3f}")
 
         recovery = []
         for level in [lv for lv in levels if lv.label in recovery_labels]:
             label = level.label
             for name in _methods(level):
-                model, method = kept.pop((name, label))
-                from sparseflow.training.finetune import finetune
-
-                before = next(r["perplexity"] for r in grid if r["method"] == name and r["level"] == label
-                              and r["seed"] == 0)
+                model, method, before = kept.pop((name, label))
                 t = time.perf_counter()
                 finetune(model, method.mask, ds.train_tokens, steps=config.finetune_steps, batch=FINETUNE_BATCH,
                          context=ds.context, seed=0)
@@ -318,7 +312,7 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
     if out is None:  # the run folders lived in a temporary directory
         for r in routes:
             r["run_dir"] = None
-    return OneshotResult(config={**_config_json(config), "methods": list(METHODS), "finetune_batch": FINETUNE_BATCH},
+    return OneshotResult(config={**to_dict(config), "methods": list(METHODS), "finetune_batch": FINETUNE_BATCH},
                          dense=dense, grid=grid, recovery=recovery, routes=routes, machine=machine(),
                          wall_s=time.perf_counter() - t0,
                          command_line=command_line("sparseflow bench oneshot", config,
@@ -328,12 +322,6 @@ def run(config: OneshotConfig, out: Path | None = None, progress: Tick = no_prog
 def _methods(level: Level) -> tuple[str, ...]:
     """The methods run at ``level``: under N:M, Wanda per layer is Wanda (the groups decide), so it is left out."""
     return tuple(m for m in METHODS if not (level.nm is not None and m == "wanda-layer"))
-
-
-def _config_json(config: OneshotConfig) -> dict[str, Any]:
-    from sparseflow.training.options import to_dict
-
-    return to_dict(config)
 
 
 def _route_tasks(config: OneshotConfig) -> list[tuple[str, tuple[float, ...]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,28 +77,25 @@ def grid_rows(result: OneshotResult) -> list[tuple[str, ...]]:
     return rows
 
 
+def _pivot(records: list[dict[str, Any]], row_key: str, rows: Sequence[Any], col_key: str, cols: Sequence[Any],
+           cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
+    """The cells of a table: one row per value of ``row_key``, one column per value of ``col_key``; "-" where
+    no record has that pair."""
+    found = {(r[row_key], r[col_key]): r for r in records}
+    return [["-" if (r := found.get((row, col))) is None else cell(r) for col in cols] for row in rows]
+
+
 def recovery_rows(result: OneshotResult) -> tuple[list[str], list[tuple[str, ...]]]:
     levels = [lv for lv in _levels(result) if any(r["level"] == lv for r in result.recovery)]
-    rows = []
-    for m in METHODS:
-        cells = []
-        for lv in levels:
-            r = next((r for r in result.recovery if r["method"] == m and r["level"] == lv), None)
-            cells.append("-" if r is None else f"{r['oneshot']:.3f} → {r['finetuned']:.3f}")
-        rows.append((LABELS[m], *cells))
-    return levels, rows
+    cells = _pivot(result.recovery, "method", METHODS, "level", levels,
+                   lambda r: f"{r['oneshot']:.3f} → {r['finetuned']:.3f}")
+    return levels, [(LABELS[m], *c) for m, c in zip(METHODS, cells)]
 
 
 def route_rows(result: OneshotResult) -> tuple[list[float], list[tuple[str, ...]]]:
     sparsities = sorted({r["sparsity"] for r in result.routes})
-    rows = []
-    for kind in ROUTES:
-        cells = []
-        for s in sparsities:
-            r = next((r for r in result.routes if r["route"] == kind and r["sparsity"] == s), None)
-            cells.append("-" if r is None else f"{r['perplexity']:.3f}")
-        rows.append((kind, *cells))
-    return sparsities, rows
+    cells = _pivot(result.routes, "route", ROUTES, "sparsity", sparsities, lambda r: f"{r['perplexity']:.3f}")
+    return sparsities, [(kind, *c) for kind, c in zip(ROUTES, cells)]
 
 
 def route_order(result: OneshotResult) -> dict[str, list[str]]:
