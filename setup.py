@@ -24,7 +24,7 @@ setup(
     ext_modules=[Extension(
         "sparseflow.inference.kernels._spmm",
         sources=["src/sparseflow/inference/kernels/_spmm.cpp"],
-        depends=["src/sparseflow/inference/kernels/impl.h"],
+        depends=["src/sparseflow/inference/kernels/impl.h", "src/sparseflow/inference/kernels/sddmm.h"],
         extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
         language="c++",
     )],

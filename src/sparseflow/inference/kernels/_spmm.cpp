@@ -1,8 +1,9 @@
-// sparseflow._spmm: CSR sparse x dense products Y = X @ W^T (+ bias) for CPU inference.
+// sparseflow._spmm: CSR sparse x dense products Y = X @ W^T (+ bias) for CPU inference, and the
+// sampled product G = (dY^T @ X) at W's stored positions (SDDMM, the weight gradient in training).
 //
 // One source, three instruction sets chosen at run time (no -march=native): AVX-512 (F/BW/VL),
 // AVX2+FMA, and a portable baseline that the compiler vectorises for SSE2. Each ISA variant is
-// impl.h compiled inside a `#pragma GCC target` region; the caller picks the variant with
+// impl.h and sddmm.h compiled inside a `#pragma GCC target` region; the caller picks the variant with
 // best_isa() (cpuid + OS support via __builtin_cpu_supports) or asks for a lower one (tests).
 // Threads: std::thread over row ranges balanced by nonzero count; the GIL is released.
 // Arguments are raw addresses: the Python loader (sparseflow/kernels/__init__.py) checks dtypes,
@@ -10,10 +11,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <immintrin.h>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 enum Isa { ISA_BASE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
@@ -28,6 +31,17 @@ static inline void vstore(float* p, V a) { *p = a; }
 static inline V vset1(float a) { return a; }
 static inline V vfma(V a, V b, V c) { return c + a * b; }
 static inline V vadd(V a, V b) { return a + b; }
+static inline V vmul(V a, V b) { return a * b; }
+template <typename IT>
+static inline V vgather(const float* x, const IT* c) { return x[(uint32_t)c[0]]; }
+constexpr int GR = 4;  // SDDMM: nonzeros per group (independent accumulators)
+// the VW x VW tile transpose of the SDDMM packing, for VW = 1: a copy
+static inline void transpose_tile(const float* s, int64_t, float* d, int64_t, int nk) {
+    if (nk > 0) d[0] = s[0];
+}
+static inline void group_out(const V* acc, float* out, int n, bool add) {
+    for (int g = 0; g < n; ++g) out[g] = add ? out[g] + acc[g] : acc[g];
+}
 template <typename IT>
 static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const float* x) {
     float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -43,6 +57,7 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 }
 #define ROW_DOT row_dot_impl<IT>
 #include "impl.h"
+#include "sddmm.h"
 #undef ROW_DOT
 }  // namespace base
 
@@ -58,8 +73,51 @@ static inline void vstore(float* p, V a) { _mm256_storeu_ps(p, a); }
 static inline V vset1(float a) { return _mm256_set1_ps(a); }
 static inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
 static inline __m256i idx8(const uint16_t* c) { return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)c)); }
 static inline __m256i idx8(const int32_t* c) { return _mm256_loadu_si256((const __m256i*)c); }
+template <typename IT>
+static inline V vgather(const float* x, const IT* c) { return _mm256_i32gather_ps(x, idx8(c), 4); }
+// SDDMM groups: 8 accumulators reduced to one vector of their 8 sums by a shuffle tree (128-bit
+// halves, then pairs, then single floats). The tree leaves the sums in the order 0,2,1,3,4,6,5,7;
+// reading the inputs in that (self-inverse) order puts them back in place.
+constexpr int GR = 8;
+static inline void group_out(const V* acc, float* out, int n, bool add) {
+    constexpr int P[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    __m256 b[4], d[2];
+    for (int i = 0; i < 4; ++i)
+        b[i] = _mm256_add_ps(_mm256_permute2f128_ps(acc[P[i]], acc[P[i + 4]], 0x20),
+                             _mm256_permute2f128_ps(acc[P[i]], acc[P[i + 4]], 0x31));
+    for (int i = 0; i < 2; ++i)
+        d[i] = _mm256_add_ps(_mm256_shuffle_ps(b[i], b[i + 2], 0x44), _mm256_shuffle_ps(b[i], b[i + 2], 0xEE));
+    const __m256 e = _mm256_add_ps(_mm256_shuffle_ps(d[0], d[1], 0x88), _mm256_shuffle_ps(d[0], d[1], 0xDD));
+    if (n == 8) {
+        _mm256_storeu_ps(out, add ? _mm256_add_ps(e, _mm256_loadu_ps(out)) : e);
+        return;
+    }
+    alignas(32) float t[8];
+    _mm256_store_ps(t, e);
+    for (int g = 0; g < n; ++g) out[g] = add ? out[g] + t[g] : t[g];
+}
+// 8 rows of 8 floats (s + b*lds) transposed: column k goes to d + k*ldd, for k < nk.
+static inline void transpose_tile(const float* s, int64_t lds, float* d, int64_t ldd, int nk) {
+    __m256 r[8], t[8], u[8];
+    for (int b = 0; b < 8; ++b) r[b] = _mm256_loadu_ps(s + b * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {  // u[i + m]: column 4L+m of rows i..i+3 in 128-bit lane L
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int m = 0; m < 4; ++m) {
+        if (m < nk) _mm256_storeu_ps(d + m * ldd, _mm256_permute2f128_ps(u[m], u[m + 4], 0x20));
+        if (m + 4 < nk) _mm256_storeu_ps(d + (m + 4) * ldd, _mm256_permute2f128_ps(u[m], u[m + 4], 0x31));
+    }
+}
 static inline float hsum(__m256 a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -82,6 +140,7 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 }
 #define ROW_DOT row_dot_impl<IT>
 #include "impl.h"
+#include "sddmm.h"
 #undef ROW_DOT
 }  // namespace avx2
 #pragma GCC pop_options
@@ -89,6 +148,9 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 // ---------------------------------------------------------------- AVX-512 F/BW/VL
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
+// GCC 12 reports the undefined pass-through operand inside the _mm512 intrinsics as uninitialized
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 namespace avx512 {
 typedef __m512 V;
 constexpr int VW = 16;
@@ -98,8 +160,54 @@ static inline void vstore(float* p, V a) { _mm512_storeu_ps(p, a); }
 static inline V vset1(float a) { return _mm512_set1_ps(a); }
 static inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
 static inline __m512i idx16(const uint16_t* c) { return _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)c)); }
 static inline __m512i idx16(const int32_t* c) { return _mm512_loadu_si512(c); }
+template <typename IT>
+static inline V vgather(const float* x, const IT* c) { return _mm512_i32gather_ps(idx16(c), x, 4); }
+// SDDMM groups: 16 accumulators reduced to one vector of their 16 sums by a shuffle tree (256-bit
+// halves, 128-bit lanes, pairs, single floats: 15 adds, 30 shuffles). The tree leaves sum m in
+// position P[m]; P is self-inverse, so reading the inputs in order P puts every sum in place.
+constexpr int GR = 16;
+static inline void group_out(const V* acc, float* out, int n, bool add) {
+    constexpr int P[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; ++i)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[P[i]], acc[P[i + 8]], 0x44),
+                             _mm512_shuffle_f32x4(acc[P[i]], acc[P[i + 8]], 0xEE));
+    for (int i = 0; i < 4; ++i)
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[i], b[i + 4], 0x88), _mm512_shuffle_f32x4(b[i], b[i + 4], 0xDD));
+    for (int i = 0; i < 2; ++i)
+        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[i], c[i + 2], 0x44), _mm512_shuffle_ps(c[i], c[i + 2], 0xEE));
+    __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    const __mmask16 m = n == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+    if (add) e = _mm512_add_ps(e, _mm512_maskz_loadu_ps(m, out));
+    _mm512_mask_storeu_ps(out, m, e);
+}
+// 16 rows of 16 floats (s + b*lds) transposed: column k goes to d + k*ldd, for k < nk.
+static inline void transpose_tile(const float* s, int64_t lds, float* d, int64_t ldd, int nk) {
+    __m512 r[16], t[16], u[16], v[16];
+    for (int b = 0; b < 16; ++b) r[b] = _mm512_loadu_ps(s + b * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + m]: column 4L+m of rows i..i+3 in 128-bit lane L
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int h = 0; h < 16; h += 8)  // v[h + m]: columns m, m+8 (v[h+m+4]: m+4, m+12) of rows h..h+7
+        for (int m = 0; m < 4; ++m) {
+            v[h + m] = _mm512_shuffle_f32x4(u[h + m], u[h + m + 4], 0x88);
+            v[h + m + 4] = _mm512_shuffle_f32x4(u[h + m], u[h + m + 4], 0xDD);
+        }
+    for (int m = 0; m < 8; ++m) {
+        if (m < nk) _mm512_storeu_ps(d + m * ldd, _mm512_shuffle_f32x4(v[m], v[m + 8], 0x88));
+        if (m + 8 < nk) _mm512_storeu_ps(d + (m + 8) * ldd, _mm512_shuffle_f32x4(v[m], v[m + 8], 0xDD));
+    }
+}
 // masked loads do not touch memory outside the mask, so the row tail never reads past the arrays
 static inline __m512i idx16m(const uint16_t* c, __mmask16 m) { return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c)); }
 static inline __m512i idx16m(const int32_t* c, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, c); }
@@ -122,8 +230,10 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 }
 #define ROW_DOT row_dot_impl<IT>
 #include "impl.h"
+#include "sddmm.h"
 #undef ROW_DOT
 }  // namespace avx512
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 
 // ---------------------------------------------------------------- dispatch and threads
@@ -176,23 +286,34 @@ static void parallel(int nt, const std::vector<int32_t>& bounds, F fn) {
     for (auto& t : ts) t.join();
 }
 
-static void run(const Call& c, int threads) {
+// Threads for nnz*B multiply-adds: at most `threads`, and at least 2^min_log2 of them per thread
+// (a thread costs tens of microseconds to start).
+static int thread_count(int threads, const int32_t* rp, int32_t nrows, int32_t B, int min_log2) {
     int nt = threads < 1 ? 1 : threads;
-    if (nt > c.nrows) nt = c.nrows > 0 ? c.nrows : 1;
-    // a thread costs tens of microseconds to start: give each at least ~128k multiply-adds
-    const int64_t work = (int64_t)c.rp[c.nrows] * (c.B > 0 ? c.B : 1);
-    if (nt > 1 && work / nt < (1 << 17)) nt = (int)(work >> 17) > 1 ? (int)(work >> 17) : 1;
-    // rows split so that every thread gets about the same number of nonzeros
+    if (nt > nrows) nt = nrows > 0 ? nrows : 1;
+    const int64_t work = (int64_t)rp[nrows] * (B > 0 ? B : 1);
+    if (nt > 1 && work / nt < ((int64_t)1 << min_log2)) nt = (work >> min_log2) > 1 ? (int)(work >> min_log2) : 1;
+    return nt;
+}
+
+// Rows split into nt ranges so that every thread gets about the same number of nonzeros.
+static std::vector<int32_t> split_rows(const int32_t* rp, int32_t nrows, int nt) {
     std::vector<int32_t> rows(nt + 1);
-    const int64_t nnz = c.rp[c.nrows];
+    const int64_t nnz = rp[nrows];
     rows[0] = 0;
     int32_t r = 0;
     for (int t = 1; t < nt; ++t) {
         const int64_t goal = nnz * t / nt;
-        while (r < c.nrows && c.rp[r] < goal) ++r;
+        while (r < nrows && rp[r] < goal) ++r;
         rows[t] = r;
     }
-    rows[nt] = c.nrows;
+    rows[nt] = nrows;
+    return rows;
+}
+
+static void run(const Call& c, int threads) {
+    const int nt = thread_count(threads, c.rp, c.nrows, c.B, 17);  // ~128k multiply-adds per thread
+    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nt);
     if (c.K > 0) {
         std::vector<int32_t> cols(nt + 1);
         for (int t = 0; t <= nt; ++t) cols[t] = (int32_t)((int64_t)c.ncols * t / nt);
@@ -226,13 +347,134 @@ static PyObject* py_spmm(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// ---------------------------------------------------------------- SDDMM
+struct SddCall {
+    int isa, wide;
+    const int32_t* rp; const void* ci;
+    int32_t nrows, ncols, B, K;  // K = 0: unpacked (gathers), else panels of K vectors
+    const float* dY; const float* X; float* G;
+    float* Dp; float* Xp;        // packed panels of dY and X (K > 0)
+};
+
+template <typename IT>
+static void sddmm_job(const SddCall& c, int32_t r0, int32_t r1) {
+    const IT* ci = (const IT*)c.ci;
+    if (c.K == 0) {
+        if (c.isa == ISA_AVX512) avx512::sddmm_direct_rows<IT>(c.rp, ci, r0, r1, c.dY, c.X, c.B, c.nrows, c.ncols, c.G);
+        else if (c.isa == ISA_AVX2) avx2::sddmm_direct_rows<IT>(c.rp, ci, r0, r1, c.dY, c.X, c.B, c.nrows, c.ncols, c.G);
+        else base::sddmm_direct_rows<IT>(c.rp, ci, r0, r1, c.dY, c.X, c.B, c.nrows, c.ncols, c.G);
+        return;
+    }
+    if (c.isa == ISA_AVX512) avx512::sddmm_panels_rows<IT>(c.rp, ci, r0, r1, c.Dp, c.Xp, c.B, c.nrows, c.ncols, c.K, c.G);
+    else if (c.isa == ISA_AVX2) avx2::sddmm_panels_rows<IT>(c.rp, ci, r0, r1, c.Dp, c.Xp, c.B, c.nrows, c.ncols, c.K, c.G);
+    else base::sddmm_panels_rows<IT>(c.rp, ci, r0, r1, c.Dp, c.Xp, c.B, c.nrows, c.ncols, c.K, c.G);
+}
+
+static void sddmm_pack(const SddCall& c, const float* X, int32_t ncols, int32_t tw, int32_t k0, int32_t k1, float* P) {
+    if (c.isa == ISA_AVX512) avx512::pack_panels_t(X, c.B, ncols, tw, k0, k1, P);
+    else if (c.isa == ISA_AVX2) avx2::pack_panels_t(X, c.B, ncols, tw, k0, k1, P);
+    else base::pack_panels(X, c.B, ncols, tw, k0, k1, P);
+}
+
+// One parallel region: thread t packs its share of the columns of dY and X, waits for the others
+// (every thread reads all of the panels), then runs its rows; one thread start per call, not two.
+// A second thread pays off from ~4M multiply-adds (0.3 ms) on: 2M per thread at least.
+static void run_sddmm(const SddCall& c, int threads) {
+    const int nt = thread_count(threads, c.rp, c.nrows, c.B, 21);
+    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nt);
+    std::vector<int32_t> ts(nt + 1);
+    for (int t = 0; t <= nt; ++t) ts[t] = t;
+    const int32_t tw = c.K * vector_width(c.isa);
+    std::atomic<int> packed{0};
+    parallel(nt, ts, [&](int32_t t, int32_t) {
+        if (c.K > 0) {
+            const auto at = [&](int32_t n, int32_t i) { return (int32_t)((int64_t)n * i / nt); };
+            sddmm_pack(c, c.dY, c.nrows, tw, at(c.nrows, t), at(c.nrows, t + 1), c.Dp);
+            sddmm_pack(c, c.X, c.ncols, tw, at(c.ncols, t), at(c.ncols, t + 1), c.Xp);
+            packed.fetch_add(1, std::memory_order_acq_rel);
+            while (packed.load(std::memory_order_acquire) < nt) std::this_thread::yield();
+        }
+        if (c.wide) sddmm_job<int32_t>(c, rows[t], rows[t + 1]);
+        else sddmm_job<uint16_t>(c, rows[t], rows[t + 1]);
+    });
+}
+
+static PyObject* py_sddmm(PyObject*, PyObject* args) {
+    int isa, wide, nrows, ncols, B, threads, K;
+    unsigned long long rp, ci, dy, x, g;
+    if (!PyArg_ParseTuple(args, "iiKKiiKKiKii", &isa, &wide, &rp, &ci, &nrows, &ncols, &dy, &x, &B, &g, &threads, &K))
+        return nullptr;
+    if (isa < ISA_BASE || isa > best_isa()) { PyErr_Format(PyExc_ValueError, "isa %d not supported here", isa); return nullptr; }
+    if (K != 0 && K != 1 && K != 2 && K != 4 && K != 8) { PyErr_Format(PyExc_ValueError, "tile K=%d not in 0,1,2,4,8", K); return nullptr; }
+    SddCall c{isa, wide, (const int32_t*)rp, (const void*)ci, nrows, ncols, B, K,
+              (const float*)dy, (const float*)x, (float*)g, nullptr, nullptr};
+    if (nrows == 0 || c.rp[nrows] == 0) Py_RETURN_NONE;
+    if (B == 0) {  // an empty sum
+        std::memset(c.G, 0, (size_t)c.rp[nrows] * sizeof(float));
+        Py_RETURN_NONE;
+    }
+    float* buf = nullptr;
+    if (K > 0) {
+        const int64_t tw = (int64_t)K * vector_width(isa), np = (B + tw - 1) / tw;
+        const int64_t nd = (np * nrows * tw + 15) / 16 * 16;  // Xp starts 64-byte aligned
+        const size_t bytes = (size_t)((nd + np * ncols * tw) * 4 + 63) / 64 * 64 + 64;
+        buf = (float*)std::aligned_alloc(64, bytes);
+        if (!buf) return PyErr_NoMemory();
+        c.Dp = buf;
+        c.Xp = buf + nd;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_sddmm(c, threads);
+    Py_END_ALLOW_THREADS
+    std::free(buf);
+    Py_RETURN_NONE;
+}
+
+// A CSR structure that the kernels can read safely: rowptr starts at 0, never decreases and ends at
+// nnz; every column index is below ncols. Returns None or a message naming the first fault.
+template <typename IT>
+static int64_t first_bad_col(const IT* ci, int64_t nnz, int64_t ncols) {
+    const int isa = best_isa();
+    const uint32_t hi = isa == ISA_AVX512 ? avx512::max_col(ci, nnz) : isa == ISA_AVX2 ? avx2::max_col(ci, nnz)
+                                                                                      : base::max_col(ci, nnz);
+    if ((int64_t)hi < ncols) return -1;
+    for (int64_t j = 0; j < nnz; ++j)
+        if ((int64_t)(uint32_t)ci[j] >= ncols) return j;
+    return -1;
+}
+
+static PyObject* py_csr_check(PyObject*, PyObject* args) {
+    int wide, nrows, ncols;
+    long long nnz;
+    unsigned long long rpa, cia;
+    if (!PyArg_ParseTuple(args, "iKKiiL", &wide, &rpa, &cia, &nrows, &ncols, &nnz)) return nullptr;
+    const int32_t* rp = (const int32_t*)rpa;
+    if (rp[0] != 0) return PyUnicode_FromFormat("rowptr[0] is %d, not 0", (int)rp[0]);
+    for (int32_t r = 0; r < nrows; ++r)
+        if (rp[r + 1] < rp[r])
+            return PyUnicode_FromFormat("rowptr decreases at row %d (%d -> %d)", (int)r, (int)rp[r], (int)rp[r + 1]);
+    if ((long long)rp[nrows] != nnz)
+        return PyUnicode_FromFormat("rowptr[-1] is %d but there are %lld column indices", (int)rp[nrows], nnz);
+    int64_t bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = wide ? first_bad_col((const int32_t*)cia, nnz, ncols) : first_bad_col((const uint16_t*)cia, nnz, ncols);
+    Py_END_ALLOW_THREADS
+    if (bad >= 0) {
+        const long long v = wide ? ((const int32_t*)cia)[bad] : ((const uint16_t*)cia)[bad];
+        return PyUnicode_FromFormat("column index %lld at position %lld is outside [0, %d)", v, (long long)bad, ncols);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_best_isa(PyObject*, PyObject*) { return PyLong_FromLong(best_isa()); }
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS, "spmm(isa, wide, rowptr, col, val, nrows, ncols, x, B, y, bias, threads, K)"},
+    {"sddmm", py_sddmm, METH_VARARGS, "sddmm(isa, wide, rowptr, col, nrows, ncols, dy, x, B, out, threads, K)"},
+    {"csr_check", py_csr_check, METH_VARARGS, "csr_check(wide, rowptr, col, nrows, ncols, nnz) -> None or message"},
     {"best_isa", py_best_isa, METH_NOARGS, "0 baseline, 1 AVX2+FMA, 2 AVX-512"},
     {nullptr, nullptr, 0, nullptr}};
 
-static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spmm", "CSR sparse x dense kernels", -1, methods};
+static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spmm", "CSR sparse x dense kernels and SDDMM", -1, methods};
 
 PyMODINIT_FUNC PyInit__spmm(void) { return PyModule_Create(&module); }
