@@ -46,10 +46,12 @@ def test_forward_and_gradients_equal_the_masked_dense_layer() -> None:
 
 def test_gradcheck_in_float64() -> None:
     mask = _mask((5, 7), 0.4, seed=1)
-    s = _Structure(mask)
+    layer = SparseTrainLinear(mask).double()
     values = torch.randn(int(mask.sum()), dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, v: _SparseMatmul.apply(a, v, s), (x, values))
+    assert torch.autograd.gradcheck(lambda a, v: _SparseMatmul.apply(a, v, layer), (x, values))
+    layer.collect_dense_grad = True  # the path that also keeps the dense gradient (RigL's update steps)
+    assert torch.autograd.gradcheck(lambda a, v: _SparseMatmul.apply(a, v, layer), (x, values))
 
 
 def _mlp(seed: int) -> nn.Sequential:

@@ -4,15 +4,23 @@
 (nnz entries, in the row-major order of the mask), so the optimizer and its state (momentum, Adam moments) are
 nnz-sized and shrink with the density. Its autograd function multiplies with the compressed matrix (CSR):
 
-- forward: ``y = x Wᵀ + b`` as ``W_csr @ xᵀ``;
-- input gradient: ``dx = dy W`` as ``Wᵀ_csr @ dyᵀ``, with the transposed index built once and the values
-  gathered through a fixed permutation;
+- forward: ``y = x Wᵀ + b``, a sparse x dense product;
+- input gradient: ``dx = dy W``, the same product with the transposed index (built once per mask; the values
+  are gathered through a fixed permutation at each backward);
 - weight gradient: ``dW = dyᵀ x`` computed only at the kept positions (a sampled dense-dense product, SDDMM).
 
-The products are PyTorch's own CSR kernels (``torch.sparse.mm``, ``torch.sparse.sampled_addmm``). Training
-with it gives the same weights as masked-dense training of an ``nn.Linear`` under the same mask
-(:class:`~sparseflow.FixedMask`), up to the order of floating-point sums; a test holds them within 1e-4 after
-100 steps. Static masks only: a mask change (SET, RigL) would rebuild the layer.
+The products run on the compiled kernels of :mod:`sparseflow.inference.kernels` (AVX-512 / AVX2 / baseline
+chosen at run time, torch's threads) for fp32 CPU tensors, and on PyTorch's own CSR kernels
+(``torch.sparse.mm``, ``torch.sparse.sampled_addmm``) otherwise: without the extension, with
+``SPARSEFLOW_KERNELS=torch``, on other devices or dtypes.
+
+Training with it gives the same weights as masked-dense training of an ``nn.Linear`` under the same mask, up to
+the order of floating-point sums. Mask changes (SET, RigL, :meth:`~sparseflow.methods.Method.set_mask`) go
+through :meth:`SparseTrainLinear.set_mask_`; a layer can also hand out the dense gradient of one backward pass
+(:attr:`SparseTrainLinear.collect_dense_grad`), which RigL reads at its update steps only.
+
+``state_dict()`` holds the dense ``weight`` (zeros outside the mask), exactly as the ``nn.Linear`` it replaces,
+so checkpoints, :func:`sparseflow.save` and Hugging Face export see the same tensors in either execution.
 """
 
 from __future__ import annotations
@@ -25,6 +33,18 @@ import torch
 from torch import Tensor, nn
 
 from sparseflow.errors import MaskError, SparseflowError
+from sparseflow.inference import kernels as K
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _narrow(col: Tensor, n: int) -> Tensor:
+    """Column indices as the compiled kernels read them: uint16 bits in int16 when ``n`` allows, else int32."""
+    return col.to(torch.int32).to(torch.int16) if n <= 2**16 else col.to(torch.int32)
 
 
 class _Structure:
@@ -32,8 +52,10 @@ class _Structure:
 
     def __init__(self, mask: Tensor) -> None:
         out_f, in_f = mask.shape
+        mask = mask.detach().cpu()
         rows, cols = mask.nonzero(as_tuple=True)  # row-major: the order of the values
         self.shape = (int(out_f), int(in_f))
+        self.nnz = int(rows.numel())
         self.crow = torch.zeros(out_f + 1, dtype=torch.int64)
         self.crow[1:] = torch.cumsum(torch.bincount(rows, minlength=out_f), 0)
         self.col = cols.to(torch.int64)
@@ -42,6 +64,11 @@ class _Structure:
         self.t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
         self.t_col = rows[self.perm].to(torch.int64)
         self.rows = rows
+        # The compiled kernels' index (CPU): int32 row pointers, 16-bit columns where they fit.
+        self.k_rowptr = self.crow.to(torch.int32)
+        self.k_col = _narrow(self.col, in_f)
+        self.k_t_rowptr = self.t_crow.to(torch.int32)
+        self.k_t_col = _narrow(self.t_col, out_f)
 
     def to(self, device: torch.device) -> _Structure:
         for name in ("crow", "col", "perm", "t_crow", "t_col", "rows"):
@@ -49,56 +76,85 @@ class _Structure:
         return self
 
     def matrix(self, values: Tensor) -> Tensor:
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+        return _csr(self.crow, self.col, values, self.shape)
 
     def transposed(self, values: Tensor) -> Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.perm], self.shape[::-1],
-                                           check_invariants=False)
+        return _csr(self.t_crow, self.t_col, values[self.perm], self.shape[::-1])
+
+
+def _compiled(*tensors: Tensor) -> bool:
+    """Whether the compiled kernels take these tensors: fp32 on the CPU, the extension built and not disabled."""
+    return (K.available_backend() is K.Backend.COMPILED
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
 
 
 class _SparseMatmul(torch.autograd.Function):
-    """``x (N, in) -> x Wᵀ (N, out)`` for W given by ``values`` on ``structure``."""
+    """``x (N, in) -> x Wᵀ (N, out)`` for W given by ``values`` on ``layer``'s structure."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, values: Tensor, structure: _Structure) -> Tensor:  # type: ignore[override]
-        ctx.structure = structure
+    def forward(ctx: Any, x: Tensor, values: Tensor, layer: SparseTrainLinear) -> Tensor:  # type: ignore[override]
+        s = layer._structure
+        ctx.structure, ctx.layer = s, layer
         ctx.save_for_backward(x, values)
-        return torch.sparse.mm(structure.matrix(values), x.t()).t()
+        if _compiled(x, values):
+            w = K.CsrWeight(s.k_rowptr, s.k_col, values.detach(), s.shape)
+            return K.spmm(w, x.contiguous())
+        return torch.sparse.mm(s.matrix(values), x.t()).t()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, values = ctx.saved_tensors
         s: _Structure = ctx.structure
+        layer: SparseTrainLinear = ctx.layer
         grad_x = grad_values = None
+        compiled = _compiled(x, values, grad)
         if ctx.needs_input_grad[0]:
-            grad_x = torch.sparse.mm(s.transposed(values), grad.t()).t()
+            if compiled:
+                wt = K.CsrWeight(s.k_t_rowptr, s.k_t_col, values.detach()[s.perm], s.shape[::-1])
+                grad_x = K.spmm(wt, grad.contiguous())
+            else:
+                grad_x = torch.sparse.mm(s.transposed(values), grad.t()).t()
         if ctx.needs_input_grad[1]:
-            pattern = s.matrix(torch.zeros_like(values))
-            grad_values = torch.sparse.sampled_addmm(pattern, grad.t().contiguous(), x.contiguous(),
-                                                     beta=0.0).values()
+            if layer.collect_dense_grad and layer._structure is s:
+                dense = grad.t() @ x  # the whole gradient, for a method that grows where it is large (RigL)
+                layer._dense_grad = dense if layer._dense_grad is None else layer._dense_grad + dense
+                grad_values = dense[s.rows, s.col]
+            elif compiled:
+                grad_values = K.sddmm(s.k_rowptr, s.k_col, grad.contiguous(), x.contiguous(), check=False)
+            else:
+                pattern = s.matrix(torch.zeros_like(values))
+                grad_values = torch.sparse.sampled_addmm(pattern, grad.t().contiguous(), x.contiguous(),
+                                                         beta=0.0).values()
         return grad_x, grad_values, None
+
+
+def _check_mask(mask: Any, shape: tuple[int, int] | None = None) -> Tensor:
+    if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
+        raise MaskError(f"SparseTrainLinear needs a 2-D bool mask (out, in), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    if shape is not None and tuple(mask.shape) != shape:
+        raise MaskError(f"mask of shape {tuple(mask.shape)} for a layer of shape {shape}")
+    if not bool(mask.any()):
+        raise MaskError("SparseTrainLinear: the mask keeps no weight; keep at least one per layer")
+    return mask.detach().cpu()
 
 
 class SparseTrainLinear(nn.Module):
     """A Linear layer of ``out_features x in_features`` whose weights exist only where ``mask`` is True.
 
     Build it from a trained or initialised ``nn.Linear`` with :meth:`from_linear` (the weights outside the mask
-    are dropped); :meth:`to_linear` gives the dense ``nn.Linear`` back (zeros outside the mask).
+    are dropped); :meth:`to_linear` gives the dense ``nn.Linear`` back (zeros outside the mask). It has no
+    ``weight`` attribute (a write to it could not reach the kept values): read :meth:`dense_weight`.
+
+    Attributes:
+        collect_dense_grad: when True, the next backward passes also compute the dense weight gradient
+            ``dyᵀ x`` (a dense product, as in dense training) and keep it for :meth:`take_dense_grad`.
     """
 
     def __init__(self, mask: Tensor, values: Tensor | None = None, bias: Tensor | None = None) -> None:
         super().__init__()
-        if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
-            raise MaskError(f"SparseTrainLinear needs a 2-D bool mask (out, in), got "
-                            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
-        mask = mask.detach().cpu()
+        mask = _check_mask(mask)
         nnz = int(mask.sum())
-        if nnz == 0:
-            raise MaskError("SparseTrainLinear: the mask keeps no weight; keep at least one per layer")
         self.out_features, self.in_features = (int(d) for d in mask.shape)
         self._structure = _Structure(mask)
         if values is None:  # PyTorch's Linear init, per kept weight
@@ -109,15 +165,21 @@ class SparseTrainLinear(nn.Module):
                                   f"{tuple(values.shape)}")
         self.values = nn.Parameter(values.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.collect_dense_grad = False
+        self._dense_grad: Tensor | None = None
+        self._register_state_dict_hook(_dense_state)
+        self.register_load_state_dict_pre_hook(_load_dense)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mask: Tensor) -> SparseTrainLinear:
-        """The layer holding ``linear``'s weights at ``mask`` (and its bias)."""
+        """The layer holding ``linear``'s weights at ``mask`` (and its bias), on ``linear``'s device and dtype."""
         if tuple(mask.shape) != tuple(linear.weight.shape):
             raise MaskError(f"mask of shape {tuple(mask.shape)} for a weight of shape {tuple(linear.weight.shape)}")
         mask = mask.detach().to(torch.bool).cpu()
-        layer = cls(mask, linear.weight.detach().cpu()[mask], None if linear.bias is None else linear.bias.detach())
-        return layer.to(linear.weight.device)
+        w = linear.weight.detach()
+        layer = cls(mask, w.cpu()[mask], None if linear.bias is None else linear.bias.detach().cpu())
+        layer.values.requires_grad_(linear.weight.requires_grad)
+        return layer.to(device=w.device, dtype=w.dtype)
 
     def _apply(self, fn: Any, recurse: bool = True) -> SparseTrainLinear:  # .to(device) moves the index too
         super()._apply(fn, recurse)
@@ -125,16 +187,50 @@ class SparseTrainLinear(nn.Module):
         return self
 
     @property
+    def nnz(self) -> int:
+        return self._structure.nnz
+
+    @property
     def mask(self) -> Tensor:
+        """The kept positions, a new ``(out, in)`` bool tensor."""
         m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
         m[self._structure.rows, self._structure.col] = True
         return m
 
     def dense_weight(self) -> Tensor:
         """The ``(out, in)`` weight with zeros outside the mask (a copy)."""
-        w = torch.zeros(self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device)
-        w[self._structure.rows, self._structure.col] = self.values.detach()
+        return self.scatter(self.values.detach())
+
+    def scatter(self, flat: Tensor) -> Tensor:
+        """A flat nnz-sized tensor (the values, their gradient, optimizer state) as the dense ``(out, in)`` one."""
+        w = torch.zeros(self.out_features, self.in_features, dtype=flat.dtype, device=flat.device)
+        w[self._structure.rows, self._structure.col] = flat
         return w
+
+    def gather(self, dense: Tensor) -> Tensor:
+        """A dense ``(out, in)`` tensor at the kept positions, in the order of ``values``."""
+        return dense[self._structure.rows, self._structure.col]
+
+    @torch.no_grad()
+    def set_mask_(self, mask: Tensor, weight: Tensor) -> None:
+        """Rebuild the structure for ``mask`` with the values ``weight[mask]``. When the count of kept weights is
+        unchanged (SET, RigL) the ``values`` parameter stays the same object, overwritten in place (an optimizer
+        holding it keeps working); otherwise ``values`` becomes a new parameter of the new size, which the
+        optimizer must be given in place of the old one (autograd keeps a parameter's size from its first use)."""
+        mask = _check_mask(mask, (self.out_features, self.in_features))
+        structure = _Structure(mask).to(self.values.device)
+        new = weight.detach().to(self.values.device, self.values.dtype)[structure.rows, structure.col]
+        if new.shape == self.values.shape:
+            self.values.copy_(new)
+        else:
+            self.values = nn.Parameter(new, requires_grad=self.values.requires_grad)
+        self._structure = structure
+        self._dense_grad = None
+
+    def take_dense_grad(self) -> Tensor | None:
+        """The dense weight gradient collected since the last call (None when not collected), and forget it."""
+        g, self._dense_grad = self._dense_grad, None
+        return g
 
     def to_linear(self) -> nn.Linear:
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -143,6 +239,7 @@ class SparseTrainLinear(nn.Module):
             lin.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 lin.bias.copy_(self.bias)
+        lin.weight.requires_grad_(self.values.requires_grad)
         return lin
 
     def forward(self, x: Tensor) -> Tensor:
@@ -150,7 +247,7 @@ class SparseTrainLinear(nn.Module):
             raise SparseflowError(f"SparseTrainLinear takes inputs of {self.in_features} features, got shape "
                                   f"{tuple(x.shape)}")
         lead = x.shape[:-1]
-        y = _SparseMatmul.apply(x.reshape(-1, self.in_features), self.values, self._structure)
+        y = _SparseMatmul.apply(x.reshape(-1, self.in_features), self.values, self)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -161,10 +258,47 @@ class SparseTrainLinear(nn.Module):
                 f"density={nnz / (self.in_features * self.out_features):.4f}, bias={self.bias is not None}")
 
 
+def _dense_state(module: SparseTrainLinear, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+    """state_dict hook: ``weight`` (dense, zeros outside the mask) in place of ``values``, as nn.Linear has it."""
+    values = state.pop(prefix + "values", None)
+    if values is None:
+        return
+    weight = module.scatter(values)
+    entries = list(state.items())
+    state.clear()  # keep nn.Linear's order: weight before bias
+    for k, v in entries:
+        if k == prefix + "bias":
+            state[prefix + "weight"] = weight
+        state[k] = v
+    if prefix + "weight" not in state:
+        state[prefix + "weight"] = weight
+
+
+def _load_dense(module: SparseTrainLinear, state: dict[str, Any], prefix: str, _meta: Any, _strict: bool,
+                _missing: list[str], _unexpected: list[str], errors: list[str]) -> None:
+    """load_state_dict pre-hook: a dense ``weight`` (as nn.Linear's) becomes ``values`` at the layer's mask."""
+    key = prefix + "weight"
+    if key not in state:
+        return
+    weight = state.pop(key)
+    shape = (module.out_features, module.in_features)
+    if tuple(weight.shape) != shape:
+        errors.append(f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, the layer has "
+                      f"shape {shape}")
+        return
+    mask = module.mask.to(weight.device)
+    if bool((weight != 0).logical_and(~mask).any()):
+        errors.append(f"{key} has nonzero weights outside the layer's mask ({module.nnz} kept): load the sparsity "
+                      "method's state first (method.load_state_dict), which sets the mask the weights were saved with")
+        return
+    state[prefix + "values"] = weight[mask.nonzero(as_tuple=True)]
+
+
 def sparse_linear_(model: nn.Module, mask: dict[str, Tensor]) -> dict[str, SparseTrainLinear]:
     """Replace, in place, every ``nn.Linear`` whose weight ``mask`` names (``"<module>.weight"``) by a
     :class:`SparseTrainLinear` holding its kept weights; returns {module name: new layer}. Build the optimizer
-    after this call (the parameters change)."""
+    after this call (the parameters change), or let a method do both: ``method.prepare(model, optimizer,
+    execution="sparse")``."""
     done = {}
     for key, m in mask.items():
         name = key.removesuffix(".weight")
@@ -173,9 +307,25 @@ def sparse_linear_(model: nn.Module, mask: dict[str, Tensor]) -> dict[str, Spars
         module = model.get_submodule(name)
         if type(module) is not nn.Linear:
             raise SparseflowError(f"{name!r} is a {type(module).__name__}; sparse execution covers nn.Linear")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         layer = SparseTrainLinear.from_linear(module, m)
-        setattr(parent, child, layer)
+        replace_module(model, name, layer)
         done[name] = layer
     return done
+
+
+def dense_equivalent(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has no :class:`SparseTrainLinear`; else a copy in which each is the ``nn.Linear``
+    it stands for (zeros outside the mask), for code that reads ``module.weight`` (analysis, export)."""
+    if not any(isinstance(m, SparseTrainLinear) for m in model.modules()):
+        return model
+    copy = __import__("copy").deepcopy(model)
+    for name, m in list(copy.named_modules()):
+        if isinstance(m, SparseTrainLinear):
+            replace_module(copy, name, m.to_linear())
+    return copy
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
