@@ -40,6 +40,7 @@ from sparseflow.analysis.trace import ExpandEdge, Graph, JoinEdge, WeightEdge, a
 from sparseflow.analysis.units import WeightParam, chunk_pairs, unit_pairs, weight_params
 from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.mask import Mask, as_mask, check_module
+from sparseflow.training.sparse_linear import dense_equivalent
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def connectivity(model: nn.Module, mask: Mask | None = None, *, input_shape: tup
     layer-local, recording why in ``reason``.
     """
     check_module(model, "connectivity()")
+    model = dense_equivalent(model)  # layers in sparse execution are read as the nn.Linear they stand for
     mask = as_mask(mask, "connectivity()")
     if mask is not None and len(mask) == 0:
         raise MaskError("the mask is empty (no tensors); pass mask=None to read the structure from the weights")

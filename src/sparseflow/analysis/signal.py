@@ -49,6 +49,7 @@ from sparseflow.analysis.signal_probe import (Probe, Site, check_batch, float_in
                                               sites)
 from sparseflow.errors import SparseflowError
 from sparseflow.layouts import call
+from sparseflow.training.sparse_linear import dense_equivalent
 
 LAYER_BAND = (0.8, 1.25)  # per-layer χ counted as critical
 GAIN_BAND = (0.1, 10.0)  # end-to-end gain counted as critical
@@ -151,6 +152,7 @@ def signal(
         raise SparseflowError(f"signal() needs an nn.Module, got {type(model).__name__}")
     if loss is not None and targets is not None:
         raise SparseflowError("pass either targets (cross-entropy) or loss, not both")
+    model = dense_equivalent(model)  # layers in sparse execution are measured as the nn.Linear they stand for
     inputs, targets = check_batch(model, batch, targets)
     rows = sites(model)
     if not rows:

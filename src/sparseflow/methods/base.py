@@ -28,6 +28,7 @@ score override point, :meth:`Method.scores` (higher = keep).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.init import rescale_
 from sparseflow.layouts import Layout
 from sparseflow.mask import Mask
+from sparseflow.methods.execution import Execution, check_execution
 from sparseflow.patterns import NM, Block, Pattern, Unstructured
 from sparseflow.targets import Targets
 
@@ -155,6 +157,8 @@ class Method:
         self._step = 0
         self._strict = True
         self._mask_version = 0
+        self._exec: Execution | None = None  # sparse execution (None: dense)
+        self._hooks_on = False
 
     # --- what subclasses define ---------------------------------------------------------------
     def target_sparsity(self, step: int) -> float | None:
@@ -189,13 +193,21 @@ class Method:
         assert self._model is not None
         return self._model
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Attach to ``model`` (and its optimizer) and build the initial mask. Call once, before training."""
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                execution: str = "dense") -> None:
+        """Attach to ``model`` (and its optimizer) and build the initial mask. Call once, before training.
+
+        ``execution``: ``"dense"`` (masked dense tensors), ``"sparse"`` (the ``nn.Linear`` targets store and
+        multiply their kept weights only; the optimizer's parameters are swapped in place) or ``"auto"`` (each
+        layer timed, dense kept where it is faster); see :mod:`sparseflow.methods.execution`.
+        """
+        check_execution(execution)
         if not isinstance(model, nn.Module):
             raise SparseflowError(f"prepare() needs an nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise SparseflowError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         self._warn_reprepare(model)
+        self._drop_execution()
         self.remove()
         self._model, self._optimizer = model, optimizer
         try:
@@ -219,6 +231,40 @@ class Method:
         for name, p in self._params.items():
             if p.requires_grad:  # a frozen weight gets no gradient to mask (and never moves)
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(name)))
+        self._hooks_on = True
+        if execution != "dense":
+            self.set_execution(execution)
+
+    @property
+    def execution(self) -> str:
+        """``"dense"``, ``"sparse"`` or ``"auto"``: how the targets are multiplied (see :meth:`prepare`)."""
+        return "dense" if self._exec is None else self._exec.mode
+
+    @property
+    def sparse_layers(self) -> dict[str, nn.Module]:
+        """{target name: its :class:`~sparseflow.training.sparse_linear.SparseTrainLinear`} in sparse execution."""
+        return {} if self._exec is None else dict(self._exec.layers)
+
+    def set_execution(self, execution: str) -> None:
+        """Switch a prepared method's execution: ``"dense"`` turns the sparse layers back into ``nn.Linear``
+        (weights and optimizer state with zeros outside the mask); ``"sparse"``/``"auto"`` as in :meth:`prepare`."""
+        check_execution(execution)
+        self._require_prepared()
+        if execution == self.execution:
+            return
+        self._drop_execution()
+        if execution != "dense":
+            self._exec = Execution(self, execution)
+            self._exec.start()
+
+    def _drop_execution(self) -> None:
+        if self._exec is not None:
+            self._exec.to_dense()
+            self._exec = None
+
+    def _dense_view(self) -> Any:
+        """Within: every target is a dense tensor in ``_params`` (a mask change then rebuilds sparse layers)."""
+        return contextlib.nullcontext() if self._exec is None else self._exec.dense_view()
 
     def _warn_reprepare(self, model: nn.Module) -> None:
         """A second ``prepare`` starts over (step 0, a new mask from the weights as they are now); on another
@@ -239,15 +285,24 @@ class Method:
         """Advance one optimizer step; change the mask when the schedule says so. Call after ``optimizer.step()``."""
         self._require_prepared()
         self._step += 1
+        if self._exec is not None:
+            self._exec.decide()  # "auto": the first step has seen the rows each layer multiplies
         s = self.target_sparsity(self._step)
         if s is not None:
-            self._prune_to(s)
+            with self._dense_view():
+                self._prune_to(s)
         elif self._strict:
             self._enforce(self._params)
+        if self._exec is not None:
+            self._exec.arm()
 
     def set_mask(self, mask: Mask | dict[str, Tensor]) -> None:
         """Replace the mask (same targets and shapes), zeroing weights and optimizer state outside it."""
         self._require_prepared()
+        with self._dense_view():
+            self._set_mask(mask)
+
+    def _set_mask(self, mask: Mask | dict[str, Tensor]) -> None:
         mask = mask if isinstance(mask, Mask) else Mask(mask)
         if set(mask) != set(self._params):
             raise MaskError(
@@ -271,7 +326,11 @@ class Method:
         averaged gradient, and the mask is applied to it.
         """
         self._require_prepared()
+        sparse = {} if self._exec is None else self._exec.layers
         for name, p in self._params.items():
+            if name in sparse:  # no masking needed; RigL's dense gradient averaged over ranks like DDP's
+                self._exec.hand_grad(name, reduce=True)  # type: ignore[union-attr]
+                continue
             fm = self._fmask.get(name)
             if fm is not None and p.grad is not None:
                 self._on_grad(name, p.grad)
@@ -282,6 +341,9 @@ class Method:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._hooks_on = False
+        if self._exec is not None:
+            self._exec.remove_hooks()
 
     def density(self) -> float:
         """Current kept fraction over the targets."""
@@ -290,12 +352,15 @@ class Method:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: step, mask, and subclass extras (tensors and plain values only)."""
         self._require_prepared()
-        return {
+        state = {
             "method": type(self).__name__,
             "step": self._step,
             "mask": {n: m.clone() for n, m in self._mask.items()},
             "extra": self._extra_state(),
         }
+        if self._exec is not None and self._exec.mode == "auto" and self._exec.decided:
+            state["sparse_layers"] = sorted(self._exec.layers)  # auto's choice, so that a resumed run keeps it
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` after ``prepare`` on the same architecture."""
@@ -309,8 +374,12 @@ class Method:
                 f"state was saved by {state.get('method')}, cannot load it into {type(self).__name__}"
             )
         self.set_mask(dict(state["mask"]))
+        if self._exec is not None and "sparse_layers" in state:
+            self._exec.restore_choice(list(state["sparse_layers"]))
         self._step = int(state["step"])
         self._load_extra_state(state.get("extra") or {})
+        if self._exec is not None:
+            self._exec.arm()
 
     # --- subclass extension points (not the score override) -----------------------------------
     def _setup(self) -> None:
@@ -321,6 +390,14 @@ class Method:
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         pass
+
+    def _wants_dense_grad(self, step: int) -> bool:
+        """Whether the backward passes before ``step()`` number ``step`` must hand the dense gradient of the
+        targets to :meth:`_on_grad` in sparse execution (RigL before an update)."""
+        return False
+
+    def _on_sparse_grad(self, name: str) -> None:
+        """In sparse execution: target ``name`` got its gradient in a backward pass that collected no dense one."""
 
     # --- internals ------------------------------------------------------------------------------
     def _canonical_shape(self, name: str) -> tuple[int, ...]:
@@ -444,12 +521,16 @@ class Method:
     def _refresh(self) -> None:
         """Rebuild the float masks and zero weights and optimizer state outside the mask."""
         self._mask_version += 1
+        self._refresh_fmask()
+        self._enforce(self._params)
+
+    def _refresh_fmask(self) -> None:
+        sparse = {} if self._exec is None else self._exec.layers
         self._fmask = {}
         for name, p in self._params.items():
             m = self._mask[name]
-            if int(torch.count_nonzero(m)) < m.numel():  # dense layers skip the per-step multiply
-                self._fmask[name] = m.to(device=p.device, dtype=p.dtype)
-        self._enforce(self._params)
+            if int(torch.count_nonzero(m)) < m.numel() and (name not in sparse or p.shape == m.shape):
+                self._fmask[name] = m.to(device=p.device, dtype=p.dtype)  # dense layers skip the per-step multiply
 
     @torch.no_grad()
     def _enforce(self, params: dict[str, nn.Parameter]) -> None:

@@ -135,7 +135,8 @@ class SET(RandomSparse):
             self._check_gradients()
         if self.is_update_step(self._step):
             try:
-                self._update()
+                with self._dense_view():
+                    self._update()
             finally:
                 self._grads = {}
 
@@ -170,6 +171,12 @@ class SET(RandomSparse):
             f"{name} grows weights where the gradient is large, but {len(missing)} sparse target(s) got no gradient "
             f"in the first backward pass: {missing}; the loss does not use them, or they are frozen. Leave them out "
             f"with Targets(exclude=({missing[0]!r}, ...)) or pass skip_no_grad=True to keep their masks fixed")
+
+    def _wants_dense_grad(self, step: int) -> bool:
+        return self.uses_gradient and self.is_update_step(step)
+
+    def _on_sparse_grad(self, name: str) -> None:
+        self._seen.add(name)
 
     def _on_grad(self, name: str, grad: Tensor) -> None:
         # Called for every sparse target in every backward; copies only before an update (self._step + 1

@@ -161,9 +161,10 @@ class _AtInit(Method):
     def scores(self, name: str, weight: Tensor) -> Tensor:
         return self._cache[name]
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                execution: str = "dense") -> None:
         try:
-            super().prepare(model, optimizer)
+            super().prepare(model, optimizer, execution=execution)
         finally:
             self._cache = {}  # only the pruning in prepare reads the scores: do not hold a copy of the weights
 
