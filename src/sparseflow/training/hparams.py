@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from sparseflow.errors import SparseflowError
+from sparseflow.methods.execution import EXECUTIONS
 from sparseflow.training.options import check, option
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -33,6 +34,10 @@ class TrainConfig:
     eval_every_epoch: bool = option(True, "Evaluate after every epoch (the last is always evaluated).")
     checkpoint_every: int | None = option(
         None, "Also checkpoint every n steps (with a run_dir); None: at epoch ends only.", min=1)
+    execution: str = option(
+        "dense", "How the sparse layers train: dense (masked dense tensors), sparse (nn.Linear layers store and "
+        "multiply only their kept weights) or auto (each layer timed, dense kept where faster).",
+        choices=EXECUTIONS)
 
     def __post_init__(self) -> None:
         check(self)

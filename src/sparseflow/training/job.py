@@ -21,6 +21,7 @@ from typing import Any
 
 from sparseflow.distributions import DISTRIBUTIONS, check_sparsity
 from sparseflow.errors import SparseflowError
+from sparseflow.methods.execution import EXECUTIONS
 from sparseflow.patterns import NM, Unstructured
 from sparseflow.training.build import parse_pattern
 from sparseflow.training.data import DATASETS
@@ -118,6 +119,11 @@ class TrainJob:
                                flag="--prune-first/--no-prune-first")
     prune_last: bool = option(True, "Prune the last (output) layer; --no-prune-last keeps it dense.",
                               flag="--prune-last/--no-prune-last")
+    execution: str = option(
+        "dense", "How the sparse run's nn.Linear layers train: dense (masked dense tensors) | sparse (only the kept "
+        "weights are stored, multiplied and updated; optimizer state shrinks with the density) | auto (each layer "
+        "timed at the run's batch after the first step, dense kept where it is faster). Same results up to "
+        "floating-point order.", choices=EXECUTIONS)
     # Data-parallel processes (torchrun): each takes batch_size examples of every global batch of
     # world_size * batch_size, so the run equals one process with that global batch.
     world_size: int = option(1, "Data-parallel processes.", min=1, cli=False)
@@ -162,7 +168,7 @@ class TrainJob:
     def train_config_kwargs(self) -> dict[str, Any]:
         return dict(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-            weight_decay=self.weight_decay, seed=self.seed,
+            weight_decay=self.weight_decay, seed=self.seed, execution=self.execution,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +178,8 @@ class TrainJob:
             del d["world_size"]
         if self.sparse_init == "auto":  # likewise for runs with the method's own initialisation
             del d["sparse_init"]
+        if self.execution == "dense":  # and for runs in dense execution
+            del d["execution"]
         return d
 
     def digest(self) -> str:

@@ -51,6 +51,7 @@ from sparseflow.training import distributed
 from sparseflow.training.checkpoints import CHECKPOINT_FILE, rng_snapshot
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
 from sparseflow.training.resume import EpochPosition, RunDir
+from sparseflow.training.sparse_linear import SparseTrainLinear
 from sparseflow.training.state import Callback, SparsityMethod, TrainResult, TrainState
 
 __all__ = ["CHECKPOINT_FILE", "LR_SCHEDULES", "OPTIMIZERS", "Callback", "SparsityMethod", "TrainConfig",
@@ -170,7 +171,7 @@ def fit(
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     if method is not None:
-        method.prepare(model, optimizer)
+        _prepare(method, model, optimizer, cfg.execution)
     state = TrainState(model, optimizer, method, step=0, epoch=0, total_steps=total_steps)
     manual_grads = _setup_distributed(method)
     run = RunDir(run_dir, cfg, state, scheduler, train_loader, device)
@@ -227,6 +228,8 @@ def fit(
                 cb.on_epoch_end(state)
     for cb in callbacks:
         cb.on_train_end(state)
+    if getattr(method, "execution", "dense") != "dense":
+        method.set_execution("dense")  # type: ignore[union-attr]  # hand back the model as it came: nn.Linear layers
     last = state.history[-1]
     return TrainResult(test_acc=last["test_acc"], test_loss=last["test_loss"], train_loss=last["train_loss"],
                        history=tuple(state.history), steps=state.step, wall_s=run.elapsed(), notes=run.notes)
@@ -321,13 +324,33 @@ def _plural(n: int, word: str) -> str:
 
 
 def _density(model: nn.Module) -> float:
-    """Fraction of nonzero entries over all parameters with dim > 1 (weights, not biases or norms)."""
+    """Fraction of nonzero entries over all parameters with dim > 1 (weights, not biases or norms); a layer in
+    sparse execution counts as its dense weight."""
     nonzero, total = 0, 0
+    sparse = {id(m.values) for m in model.modules() if isinstance(m, SparseTrainLinear)}
+    for m in model.modules():
+        if isinstance(m, SparseTrainLinear):
+            nonzero += int(torch.count_nonzero(m.values).item())
+            total += m.out_features * m.in_features
     for p in model.parameters():
-        if p.dim() > 1:
+        if p.dim() > 1 and id(p) not in sparse:
             nonzero += int(torch.count_nonzero(p).item())
             total += p.numel()
     return nonzero / total if total else 1.0
+
+
+def _prepare(method: SparsityMethod, model: nn.Module, optimizer: torch.optim.Optimizer, execution: str) -> None:
+    """``method.prepare`` in the configured execution (a method without sparse execution takes only "dense")."""
+    if execution == "dense":
+        method.prepare(model, optimizer)
+        return
+    if not hasattr(method, "set_execution"):
+        raise SparseflowError(f"execution={execution!r} needs a sparseflow method (it converts the layers it masks); "
+                              f"{type(method).__name__} has no set_execution: use execution='dense'")
+    if execution == "auto" and distributed.active():
+        raise SparseflowError("execution='auto' chooses layers after the first step, when DistributedDataParallel "
+                              "already holds the parameters: under torch.distributed use execution='sparse' or 'dense'")
+    method.prepare(model, optimizer, execution=execution)  # type: ignore[call-arg]
 
 
 # --- distributed: a no-op in one process -------------------------------------------------------------

@@ -100,7 +100,8 @@ def restore(checkpoint: Checkpoint, state: TrainState, scheduler: LambdaLR, load
     """Load ``checkpoint`` into ``state`` (after ``method.prepare``): (elapsed seconds so far, mid-epoch position)."""
     ckpt, path = checkpoint.state, checkpoint.path
     now = dataclasses.asdict(cfg)
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and ckpt["config"].get(k) != now[k]]
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}  # a setting older checkpoints lack had its default
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and ckpt["config"].get(k, defaults[k]) != now[k]]
     if changed:
         diffs = "; ".join(f"{k}: {ckpt['config'].get(k)!r} in the run directory, {now[k]!r} now" for k in changed)
         raise SparseflowError(
@@ -121,12 +122,12 @@ def restore(checkpoint: Checkpoint, state: TrainState, scheduler: LambdaLR, load
             f"train_loader has {steps_per_epoch} batches per epoch; resume with the same data and batch size"
         )
     set_rng(loader, ckpt["rng"], device)  # checks the loader has as many generators as were saved
+    if state.method is not None:  # first: the mask sets which weights a sparse layer holds (sparse execution)
+        # Masks and buffers a method keeps must live next to the parameters they gate.
+        state.method.load_state_dict(to_device(ckpt["method"], device))
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    if state.method is not None:
-        # Masks and buffers a method keeps must live next to the parameters they gate.
-        state.method.load_state_dict(to_device(ckpt["method"], device))
     state.epoch, state.step, state.history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
     resume_at = None
     if position is not None:
