@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparseflow.bench import connectivity, inference, masks, methods, oneshot, overhead, storage
+from sparseflow.bench import connectivity, inference, masks, methods, oneshot, overhead, storage, training
 from sparseflow.experiments.protocol import Experiment
 
 BENCHMARKS: tuple[Experiment, ...] = (
@@ -13,5 +13,6 @@ BENCHMARKS: tuple[Experiment, ...] = (
     masks.BENCHMARK,
     storage.BENCHMARK,
     oneshot.BENCHMARK,
+    training.BENCHMARK,
 )
 NAMES = tuple(b.name for b in BENCHMARKS)

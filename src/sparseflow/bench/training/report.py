@@ -1,0 +1,154 @@
+"""Console tables, ``result.json``, ``report.md`` and ``speedup.png`` of ``sparseflow bench training``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparseflow.bench.training.measure import SHOWN
+from sparseflow.bench.training.run import TrainingResult
+from sparseflow.experiments.protocol import TableData
+from sparseflow.io import atomic_write_text
+from sparseflow.training.rundir import write_results
+
+LABELS = {"dense": "dense nn.Linear", "masked": "masked dense", "sparse": "sparse (SparseTrainLinear)",
+          "sparselab": "SparseLab SparseLinear", "auto": "auto"}
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def speedup_table(result: TrainingResult) -> TableData:
+    """Per cell: dense ms and every method's speedup over dense (auto: the path choose() picked)."""
+    rows = [(f"{c.out}x{c.inp}", f"{c.density:g}", str(c.batch), str(c.threads), f"{c.ms['dense']:.2f}",
+             *[_x(c.speedup(m)) for m in SHOWN], "sparse" if c.auto == "sparse" else "masked", f"{c.choose_s:.2f}",
+             str(c.repeats))
+            for c in result.cells]
+    m = result.machine
+    title = (f"training step (forward + backward + SGD momentum step), speedup over dense nn.Linear; "
+             f"ISA {m.get('isa')}, torch {m.get('torch')}")
+    note = "" if m.get("sparselab") else "sparselab is not installed: its column is empty (pip install sparselab)"
+    return TableData(title, ("layer (out x in)", "density", "batch", "thr", "dense ms", *SHOWN, "auto picks",
+                             "choose s", "rounds"), rows, min_width=140, note=note)
+
+
+def memory_table(result: TrainingResult) -> TableData:
+    rows = [(f"{r['out']}x{r['inp']}", f"{r['density']:g}", r["optimizer"], _mib(r["dense_bytes"]),
+             _mib(r["sparse_bytes"]), f"{r['sparse_ratio']:.3f}", _mib(r["sparselab_bytes"]),
+             _x(r["sparselab_ratio"]) if r["sparselab_ratio"] is None else f"{r['sparselab_ratio']:.3f}")
+            for r in result.memory]
+    return TableData("optimizer state after one step (SGD: momentum; AdamW: two moments and the step), MiB",
+                     ("layer (out x in)", "density", "optimizer", "dense", "sparse", "sparse / dense", "SparseLab",
+                      "SparseLab / dense"), rows, left=("layer (out x in)", "optimizer"))
+
+
+def end_to_end_table(result: TrainingResult) -> TableData | None:
+    """The whole-model rows, one column per key (whatever the end-to-end runs record)."""
+    if not result.end_to_end:
+        return None
+    keys = list(dict.fromkeys(k for r in result.end_to_end for k in r))
+    rows = [tuple(_cell(r.get(k)) for k in keys) for r in result.end_to_end]
+    return TableData("end to end: whole models trained with sparseflow train", keys, rows)
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def tables(result: TrainingResult) -> list[TableData]:
+    out = [speedup_table(result), memory_table(result)]
+    e2e = end_to_end_table(result)
+    return out + ([e2e] if e2e is not None else [])
+
+
+def plot(result: TrainingResult, path: Path) -> None:
+    """Speedup over dense against density, one panel per (threads, batch); a colour per layer shape, the sparse
+    layer solid, SparseLab dashed, auto dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from sparseflow.training.report import save_figure
+
+    cells = result.cells
+    threads = sorted({c.threads for c in cells})
+    batches = sorted({c.batch for c in cells})
+    shapes = list(dict.fromkeys((c.out, c.inp) for c in cells))
+    fig, axes = plt.subplots(len(threads), len(batches), figsize=(4.2 * len(batches), 3.4 * len(threads)),
+                             squeeze=False, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r, t in enumerate(threads):
+        for k, b in enumerate(batches):
+            ax = axes[r][k]
+            for n, shape in enumerate(shapes):
+                mine = sorted((c for c in cells if (c.out, c.inp) == shape and c.batch == b and c.threads == t),
+                              key=lambda c: c.density)
+                xs = [c.density for c in mine]
+                for method, style, marker in (("sparse", "-", "o"), ("sparselab", "--", "s"), ("auto", ":", "x")):
+                    ys = [c.speedup(method) for c in mine]
+                    if xs and all(y is not None for y in ys):
+                        ax.plot(xs, ys, style, marker=marker, markersize=4, color=colors[n % len(colors)],
+                                label=f"{shape[0]}x{shape[1]} {method}")
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xscale("log")
+            densities = sorted({c.density for c in cells})
+            ax.set_xticks(densities, [f"{d:g}" for d in densities])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"batch {b}, {t} thread{'s' if t > 1 else ''}")
+            ax.set_xlabel("density")
+            if k == 0:
+                ax.set_ylabel("speedup over dense")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"training step of one Linear layer vs dense (ISA {result.machine.get('isa')})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _md_table(t: TableData) -> str:
+    lines = ["| " + " | ".join(t.columns) + " |", "|" + "|".join("---" for _ in t.columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in t.rows]
+    return "\n".join(lines)
+
+
+def report_md(result: TrainingResult) -> str:
+    m, cfg = result.machine, result.config
+    parts = ["# sparseflow bench training", ""]
+    if result.command_line:
+        parts += [f"Reproduce with: `{result.command_line}`", ""]
+    parts += [f"Machine: {m.get('processor')}, {m.get('cores')} cores, ISA {m.get('isa')}; torch {m.get('torch')}; "
+              f"SparseLab {m.get('sparselab') or 'not installed'}; threads {', '.join(map(str, cfg.threads))}; "
+              f"{result.wall_s:.0f} s in all.", "",
+              "Each cell times one training step of a single Linear layer (forward, backward into the weights and "
+              "the input, SGD step with momentum 0.9) on random data; the median over interleaved rounds. Columns "
+              "are dense time / method time in the same cell: masked = nn.Linear under FixedMask, sparse = "
+              "SparseTrainLinear, auto = the path autotune.choose picked (its own measurement, which took "
+              "'choose s' seconds).", ""]
+    for t in tables(result):
+        parts += [f"## {t.title[0].upper()}{t.title[1:]}", "", _md_table(t), ""]
+        if t.note:
+            parts += [t.note, ""]
+    parts += ["![speedup](speedup.png)", "", "## Criteria", "", "| criterion | value | target | pass |",
+              "|---|---|---|---|"]
+    for name, c in result.criteria().items():
+        verdict = "n/a" if c["pass"] is None else "yes" if c["pass"] else "**no**"
+        note = f" ({c['note']})" if c.get("note") and c["pass"] is None else ""
+        parts.append(f"| {name} | {c['value']} | {c['target']} | {verdict}{note} |")
+    return "\n".join(parts) + "\n"
+
+
+def write_outputs(result: TrainingResult, out: Path) -> dict[str, Any]:
+    """OUT/result.json, OUT/report.md and OUT/speedup.png; returns the JSON object."""
+    out = Path(out)
+    data = result.to_json()
+    write_results(out, "bench-training", data, "result.json")
+    if result.cells:
+        plot(result, out / "speedup.png")
+    atomic_write_text(out / "report.md", report_md(result))
+    return data
