@@ -64,6 +64,7 @@ class _Structure:
         self.t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
         self.t_col = rows[self.perm].to(torch.int64)
         self.rows = rows
+        self.flat = rows * in_f + self.col  # positions in the flattened (out, in) matrix, in the values' order
         # The compiled kernels' index (CPU): int32 row pointers, 16-bit columns where they fit.
         self.k_rowptr = self.crow.to(torch.int32)
         self.k_col = _narrow(self.col, in_f)
@@ -71,7 +72,7 @@ class _Structure:
         self.k_t_col = _narrow(self.t_col, out_f)
 
     def to(self, device: torch.device) -> _Structure:
-        for name in ("crow", "col", "perm", "t_crow", "t_col", "rows"):
+        for name in ("crow", "col", "perm", "t_crow", "t_col", "rows", "flat"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -79,7 +80,7 @@ class _Structure:
         return _csr(self.crow, self.col, values, self.shape)
 
     def transposed(self, values: Tensor) -> Tensor:
-        return _csr(self.t_crow, self.t_col, values[self.perm], self.shape[::-1])
+        return _csr(self.t_crow, self.t_col, values.index_select(0, self.perm), self.shape[::-1])
 
 
 def _compiled(*tensors: Tensor) -> bool:
@@ -110,7 +111,7 @@ class _SparseMatmul(torch.autograd.Function):
         compiled = _compiled(x, values, grad)
         if ctx.needs_input_grad[0]:
             if compiled:
-                wt = K.CsrWeight(s.k_t_rowptr, s.k_t_col, values.detach()[s.perm], s.shape[::-1])
+                wt = K.CsrWeight(s.k_t_rowptr, s.k_t_col, values.detach().index_select(0, s.perm), s.shape[::-1])
                 grad_x = K.spmm(wt, grad.contiguous())
             else:
                 grad_x = torch.sparse.mm(s.transposed(values), grad.t()).t()
@@ -118,7 +119,7 @@ class _SparseMatmul(torch.autograd.Function):
             if layer.collect_dense_grad and layer._structure is s:
                 dense = grad.t() @ x  # the whole gradient, for a method that grows where it is large (RigL)
                 layer._dense_grad = dense if layer._dense_grad is None else layer._dense_grad + dense
-                grad_values = dense[s.rows, s.col]
+                grad_values = dense.reshape(-1).index_select(0, s.flat)
             elif compiled:
                 grad_values = K.sddmm(s.k_rowptr, s.k_col, grad.contiguous(), x.contiguous(), check=False)
             else:
@@ -154,7 +155,7 @@ class SparseTrainLinear(nn.Module):
     def __init__(self, mask: Tensor, values: Tensor | None = None, bias: Tensor | None = None) -> None:
         super().__init__()
         mask = _check_mask(mask)
-        nnz = int(mask.sum())
+        nnz = int(torch.count_nonzero(mask))
         self.out_features, self.in_features = (int(d) for d in mask.shape)
         self._structure = _Structure(mask)
         if values is None:  # PyTorch's Linear init, per kept weight
@@ -194,7 +195,7 @@ class SparseTrainLinear(nn.Module):
     def mask(self) -> Tensor:
         """The kept positions, a new ``(out, in)`` bool tensor."""
         m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
-        m[self._structure.rows, self._structure.col] = True
+        m.view(-1)[self._structure.flat] = True
         return m
 
     def dense_weight(self) -> Tensor:
@@ -204,12 +205,12 @@ class SparseTrainLinear(nn.Module):
     def scatter(self, flat: Tensor) -> Tensor:
         """A flat nnz-sized tensor (the values, their gradient, optimizer state) as the dense ``(out, in)`` one."""
         w = torch.zeros(self.out_features, self.in_features, dtype=flat.dtype, device=flat.device)
-        w[self._structure.rows, self._structure.col] = flat
+        w.view(-1).index_copy_(0, self._structure.flat, flat)
         return w
 
     def gather(self, dense: Tensor) -> Tensor:
         """A dense ``(out, in)`` tensor at the kept positions, in the order of ``values``."""
-        return dense[self._structure.rows, self._structure.col]
+        return dense.reshape(-1).index_select(0, self._structure.flat)
 
     @torch.no_grad()
     def set_mask_(self, mask: Tensor, weight: Tensor) -> None:
@@ -219,7 +220,7 @@ class SparseTrainLinear(nn.Module):
         optimizer must be given in place of the old one (autograd keeps a parameter's size from its first use)."""
         mask = _check_mask(mask, (self.out_features, self.in_features))
         structure = _Structure(mask).to(self.values.device)
-        new = weight.detach().to(self.values.device, self.values.dtype)[structure.rows, structure.col]
+        new = weight.detach().to(self.values.device, self.values.dtype).reshape(-1).index_select(0, structure.flat)
         if new.shape == self.values.shape:
             self.values.copy_(new)
         else:
