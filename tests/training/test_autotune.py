@@ -48,6 +48,34 @@ def test_the_choice_follows_the_medians(monkeypatch: pytest.MonkeyPatch, dense, 
     assert choose(mask, 4) == want
 
 
+@pytest.mark.parametrize("dense, want", [(1.03, "dense"), (1.10, "sparse")])
+def test_a_close_call_is_timed_again_and_sparse_must_win_by_the_edge(monkeypatch: pytest.MonkeyPatch, dense,
+                                                                      want) -> None:  # noqa: ANN001
+    calls = []
+
+    def fixed(steps, repeats, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append((repeats, kw.get("margin")))
+        return {"dense": [dense] * repeats, "sparse": [1.0] * repeats}
+
+    monkeypatch.setattr(autotune, "interleaved", fixed)
+    t = autotune.decide(_mask((8, 16), 0.5), 4)
+    # within CLOSE of each other: CLOSE_REPEATS more rounds, every round, joined to the first ones
+    assert calls == [(autotune.CHOOSE_REPEATS, autotune.CHOOSE_MARGIN), (autotune.CLOSE_REPEATS, None)]
+    assert t["repeats"] == autotune.CHOOSE_REPEATS + autotune.CLOSE_REPEATS == len(t["sparse_samples"])
+    assert t["choice"] == want == ("sparse" if dense >= autotune.SPARSE_EDGE * 1.0 else "dense")
+
+
+def test_a_plain_answer_is_not_timed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fixed(steps, repeats, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(repeats)
+        return {"dense": [3.0, 3.0], "sparse": [1.0, 1.0]}
+
+    monkeypatch.setattr(autotune, "interleaved", fixed)
+    assert autotune.decide(_mask((8, 16), 0.5), 4)["choice"] == "sparse" and calls == [autotune.CHOOSE_REPEATS]
+
+
 def test_the_two_paths_train_the_same_weights() -> None:
     mask = _mask((12, 20), 0.3)
     g = torch.Generator().manual_seed(1)

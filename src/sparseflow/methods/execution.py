@@ -117,9 +117,8 @@ class Execution:
             if p.device.type != "cpu":  # the compiled kernels are CPU kernels; torch's CSR ones are slow elsewhere
                 self.choices[name] = {"execution": "dense", "rows": n, "why": f"on {p.device.type}"}
                 continue
-            times = autotune.time_linear(self.method._mask[name].cpu(), n, optimizer=optimizer, bias=bias,
-                                         repeats=autotune.CHOOSE_REPEATS, margin=autotune.CHOOSE_MARGIN)
-            pick = "sparse" if times["sparse"] < times["dense"] else "dense"
+            times = autotune.decide(self.method._mask[name].cpu(), n, optimizer=optimizer, bias=bias)
+            pick = times["choice"]
             self.choices[name] = {"execution": pick, "rows": n, "dense_s": times["dense"], "sparse_s": times["sparse"]}
             if pick == "sparse":
                 chosen.append(name)

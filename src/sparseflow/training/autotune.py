@@ -11,9 +11,10 @@ Two paths train the same layer under the same mask to the same weights:
 
 :func:`time_linear` times one training step of each (forward, backward into the weights and the input, optimizer
 step), interleaved (dense, sparse, dense, sparse, ...) after one warm-up step each, on random inputs and output
-gradients, and returns the medians; :func:`choose` is the cheap form the ``auto`` execution calls per layer:
-"sparse" only when the sparse step measured faster. What is timed is whatever kernels the two layers use, so the
-choice follows them without knowing which.
+gradients, and returns the medians; :func:`decide` (and :func:`choose`, its answer alone) is the form the
+``auto`` execution calls per layer: cheap where one path is plainly faster, longer on a close call, and "sparse"
+only when the sparse step measured faster by a few percent. What is timed is whatever kernels the two layers
+use, so the choice follows them without knowing which.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from sparseflow.training.sparse_linear import SparseTrainLinear
 OPTIMIZERS = ("sgd", "adamw")
 CHOOSE_REPEATS = 3  # timed rounds at most, for choose()
 CHOOSE_MARGIN = 2.0  # choose() stops once one path is this many times faster in every sample (of two rounds or more)
+CLOSE = 1.25  # medians within this factor of each other: a close call, timed again over more rounds
+CLOSE_REPEATS = 7  # the rounds a close call adds
+SPARSE_EDGE = 1.05  # sparse is chosen only when masked dense took at least this many times longer
 
 Step = Callable[[], None]
 
@@ -213,10 +217,29 @@ def time_linear(mask: Tensor, batch: int, *, bias: bool = True, optimizer: str =
             "optimizer": optimizer}
 
 
+def decide(mask: Tensor, batch: int, **kw: Any) -> dict[str, Any]:
+    """:func:`time_linear`'s measurement, cheap where the answer is plain and longer where it is close, with the
+    choice this module's ``auto`` execution makes: ``"choice"`` is ``"sparse"`` only when the masked dense step's
+    median is at least ``SPARSE_EDGE`` times the sparse one's (within a few percent, dense: the execution every
+    method runs by default, whose cost a noisy sample cannot make worse than measured).
+
+    At most ``CHOOSE_REPEATS`` rounds, ending after the second round if one path is ``CHOOSE_MARGIN`` times
+    faster in every sample; when the two medians are within ``CLOSE`` of each other, ``CLOSE_REPEATS`` more
+    rounds join the samples before the medians decide (a wrong pick there costs most of the margin a later cell
+    would show). ``kw`` (``bias``, ``optimizer``, ``threads``, ``repeats``, ``margin``) as for :func:`time_linear`.
+    """
+    t = time_linear(mask, batch, **{"repeats": CHOOSE_REPEATS, "margin": CHOOSE_MARGIN, **kw})
+    if max(t["dense"], t["sparse"]) < CLOSE * min(t["dense"], t["sparse"]):
+        more = time_linear(mask, batch, **{**kw, "repeats": CLOSE_REPEATS, "margin": None})
+        for k in ("dense", "sparse"):
+            t[f"{k}_samples"] = t[f"{k}_samples"] + more[f"{k}_samples"]
+            t[k] = statistics.median(t[f"{k}_samples"])
+        t["repeats"] = len(t["dense_samples"])
+    t["choice"] = "sparse" if t["dense"] >= SPARSE_EDGE * t["sparse"] else "dense"
+    return t
+
+
 def choose(mask: Tensor, batch: int, **kw: Any) -> str:
-    """``"sparse"`` or ``"dense"``: the execution of the layer ``mask`` describes that trained faster here at
-    ``batch`` rows per step (:func:`time_linear`'s ``"choice"``). Cheap by default: at most
-    ``CHOOSE_REPEATS`` rounds, ending after the second round if one path is ``CHOOSE_MARGIN`` times faster
-    in every sample; ``kw`` (``bias``, ``optimizer``, ``threads``, ``repeats``, ``margin``) as for
-    :func:`time_linear`."""
-    return time_linear(mask, batch, **{"repeats": CHOOSE_REPEATS, "margin": CHOOSE_MARGIN, **kw})["choice"]
+    """``"sparse"`` or ``"dense"``: the execution of the layer ``mask`` describes that trains faster here at
+    ``batch`` rows per step, as :func:`decide` measures and decides it; ``kw`` as for :func:`time_linear`."""
+    return decide(mask, batch, **kw)["choice"]
