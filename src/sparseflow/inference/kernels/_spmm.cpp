@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -276,14 +278,49 @@ static void pack_job(const Call& c, int32_t k0, int32_t k1) {
     base::pack_panels(c.X, c.B, c.ncols, c.K * vector_width(c.isa), k0, k1, c.Xp);
 }
 
-// Run fn(lo, hi) over `nt` ranges of [0, n); bounds[t] give the split points.
+// Run fn(lo, hi) over the chunks [bounds[i], bounds[i+1]) on `nt` threads (this one included), each taking the
+// next chunk not yet taken. The helpers are detached and this thread waits only for the chunks they took: a
+// helper that starts late (its core busy, e.g. with PyTorch's OpenMP workers, which wait spinning after each
+// parallel op) finds the work done and ends, instead of holding the call until the scheduler runs it. The
+// shared state lives as long as its last holder; fn is called only for chunks this call waits for.
+struct Chunks {
+    std::atomic<int> next{0}, done{0};
+    int n = 0;
+    std::vector<int32_t> bounds;
+    std::function<void(int32_t, int32_t)> fn;
+    void work() {
+        for (int i = next.fetch_add(1, std::memory_order_relaxed); i < n; i = next.fetch_add(1, std::memory_order_relaxed)) {
+            fn(bounds[i], bounds[i + 1]);
+            done.fetch_add(1, std::memory_order_release);
+        }
+    }
+};
+
 template <typename F>
 static void parallel(int nt, const std::vector<int32_t>& bounds, F fn) {
-    if (nt == 1) { fn(bounds[0], bounds[1]); return; }
-    std::vector<std::thread> ts;
-    for (int t = 1; t < nt; ++t) ts.emplace_back(fn, bounds[t], bounds[t + 1]);
-    fn(bounds[0], bounds[1]);
-    for (auto& t : ts) t.join();
+    const int n = (int)bounds.size() - 1;
+    if (nt <= 1 || n <= 1) {
+        if (n >= 1) fn(bounds[0], bounds[n]);
+        return;
+    }
+    auto st = std::make_shared<Chunks>();
+    st->n = n;
+    st->bounds = bounds;
+    st->fn = fn;
+    for (int t = 1; t < nt; ++t) std::thread([st]() { st->work(); }).detach();
+    st->work();
+    while (st->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+static const int CHUNKS_PER_THREAD = 8;
+
+// Chunks for nt threads: CHUNKS_PER_THREAD each, fewer where a chunk would hold under 2^min_log2 units of work.
+static int chunk_count(int nt, int64_t work, int min_log2) {
+    if (nt <= 1) return 1;
+    int64_t n = (int64_t)nt * CHUNKS_PER_THREAD;
+    const int64_t most = work >> min_log2;
+    if (n > most) n = most;
+    return n < nt ? nt : (int)n;
 }
 
 // Threads for nnz*B multiply-adds: at most `threads`, and at least 2^min_log2 of them per thread
@@ -313,10 +350,12 @@ static std::vector<int32_t> split_rows(const int32_t* rp, int32_t nrows, int nt)
 
 static void run(const Call& c, int threads) {
     const int nt = thread_count(threads, c.rp, c.nrows, c.B, 17);  // ~128k multiply-adds per thread
-    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nt);
+    const int nc = chunk_count(nt, (int64_t)c.rp[c.nrows] * c.B, 15);
+    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nc < c.nrows ? nc : c.nrows);
     if (c.K > 0) {
-        std::vector<int32_t> cols(nt + 1);
-        for (int t = 0; t <= nt; ++t) cols[t] = (int32_t)((int64_t)c.ncols * t / nt);
+        const int np = nc < c.ncols ? nc : c.ncols;
+        std::vector<int32_t> cols(np + 1);
+        for (int t = 0; t <= np; ++t) cols[t] = (int32_t)((int64_t)c.ncols * t / np);
         parallel(nt, cols, [&](int32_t a, int32_t b) { pack_job(c, a, b); });
     }
     if (c.wide) parallel(nt, rows, [&](int32_t a, int32_t b) { rows_job<int32_t>(c, a, b); });
@@ -376,27 +415,27 @@ static void sddmm_pack(const SddCall& c, const float* X, int32_t ncols, int32_t 
     else base::pack_panels(X, c.B, ncols, tw, k0, k1, P);
 }
 
-// One parallel region: thread t packs its share of the columns of dY and X, waits for the others
-// (every thread reads all of the panels), then runs its rows; one thread start per call, not two.
-// A second thread pays off from ~4M multiply-adds (0.3 ms) on: 2M per thread at least.
+// Two parallel regions: the panels of dY and X (every row reads all of them), then the rows; both in chunks
+// taken as threads come free (see parallel()). A second thread pays off from ~4M multiply-adds (0.3 ms) on:
+// 2M per thread at least.
 static void run_sddmm(const SddCall& c, int threads) {
     const int nt = thread_count(threads, c.rp, c.nrows, c.B, 21);
-    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nt);
-    std::vector<int32_t> ts(nt + 1);
-    for (int t = 0; t <= nt; ++t) ts[t] = t;
-    const int32_t tw = c.K * vector_width(c.isa);
-    std::atomic<int> packed{0};
-    parallel(nt, ts, [&](int32_t t, int32_t) {
-        if (c.K > 0) {
-            const auto at = [&](int32_t n, int32_t i) { return (int32_t)((int64_t)n * i / nt); };
-            sddmm_pack(c, c.dY, c.nrows, tw, at(c.nrows, t), at(c.nrows, t + 1), c.Dp);
-            sddmm_pack(c, c.X, c.ncols, tw, at(c.ncols, t), at(c.ncols, t + 1), c.Xp);
-            packed.fetch_add(1, std::memory_order_acq_rel);
-            while (packed.load(std::memory_order_acquire) < nt) std::this_thread::yield();
-        }
-        if (c.wide) sddmm_job<int32_t>(c, rows[t], rows[t + 1]);
-        else sddmm_job<uint16_t>(c, rows[t], rows[t + 1]);
-    });
+    const int nc = chunk_count(nt, (int64_t)c.rp[c.nrows] * c.B, 18);
+    const std::vector<int32_t> rows = split_rows(c.rp, c.nrows, nc < c.nrows ? nc : c.nrows);
+    if (c.K > 0) {
+        const int32_t tw = c.K * vector_width(c.isa);
+        // chunks over the rows of dY (ids 0 .. nrows) and then the columns of X (ids nrows .. nrows + ncols)
+        const int64_t total = (int64_t)c.nrows + c.ncols;
+        const int np = (int)(nc < total ? nc : total);
+        std::vector<int32_t> ids(np + 1);
+        for (int t = 0; t <= np; ++t) ids[t] = (int32_t)(total * t / np);
+        parallel(nt, ids, [&](int32_t a, int32_t b) {
+            if (a < c.nrows) sddmm_pack(c, c.dY, c.nrows, tw, a, b < c.nrows ? b : c.nrows, c.Dp);
+            if (b > c.nrows) sddmm_pack(c, c.X, c.ncols, tw, (a > c.nrows ? a : c.nrows) - c.nrows, b - c.nrows, c.Xp);
+        });
+    }
+    if (c.wide) parallel(nt, rows, [&](int32_t a, int32_t b) { sddmm_job<int32_t>(c, a, b); });
+    else parallel(nt, rows, [&](int32_t a, int32_t b) { sddmm_job<uint16_t>(c, a, b); });
 }
 
 static PyObject* py_sddmm(PyObject*, PyObject* args) {
