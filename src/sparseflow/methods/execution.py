@@ -229,7 +229,7 @@ class Execution:
             from sparseflow.training import distributed
             dense = distributed.all_reduce_mean(dense)
         if layer.values.grad is not None:
-            dense[layer._structure.rows, layer._structure.col] = layer.values.grad
+            dense.view(-1).index_copy_(0, layer._structure.flat, layer.values.grad)
         self.method._on_grad(name, dense)
 
     def arm(self) -> None:

@@ -4,8 +4,9 @@ The measurements are :mod:`sparseflow.bench.training.measure`'s. The criteria na
 at (4096 x 4096, batch 64, one thread) and compare the sparse layer with dense and with SparseLab there; the
 ``auto`` path is held to dense over every cell; the optimizer state at density 0.1 to a fifth of dense.
 
-``end_to_end`` is the place for whole-model training runs (``sparseflow train``): rows added to the result are
-written to the JSON and the report beside the single layers; their criteria join :func:`criteria`'s.
+``end_to_end`` holds the whole-model runs (:mod:`sparseflow.bench.training.end_to_end`): RigL on the MLP
+784-4096-4096-10 at 90 % on MNIST (``--data-dir``; the quick run without it trains on the embedded digits), in
+dense and sparse execution, beside dense training; ``end_to_end_summary`` is their table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import torch
 
-from sparseflow.bench import BenchOptions
+from sparseflow.bench import DataBenchOptions
+from sparseflow.bench.training import end_to_end as e2e
 from sparseflow.bench.training.measure import (Cell, dense_execution, executions, layer_cell, mask_of, memory_rows,
                                                release_sparselab, sparselab_version, state_bytes)
 from sparseflow.errors import SparseflowError
@@ -32,6 +34,9 @@ GOAL_SHAPE, GOAL_BATCH, GOAL_THREADS = (4096, 4096), 64, 1
 SPEEDUP_GOALS = {0.1: 2.5, 0.05: 4.0}  # density -> sparse over dense at the goal cell
 AUTO_GOAL = 0.95  # dense time / auto time, every cell
 STATE_DENSITY, STATE_GOAL = 0.1, 0.2  # optimizer state of the sparse layer / dense, at this density
+E2E_GOAL = 2.0  # dense training's epoch time / RigL's in sparse execution, MLP on MNIST
+E2E_ACC_PP = 0.3  # |accuracy of RigL in sparse execution - in dense execution|, mean over seeds, in points
+E2E_SEEDS = 3  # the seeds the accuracy goal is set over
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -61,6 +66,21 @@ class TrainingConfig:
     threads: tuple[int, ...] = option((1, 2), "torch thread counts.", min=1, quick=(1,), distinct=True)
     repeats: int = option(7, "Timed rounds per cell at most (a cell whose rounds would take over 10 s runs fewer, "
                              "never under 3); medians are reported.", min=1, quick=3)
+    end_to_end: bool = option(True, "Also train the MLP end to end: RigL in dense and in sparse execution beside "
+                                    "dense training (MNIST from --data-dir; without it, the embedded digits).",
+                              flag="--end-to-end/--no-end-to-end")
+    e2e_hidden: tuple[int, ...] = option((4096, 4096), "Hidden widths of the end-to-end MLP.", min=1,
+                                         metavar="WIDTHS")
+    e2e_sparsity: float = option(0.9, "RigL's sparsity in the end-to-end runs.", min=0, max=1, max_open=True)
+    e2e_epochs: int = option(1, "Epochs of each end-to-end run.", min=1)
+    e2e_seeds: int = option(E2E_SEEDS, "Seeds of the end-to-end runs (each trains dense, masked and sparse).",
+                            min=1, quick=1)
+    e2e_subset: int | None = option(None, "Training examples of the end-to-end runs (default all; quick: 2048 of "
+                                          "MNIST).", min=1, quick=2048)
+    e2e_test_subset: int | None = option(None, "Test examples the end-to-end runs evaluate on (default all; "
+                                               "quick: the first 1000 of MNIST).", min=1, quick=1000)
+    e2e_batch: int = option(64, "Batch size of the end-to-end runs.", min=1)
+    e2e_threads: int = option(1, "torch threads of the end-to-end runs.", min=1)
     quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
 
     def __post_init__(self) -> None:
@@ -82,7 +102,12 @@ class TrainingResult:
     machine: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     command_line: str | None = None
-    end_to_end: list[dict[str, Any]] = field(default_factory=list)  # whole-model runs (module docstring)
+    end_to_end: list[dict[str, Any]] = field(default_factory=list)  # whole-model runs, one row per run
+    dataset: str | None = None  # the end-to-end runs' dataset
+
+    @property
+    def end_to_end_summary(self) -> list[dict[str, Any]]:
+        return e2e.summary(self.end_to_end)
 
     def criteria(self) -> dict[str, dict[str, Any]]:
         return criteria(self)
@@ -93,7 +118,9 @@ class TrainingResult:
         return {"command": "bench training", "quick": self.config.quick, "config": to_dict(self.config),
                 "machine": self.machine, "wall_s": self.wall_s, "command_line": self.command_line,
                 "cells": [c.to_json() for c in self.cells], "memory": self.memory,
-                "end_to_end": self.end_to_end, "criteria": self.criteria()}
+                "end_to_end": {"dataset": self.dataset, "runs": self.end_to_end,
+                               "summary": self.end_to_end_summary},
+                "criteria": self.criteria()}
 
 
 # --- criteria -------------------------------------------------------------------------------------
@@ -145,8 +172,41 @@ def criteria(result: TrainingResult) -> dict[str, dict[str, Any]]:
             row is not None and row["sparse_ratio"] <= STATE_GOAL,
             f"density {STATE_DENSITY:g} is not among this run's --densities",
             **({} if row is None else {"layer": f"{row['out']}x{row['inp']}"}))
-    # The end-to-end runs (result.end_to_end) add their criteria here.
+    out.update(e2e_criteria(result))
     return out
+
+
+def e2e_criteria(result: TrainingResult) -> dict[str, dict[str, Any]]:
+    """The end-to-end goals: an epoch of RigL in sparse execution against dense training, and its accuracy
+    against RigL in dense execution; judged on MNIST at full scale, reported with ``"pass": None`` and why
+    otherwise."""
+    c = result.config
+    name = f"end to end, RigL MLP {'-'.join(map(str, c.e2e_hidden))} at {c.e2e_sparsity:g}"
+    rows = {r["run"]: r for r in result.end_to_end_summary}
+    speed = rows["sparse"]["speedup"] if "sparse" in rows else None
+    gap = abs(rows["sparse"]["acc_mean"] - rows["masked"]["acc_mean"]) if {"sparse", "masked"} <= set(rows) else None
+    if not c.end_to_end:
+        why = "the end-to-end runs were not run (--no-end-to-end)"
+    elif result.dataset != "mnist":
+        why = f"trained on {result.dataset}: the goal is on MNIST (pass --data-dir, the MNIST folder)"
+    elif c.quick:
+        why = "quick run: a subset of MNIST, one seed; the goal is the full run's (without --quick)"
+    else:
+        why = ""
+    acc_why = why or (f"{c.e2e_seeds} seed(s): the goal is a mean over {E2E_SEEDS}" if c.e2e_seeds < E2E_SEEDS
+                      else "")
+
+    def judged(value: float | None, target: str, ok: bool, note: str) -> dict[str, Any]:
+        if value is None or note:
+            return {"value": None if value is None else float(f"{value:.4g}"), "target": target, "pass": None,
+                    "note": note or "not measured"}
+        return _entry(value, target, ok)
+
+    return {f"{name}: epoch, sparse execution vs dense training":
+            judged(speed, f">= {E2E_GOAL:g}x", speed is not None and speed >= E2E_GOAL, why),
+            f"{name}: accuracy, sparse vs dense execution (pp)":
+            judged(gap, f"<= {E2E_ACC_PP:g} pp (mean over {E2E_SEEDS} seeds)",
+                   gap is not None and gap <= E2E_ACC_PP, acc_why)}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -162,16 +222,44 @@ def machine() -> dict[str, Any]:
             "load_average": os.getloadavg()}
 
 
+def check_data(config: TrainingConfig, options: DataBenchOptions) -> str | None:
+    """The end-to-end runs' dataset, its files verified before anything is timed; one clear error where the full
+    run has no MNIST folder."""
+    if not config.end_to_end:
+        return None
+    dataset, folder = e2e.data_of(options.data_dir)
+    if dataset != "mnist" and not config.quick:
+        raise SparseflowError("bench training's end-to-end runs train on MNIST: pass --data-dir, the folder holding "
+                              "its four IDX .gz files (or --no-end-to-end for the single layers alone, or --quick "
+                              "to train on the embedded digits)")
+    from sparseflow.training.data import load_dataset
+
+    load_dataset(dataset, folder)  # verify the files
+    return dataset
+
+
+def e2e_specs(config: TrainingConfig, dataset: str, folder: str | None) -> list[e2e.RunSpec]:
+    c = config
+    on_files = dataset == "mnist"  # the digits are small: every example, whatever the quick subset says
+    return [e2e.RunSpec(run, seed, dataset, folder, c.e2e_subset if on_files else None,
+                        c.e2e_test_subset if on_files else None, tuple(c.e2e_hidden), c.e2e_sparsity, c.e2e_epochs,
+                        c.e2e_batch, c.e2e_threads)
+            for seed in range(c.e2e_seeds) for run in e2e.RUNS]
+
+
 def run(config: TrainingConfig, out: Path | None = None, progress: Tick = no_progress, *,
-        options: BenchOptions = BenchOptions()) -> TrainingResult:
-    """Time the grid (shapes, densities, threads, batches, outermost first) and measure the optimizer state;
-    ``out`` is not used (the writers write it)."""
+        options: DataBenchOptions = DataBenchOptions()) -> TrainingResult:
+    """Time the grid (shapes, densities, threads, batches, outermost first), measure the optimizer state, then
+    train the end-to-end runs; ``out`` is not used (the writers write it)."""
     from sparseflow.training.options import command_line
 
     c = config
+    dataset = check_data(c, options)
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
-    progress("", advance=0, total=len(c.shapes) * len(c.densities) * (1 + len(c.threads) * len(c.batches)))
+    specs = e2e_specs(c, dataset, e2e.data_of(options.data_dir)[1]) if dataset else []
+    progress("", advance=0,
+             total=len(c.shapes) * len(c.densities) * (1 + len(c.threads) * len(c.batches)) + len(specs))
     cells: list[Cell] = []
     memory: list[dict[str, Any]] = []
     try:
@@ -198,5 +286,7 @@ def run(config: TrainingConfig, out: Path | None = None, progress: Tick = no_pro
                 release_sparselab()
     finally:
         torch.set_num_threads(threads_before)
+    rows = e2e.run_all(specs, progress) if specs else []
     return TrainingResult(c, cells, memory, machine(), time.perf_counter() - t0,
-                          command_line("sparseflow bench training", c, dataclasses.replace(options, out=out)))
+                          command_line("sparseflow bench training", c, dataclasses.replace(options, out=out)),
+                          rows, dataset)
