@@ -77,6 +77,8 @@ from sparseflow.sweep.grid import SweepResult, run_sweep
 from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 from sparseflow.targets import Targets, prunable
 from sparseflow.training.loop import Callback, TrainConfig, TrainResult, evaluate, fit
+from sparseflow.methods.execution import EXECUTIONS
+from sparseflow.training.sparse_linear import SparseTrainLinear, dense_equivalent
 
 __version__ = "0.1.0"
 
@@ -114,6 +116,9 @@ __all__ = [
     "MODELS",
     "Callback",
     "Dataset",
+    "EXECUTIONS",
+    "SparseTrainLinear",
+    "dense_equivalent",
     "GPT",
     "TextDataset",
     "TrainConfig",
