@@ -94,6 +94,24 @@ def test_the_two_paths_train_the_same_weights() -> None:
         assert x.grad is None  # every step leaves no gradient behind
 
 
+def test_a_1x1_convolution_mask_times_the_convolution_paths() -> None:
+    mask = _mask((12, 20), 0.3).reshape(12, 20, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 20, 3, 3, generator=g).requires_grad_()
+    grad_y = torch.randn(2, 12, 3, 3, generator=g)
+    dense, sparse = masked_execution(mask), sparse_execution(mask)
+    assert type(dense.model[0]) is torch.nn.Conv2d and type(sparse.model).__name__ == "SparseTrainConv1x1"
+    for _ in range(3):
+        dense.step(x, grad_y)()
+        sparse.step(x, grad_y)()
+    w = dense.model[0].weight.detach()
+    torch.testing.assert_close(w[mask], sparse.model.values.detach(), rtol=1e-5, atol=1e-6)
+    t = time_linear(mask, 18, repeats=2)
+    assert t["batch"] == 18 and t["dense"] > 0 and t["sparse"] > 0 and t["density"] == pytest.approx(float(mask.float().mean()))
+    with pytest.raises(SparseflowError, match="out, in, 1, 1"):
+        time_linear(_mask((12, 20), 0.3).reshape(12, 20, 1, 1).expand(12, 20, 3, 3), 4)
+
+
 def test_the_timed_layers_are_freed(monkeypatch: pytest.MonkeyPatch) -> None:
     # The masked path's gradient hook (held by autograd, out of reach of the cycle collector) would keep the
     # method, the layer and its optimizer state alive after every measurement unless it is detached.

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import sparseflow as sf
 from sparseflow.training.loop import Callback, TrainConfig, TrainState, fit
 from sparseflow.training.autotune import SPARSE_EDGE
-from sparseflow.training.sparse_linear import SparseTrainLinear
+from sparseflow.training.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
 
 STEPS = 100
 
@@ -149,15 +149,84 @@ def test_set_execution_dense_gives_back_linear_layers_and_training_goes_on() -> 
 
 def test_targets_that_are_not_linear_stay_dense_and_masked() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1, padding=1), nn.Conv2d(4, 4, 1, groups=2),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
     method = sf.RandomSparse(0.7, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     method.prepare(model, opt, execution="sparse")
-    assert list(method.sparse_layers) == ["3.weight"] and isinstance(model[0], nn.Conv2d)
+    # a 3x3 convolution, a padded 1x1 and a grouped 1x1 stay dense
+    assert list(method.sparse_layers) == ["5.weight"] and all(type(model[i]) is nn.Conv2d for i in (0, 2, 3))
     F.cross_entropy(model(torch.randn(2, 1, 8, 8)), torch.tensor([1, 2])).backward()
     opt.step()
     method.step()
     assert bool((model[0].weight[~method.mask["0.weight"]] == 0).all())
+
+
+@pytest.mark.parametrize("stride, bias", [((1, 1), True), ((2, 1), False)])
+def test_a_sparse_1x1_convolution_is_the_masked_convolution(stride: tuple[int, int], bias: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 10, 1, stride=stride, bias=bias).double()
+    mask = torch.rand(10, 12, 1, 1) < 0.3
+    layer = SparseTrainConv1x1.from_conv(conv, mask)
+    assert layer.weight_shape == (10, 12, 1, 1) and layer.nnz == int(mask.sum())
+    x = torch.randn(3, 12, 7, 5, dtype=torch.double, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    y, want = layer(x), conv(x2)
+    torch.testing.assert_close(y, want)
+    g = torch.randn_like(want)
+    y.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.scatter(layer.values.grad), conv.weight.grad * mask)  # kept positions only
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, conv.bias.grad)
+    back = layer.to_module()
+    assert type(back) is nn.Conv2d and back.stride == stride and torch.equal(back.weight, conv.weight)
+    assert list(layer.state_dict()) == list(conv.state_dict())
+    assert torch.equal(layer.state_dict()["weight"], conv.weight)
+
+
+def _convnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
+                         nn.Conv2d(32, 32, 1, stride=2, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 5))
+
+
+@pytest.mark.parametrize("name", ["rigl", "set"])
+def test_a_convolutional_net_trains_the_same_with_its_1x1_convolutions_sparse(name: str) -> None:
+    g0 = torch.Generator().manual_seed(2)
+    data = [(torch.randn(8, 3, 8, 8, generator=g0), torch.randint(0, 5, (8,), generator=g0)) for _ in range(40)]
+    runs = {}
+    for execution in ("dense", "sparse", "auto"):
+        model = _convnet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        method = METHODS[name]()
+        method.prepare(model, opt, execution=execution)
+        losses = []
+        for x, y in data:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            method.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        runs[execution] = (model, method, losses, opt)
+    sparse = runs["sparse"]
+    assert set(sparse[1].sparse_layers) == {"2.weight", "4.weight", "7.weight"}  # the 3x3 stays dense
+    assert isinstance(sparse[0][2], SparseTrainConv1x1) and sparse[0][4].stride == (2, 2)
+    assert sparse[1].mask_version > 1
+    _assert_same(runs["dense"], sparse)
+    auto = runs["auto"][1]
+    rows = {"2.weight": 8 * 8 * 8, "4.weight": 8 * 4 * 4, "7.weight": 8}  # output positions of the batch
+    assert {n: c["rows"] for n, c in auto._exec.choices.items()} == rows
+    _assert_same(runs["dense"], runs["auto"])
+    sparse[1].set_execution("dense")
+    assert [type(sparse[0][i]) for i in (2, 4, 7)] == [nn.Conv2d, nn.Conv2d, nn.Linear]
+    assert sparse[0][4].stride == (2, 2) and sparse[0][4].bias is None
+    x = data[0][0]
+    torch.testing.assert_close(sparse[0](x), runs["dense"][0](x), rtol=1e-4, atol=1e-5)
 
 
 def test_state_dict_save_and_load() -> None:

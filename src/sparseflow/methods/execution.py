@@ -5,8 +5,9 @@
 - ``"dense"`` (default): the targets stay dense tensors and the mask multiplies the weights and gradients;
   every other setting below is then irrelevant.
 - ``"sparse"``: every ``nn.Linear`` target whose mask is not dense becomes a
-  :class:`~sparseflow.training.sparse_linear.SparseTrainLinear`, whose parameter ``values`` holds the kept
-  weights only (the optimizer's parameter is swapped in place, with its state). Forward, input gradient and
+  :class:`~sparseflow.training.sparse_linear.SparseTrainLinear` (a 1x1 ``nn.Conv2d``, one group and no
+  padding, a :class:`~sparseflow.training.sparse_linear.SparseTrainConv1x1`), whose parameter ``values`` holds
+  the kept weights only (the optimizer's parameter is swapped in place, with its state). Forward, input gradient and
   weight gradient skip the zeros; the optimizer state shrinks with the density.
 - ``"auto"``: as ``"sparse"``, but each layer is timed (forward + backward + step, dense against sparse, at the
   rows it multiplies in the first training forward) and stays dense where dense is faster. The choice is made
@@ -20,10 +21,10 @@ execution, and rebuilds each changed layer: kept positions keep their values and
 start at zero. RigL's dense gradient is computed only in the backward pass before an update
 (:attr:`SparseTrainLinear.collect_dense_grad`).
 
-Targets that are not plain ``nn.Linear`` (convolutions, Hugging Face ``Conv1D``, the projections inside
+Other targets (k x k and grouped convolutions, Hugging Face ``Conv1D``, the projections inside
 ``nn.MultiheadAttention``) stay in dense execution, masked as before; :attr:`Execution.layers` names the sparse
-ones. ``method.set_execution("dense")`` turns the layers back into ``nn.Linear`` (``fit`` does so when training
-ends, so the model it returns is the model dense execution returns).
+ones. ``method.set_execution("dense")`` turns the layers back into the ``nn.Linear`` and ``nn.Conv2d`` modules they
+stand for (``fit`` does so when training ends, so the model it returns is the model dense execution returns).
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ class Execution:
 
     # --- which targets ------------------------------------------------------------------------
     def candidates(self) -> list[str]:
-        """Targets that sparse execution can take now: plain nn.Linear weights, trainable, with a sparse mask."""
+        """Targets that sparse execution can take now: the weights of plain nn.Linear and 1x1 nn.Conv2d layers
+        (one group, no padding), trainable, with a sparse mask."""
+        from sparseflow.training.sparse_linear import conv1x1_eligible
+
         m = self.method
         out = []
         for name, p in m._params.items():
             if name in self.layers or name in self.choices or not name.endswith(".weight") or not p.requires_grad:
                 continue
             module = m.model.get_submodule(name.removesuffix(".weight"))
-            if type(module) is nn.Linear and p.dim() == 2 and not bool(m._mask[name].all()):
+            eligible = (type(module) is nn.Linear and p.dim() == 2) or (conv1x1_eligible(module) and p.dim() == 4)
+            if eligible and not bool(m._mask[name].all()):
                 out.append(name)
         return out
 
@@ -88,9 +93,14 @@ class Execution:
         for name in self.candidates():
             module = self.method.model.get_submodule(name.removesuffix(".weight"))
 
-            def probe(_mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                if args and isinstance(args[0], Tensor) and module.training:
-                    self._rows.setdefault(name, max(1, args[0].numel() // max(1, args[0].shape[-1])))
+            def probe(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                if args and isinstance(args[0], Tensor) and mod.training and name not in self._rows:
+                    x = args[0]
+                    if isinstance(mod, nn.Conv2d) and x.dim() == 4:  # rows: the output positions of the batch
+                        (sh, sw), (h, w) = mod.stride, x.shape[2:]
+                        self._rows[name] = max(1, x.shape[0] * (-(-h // sh)) * (-(-w // sw)))
+                    else:
+                        self._rows[name] = max(1, x.numel() // max(1, x.shape[-1]))
 
             self._probes.append(module.register_forward_pre_hook(probe))
 
@@ -146,7 +156,7 @@ class Execution:
     @torch.no_grad()
     def _convert(self, names: list[str]) -> None:
         from sparseflow.training import distributed
-        from sparseflow.training.sparse_linear import SparseTrainLinear, replace_module
+        from sparseflow.training.sparse_linear import replace_module, sparse_module
 
         if not names:
             return
@@ -159,7 +169,7 @@ class Execution:
         for name in names:
             module = m.model.get_submodule(name.removesuffix(".weight"))
             old = module.weight
-            layer = SparseTrainLinear.from_linear(module, m._mask[name])
+            layer = sparse_module(module, m._mask[name])
             self._swap_param(old, layer.values, layer.gather)
             if module.bias is not None:  # keep the bias object itself: the optimizer and its state hold it
                 layer.bias = module.bias
@@ -190,8 +200,9 @@ class Execution:
                               for k, v in state.items()}
 
     def to_dense(self) -> None:
-        """Turn every sparse layer back into an ``nn.Linear`` (weights and optimizer state with zeros outside the
-        mask) and forget them; the method is in dense execution from then on."""
+        """Turn every sparse layer back into the ``nn.Linear`` or ``nn.Conv2d`` it stands for (weights and
+        optimizer state with zeros outside the mask) and forget them; the method is in dense execution from then
+        on."""
         m = self.method
         for h in [*self._hooks.values(), *self._probes]:
             h.remove()
@@ -199,7 +210,7 @@ class Execution:
         from sparseflow.training.sparse_linear import replace_module
 
         for name, layer in self.layers.items():
-            lin = layer.to_linear()
+            lin = layer.to_module()
             if layer.bias is not None:
                 lin.bias = layer.bias
             self._swap_param(layer.values, lin.weight, layer.scatter)
@@ -225,6 +236,7 @@ class Execution:
         if dense is None:
             self.method._on_sparse_grad(name)
             return
+        dense = dense.reshape(layer.weight_shape)  # (out, in) -> a 1x1 convolution's (out, in, 1, 1)
         if reduce:
             from sparseflow.training import distributed
             dense = distributed.all_reduce_mean(dense)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from sparseflow.errors import SparseflowError
 from sparseflow.methods.fixed import FixedMask
-from sparseflow.training.sparse_linear import SparseTrainLinear
+from sparseflow.training.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
 
 OPTIMIZERS = ("sgd", "adamw")
 CHOOSE_REPEATS = 3  # timed rounds at most, for choose()
@@ -44,12 +44,15 @@ Step = Callable[[], None]
 
 # --- validation -----------------------------------------------------------------------------------
 def check_mask(mask: Any, what: str = "mask") -> Tensor:
-    """``mask`` as a CPU bool tensor (out, in) with at least one kept weight, or one clear error."""
-    if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
+    """``mask`` as a CPU bool tensor (out, in), or (out, in, 1, 1) for a 1x1 convolution, with at least one
+    kept weight, or one clear error."""
+    conv = isinstance(mask, Tensor) and mask.dim() == 4 and tuple(mask.shape[2:]) == (1, 1)
+    if not isinstance(mask, Tensor) or (mask.dim() != 2 and not conv) or mask.dtype != torch.bool:
         got = (f"a {mask.dtype} tensor of shape {tuple(mask.shape)}" if isinstance(mask, Tensor)
                else f"{type(mask).__name__} {mask!r:.60}")
-        raise SparseflowError(f"{what} must be a 2-D bool tensor (out_features, in_features), got {got}; pass the "
-                              "layer's weight mask, e.g. weight != 0 or mask.bool()")
+        raise SparseflowError(f"{what} must be a 2-D bool tensor (out_features, in_features), or (out, in, 1, 1) for "
+                              f"a 1x1 convolution, got {got}; pass the layer's weight mask, e.g. weight != 0 or "
+                              "mask.bool()")
     if int(torch.count_nonzero(mask)) == 0:
         raise SparseflowError(f"{what} of shape {tuple(mask.shape)} keeps no weight: a layer needs at least one "
                               "kept weight to be timed")
@@ -121,9 +124,21 @@ class Execution:
         return step
 
 
+def dense_conv1x1(out_channels: int, in_channels: int, bias: bool = True) -> nn.Conv2d:
+    """A 1x1 ``nn.Conv2d`` with constant weights (as :func:`dense_linear`)."""
+    conv = nn.utils.skip_init(nn.Conv2d, in_channels, out_channels, 1, bias=bias)
+    with torch.no_grad():
+        conv.weight.fill_(in_channels ** -0.5)
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return conv
+
+
 def masked_execution(mask: Tensor, *, bias: bool = True, optimizer: str = "sgd") -> Execution:
-    """An ``nn.Linear`` trained under :class:`~sparseflow.FixedMask` (``mask``)."""
-    model = nn.Sequential(dense_linear(*mask.shape, bias))
+    """An ``nn.Linear`` (a 1x1 ``nn.Conv2d`` for a 4-D mask) trained under :class:`~sparseflow.FixedMask`
+    (``mask``)."""
+    layer = dense_conv1x1(*mask.shape[:2], bias) if mask.dim() == 4 else dense_linear(*mask.shape, bias)
+    model = nn.Sequential(layer)
     opt = make_optimizer(model.parameters(), optimizer)
     method = FixedMask(keep={"0.weight": mask})
     method.prepare(model, opt)
@@ -131,10 +146,11 @@ def masked_execution(mask: Tensor, *, bias: bool = True, optimizer: str = "sgd")
 
 
 def sparse_execution(mask: Tensor, *, bias: bool = True, optimizer: str = "sgd") -> Execution:
-    """A :class:`SparseTrainLinear` on ``mask`` (constant kept weights, as :func:`dense_linear`)."""
+    """A :class:`SparseTrainLinear` on ``mask`` (a :class:`SparseTrainConv1x1` for a 4-D mask; constant kept
+    weights, as :func:`dense_linear`)."""
     nnz = int(torch.count_nonzero(mask))
-    layer = SparseTrainLinear(mask, torch.full((nnz,), mask.shape[1] ** -0.5),
-                              torch.zeros(mask.shape[0]) if bias else None)
+    cls = SparseTrainConv1x1 if mask.dim() == 4 else SparseTrainLinear
+    layer = cls(mask, torch.full((nnz,), mask.shape[1] ** -0.5), torch.zeros(mask.shape[0]) if bias else None)
     return Execution(layer, make_optimizer(layer.parameters(), optimizer))
 
 
@@ -178,7 +194,7 @@ def time_linear(mask: Tensor, batch: int, *, bias: bool = True, optimizer: str =
                 repeats: int = 5, margin: float | None = None) -> dict[str, Any]:
     """Median seconds of one training step of the layer ``mask`` describes, at ``batch`` rows, masked dense
     (``"dense"``) and sparse (``"sparse"``), under ``threads`` torch threads (default: the current count, which is
-    restored afterwards).
+    restored afterwards). A 4-D mask ``(out, in, 1, 1)`` times a 1x1 convolution over ``batch`` output positions.
 
     Returns ``{"dense", "sparse"}`` (median seconds), ``"choice"`` ("sparse" when its median is lower, else
     "dense"), the samples (``"dense_samples"``, ``"sparse_samples"``), the rounds timed (``"repeats"``: fewer than
@@ -198,8 +214,12 @@ def time_linear(mask: Tensor, batch: int, *, bias: bool = True, optimizer: str =
         torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, mask.shape[1], generator=g).requires_grad_()  # a hidden layer: dx is needed too
-        grad_y = torch.randn(batch, mask.shape[0], generator=g)
+        if mask.dim() == 4:  # a 1x1 convolution: the rows are output positions, laid out as a feature map
+            x = torch.randn(1, mask.shape[1], batch, 1, generator=g).requires_grad_()
+            grad_y = torch.randn(1, mask.shape[0], batch, 1, generator=g)
+        else:
+            x = torch.randn(batch, mask.shape[1], generator=g).requires_grad_()  # a hidden layer: dx is needed too
+            grad_y = torch.randn(batch, mask.shape[0], generator=g)
         paths = {"dense": masked_execution(mask, bias=bias, optimizer=optimizer),
                  "sparse": sparse_execution(mask, bias=bias, optimizer=optimizer)}
         try:

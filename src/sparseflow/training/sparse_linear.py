@@ -192,24 +192,30 @@ class SparseTrainLinear(nn.Module):
         return self._structure.nnz
 
     @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of the dense weight this layer stands for: ``(out, in)``."""
+        return (self.out_features, self.in_features)
+
+    @property
     def mask(self) -> Tensor:
-        """The kept positions, a new ``(out, in)`` bool tensor."""
-        m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
+        """The kept positions, a new bool tensor of :attr:`weight_shape`."""
+        m = torch.zeros(self.weight_shape, dtype=torch.bool, device=self.values.device)
         m.view(-1)[self._structure.flat] = True
         return m
 
     def dense_weight(self) -> Tensor:
-        """The ``(out, in)`` weight with zeros outside the mask (a copy)."""
+        """The dense weight (:attr:`weight_shape`) with zeros outside the mask (a copy)."""
         return self.scatter(self.values.detach())
 
     def scatter(self, flat: Tensor) -> Tensor:
-        """A flat nnz-sized tensor (the values, their gradient, optimizer state) as the dense ``(out, in)`` one."""
-        w = torch.zeros(self.out_features, self.in_features, dtype=flat.dtype, device=flat.device)
+        """A flat nnz-sized tensor (the values, their gradient, optimizer state) as the dense one
+        (:attr:`weight_shape`)."""
+        w = torch.zeros(self.weight_shape, dtype=flat.dtype, device=flat.device)
         w.view(-1).index_copy_(0, self._structure.flat, flat)
         return w
 
     def gather(self, dense: Tensor) -> Tensor:
-        """A dense ``(out, in)`` tensor at the kept positions, in the order of ``values``."""
+        """A dense tensor of :attr:`weight_shape` at the kept positions, in the order of ``values``."""
         return dense.reshape(-1).index_select(0, self._structure.flat)
 
     @torch.no_grad()
@@ -218,6 +224,8 @@ class SparseTrainLinear(nn.Module):
         unchanged (SET, RigL) the ``values`` parameter stays the same object, overwritten in place (an optimizer
         holding it keeps working); otherwise ``values`` becomes a new parameter of the new size, which the
         optimizer must be given in place of the old one (autograd keeps a parameter's size from its first use)."""
+        if isinstance(mask, Tensor) and tuple(mask.shape) == self.weight_shape:
+            mask = mask.reshape(self.out_features, self.in_features)
         mask = _check_mask(mask, (self.out_features, self.in_features))
         structure = _Structure(mask).to(self.values.device)
         new = weight.detach().to(self.values.device, self.values.dtype).reshape(-1).index_select(0, structure.flat)
@@ -232,6 +240,10 @@ class SparseTrainLinear(nn.Module):
         """The dense weight gradient collected since the last call (None when not collected), and forget it."""
         g, self._dense_grad = self._dense_grad, None
         return g
+
+    def to_module(self) -> nn.Module:
+        """The dense module this layer stands for (zeros outside the mask): an ``nn.Linear``."""
+        return self.to_linear()
 
     def to_linear(self) -> nn.Linear:
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -282,7 +294,7 @@ def _load_dense(module: SparseTrainLinear, state: dict[str, Any], prefix: str, _
     if key not in state:
         return
     weight = state.pop(key)
-    shape = (module.out_features, module.in_features)
+    shape = module.weight_shape
     if tuple(weight.shape) != shape:
         errors.append(f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, the layer has "
                       f"shape {shape}")
@@ -292,7 +304,7 @@ def _load_dense(module: SparseTrainLinear, state: dict[str, Any], prefix: str, _
         errors.append(f"{key} has nonzero weights outside the layer's mask ({module.nnz} kept): load the sparsity "
                       "method's state first (method.load_state_dict), which sets the mask the weights were saved with")
         return
-    state[prefix + "values"] = weight[mask.nonzero(as_tuple=True)]
+    state[prefix + "values"] = module.gather(weight)
 
 
 def sparse_linear_(model: nn.Module, mask: dict[str, Tensor]) -> dict[str, SparseTrainLinear]:
@@ -316,13 +328,14 @@ def sparse_linear_(model: nn.Module, mask: dict[str, Tensor]) -> dict[str, Spars
 
 def dense_equivalent(model: nn.Module) -> nn.Module:
     """``model`` itself when it has no :class:`SparseTrainLinear`; else a copy in which each is the ``nn.Linear``
-    it stands for (zeros outside the mask), for code that reads ``module.weight`` (analysis, export)."""
+    (or 1x1 ``nn.Conv2d``) it stands for (zeros outside the mask), for code that reads ``module.weight``
+    (analysis, export)."""
     if not any(isinstance(m, SparseTrainLinear) for m in model.modules()):
         return model
     copy = __import__("copy").deepcopy(model)
     for name, m in list(copy.named_modules()):
         if isinstance(m, SparseTrainLinear):
-            replace_module(copy, name, m.to_linear())
+            replace_module(copy, name, m.to_module())
     return copy
 
 
@@ -330,3 +343,76 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+class SparseTrainConv1x1(SparseTrainLinear):
+    """A 1x1 ``nn.Conv2d`` (one group, no padding) in sparse execution: the product over channels at every
+    output position is a :class:`SparseTrainLinear` product, with the rows the positions of the batch.
+
+    ``weight_shape`` is the convolution's ``(out, in, 1, 1)``: masks, ``state_dict`` and :meth:`to_module` speak
+    the convolution's shapes. A stride takes every ``stride``-th position, as the convolution does.
+    """
+
+    def __init__(self, mask: Tensor, values: Tensor | None = None, bias: Tensor | None = None,
+                 stride: tuple[int, int] = (1, 1)) -> None:
+        if not isinstance(mask, Tensor) or mask.dim() != 4 or tuple(mask.shape[2:]) != (1, 1):
+            raise MaskError(f"SparseTrainConv1x1 needs a 4-D bool mask (out, in, 1, 1), got "
+                            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+        super().__init__(mask.reshape(mask.shape[0], mask.shape[1]), values, bias)
+        self.stride = (int(stride[0]), int(stride[1]))
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features, 1, 1)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, mask: Tensor) -> SparseTrainConv1x1:
+        """The layer holding ``conv``'s weights at ``mask`` (and its bias), on ``conv``'s device and dtype."""
+        if not conv1x1_eligible(conv):
+            raise SparseflowError(f"{conv} is not a 1x1 Conv2d with one group and no padding; only those run in "
+                                  "sparse execution")
+        if tuple(mask.shape) != tuple(conv.weight.shape):
+            raise MaskError(f"mask of shape {tuple(mask.shape)} for a weight of shape {tuple(conv.weight.shape)}")
+        mask = mask.detach().to(torch.bool).cpu()
+        w = conv.weight.detach()
+        layer = cls(mask, w.cpu()[mask], None if conv.bias is None else conv.bias.detach().cpu(), conv.stride)
+        layer.values.requires_grad_(conv.weight.requires_grad)
+        return layer.to(device=w.device, dtype=w.dtype)
+
+    def to_module(self) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_features, self.out_features, 1, stride=self.stride, bias=self.bias is not None,
+                         device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        conv.weight.requires_grad_(self.values.requires_grad)
+        return conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_features:
+            raise SparseflowError(f"SparseTrainConv1x1 takes (N, {self.in_features}, H, W) inputs, got shape "
+                                  f"{tuple(x.shape)}")
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", stride={self.stride}" if self.stride != (1, 1) else "")
+
+
+def conv1x1_eligible(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution sparse execution takes: a plain 1x1 ``nn.Conv2d``, one group, no
+    padding (any stride)."""
+    return (type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.groups == 1
+            and module.padding == (0, 0))
+
+
+def sparse_module(module: nn.Module, mask: Tensor) -> SparseTrainLinear:
+    """The sparse-execution layer standing for ``module`` (an ``nn.Linear`` or an eligible 1x1 ``nn.Conv2d``)."""
+    if type(module) is nn.Linear:
+        return SparseTrainLinear.from_linear(module, mask)
+    if conv1x1_eligible(module):
+        return SparseTrainConv1x1.from_conv(module, mask)  # type: ignore[arg-type]
+    raise SparseflowError(f"a {type(module).__name__} has no sparse execution; it covers nn.Linear and 1x1 "
+                          "nn.Conv2d (one group, no padding)")
