@@ -42,7 +42,14 @@ def test_quick_run_writes_its_files_and_ratios_come_from_its_timings(quick) -> N
     assert obj["machine"]["isa"] and obj["machine"]["cores"] >= 1
     cfg = obj["config"]
     assert (cfg["shapes"], cfg["threads"]) == (["4096x4096"], [1])
-    assert len(obj["cells"]) == len(cfg["densities"]) * len(cfg["batches"])
+    linear = [c for c in obj["cells"] if c["kind"] == "linear"]
+    convs = [c for c in obj["cells"] if c["kind"] == "conv1x1"]
+    assert len(linear) == len(cfg["densities"]) * len(cfg["batches"])
+    assert cfg["convs"] == ["1024x256x14"] and len(convs) == len(cfg["densities"])
+    for c in convs:  # 1x1 convolutions: against a dense nn.Conv2d; SparseLab has no convolution
+        assert (c["out"], c["inp"], c["size"], c["batch"]) == (1024, 256, 14, cfg["conv_batch"])
+        assert c["ms"]["sparselab"] is None and c["speedup"]["sparse"] == pytest.approx(c["ms"]["dense"] /
+                                                                                        c["ms"]["sparse"])
     for c in obj["cells"]:
         ms = c["ms"]
         assert c["threads"] == 1 and 1 <= c["repeats"] <= cfg["repeats"]
@@ -56,6 +63,7 @@ def test_quick_run_writes_its_files_and_ratios_come_from_its_timings(quick) -> N
     report = (out / "report.md").read_text()
     assert "Reproduce with: `sparseflow bench training --quick" in report and "ISA" in report
     assert "## Criteria" in report and "threads 1" in report and "End to end: MLP 64-64 on digits" in report
+    assert "1x1 convolutions" in report
 
 
 def test_quick_end_to_end_runs_train_the_same_rigl_in_both_executions(quick) -> None:  # noqa: ANN001
@@ -159,6 +167,7 @@ def test_shapes_parse_and_bad_values_are_refused() -> None:
     (["--densities", "0.1,1.5"], "--densities"),
     (["--batches", "16,0"], "--batches"),
     (["--threads", "0"], "--threads"),
+    (["--convs", "256x64"], "'256x64' is not OUTxINxSIZE"),
     (["--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
     (["--out", "/dev/null/x"], "--out"),
 ])
@@ -170,13 +179,14 @@ def test_bad_options_are_one_error_line(run_cli, args: list[str], needle: str) -
 
 def test_explicit_options_win_over_quick(run_cli) -> None:  # noqa: ANN001
     code, out, err = run_cli(["bench", "training", "--quick", "--json", "--shapes", "64x32", "--densities", "0.5",
-                              "--batches", "4", "--repeats", "1", "--no-end-to-end"])
+                              "--batches", "4", "--repeats", "1", "--no-end-to-end", "--convs", "32x16x4"])
     assert code in (0, 1), err
     obj = json.loads(out.strip().splitlines()[-1])
     assert obj["config"]["shapes"] == ["64x32"] and obj["config"]["threads"] == [1] and obj["config"]["repeats"] == 1
-    assert [(c["out"], c["inp"], c["density"], c["batch"]) for c in obj["cells"]] == [(64, 32, 0.5, 4)]
+    assert [(c["kind"], c["out"], c["inp"], c["density"], c["batch"]) for c in obj["cells"]] == [
+        ("linear", 64, 32, 0.5, 4), ("conv1x1", 32, 16, 0.5, 8)]
     assert obj["command_line"] == ("sparseflow bench training --quick --shapes 64x32 --densities 0.5 --batches 4 "
-                                   "--repeats 1 --no-end-to-end")
+                                   "--convs 32x16x4 --repeats 1 --no-end-to-end")
     assert obj["end_to_end"]["runs"] == []
 
 

@@ -50,6 +50,12 @@ class Cell:
     auto: str  # choose()'s answer: "sparse" or "dense" (masked dense)
     choose_s: float  # wall seconds choose() took
     load: float | None = None  # the machine's 1-minute load average after the cell (other work skews it)
+    kind: str = "linear"  # "linear", or "conv1x1": a 1x1 convolution over batch images of size x size
+    size: int = 0  # conv1x1: the feature map's side
+
+    @property
+    def label(self) -> str:
+        return f"{self.out}x{self.inp}" + (f" 1x1 conv {self.size}x{self.size}" if self.kind == "conv1x1" else "")
 
     @property
     def auto_ms(self) -> float:
@@ -116,20 +122,36 @@ def dense_execution(out: int, inp: int) -> Execution:
 
 
 def layer_cell(ex: dict[str, Execution], mask: torch.Tensor, density: float, batch: int, threads: int, *,
-               repeats: int, seed: int = 0) -> Cell:
-    """Time every method of ``ex`` at ``batch`` rows on ``threads`` threads, then run choose() on the mask."""
+               repeats: int, seed: int = 0, size: int = 0) -> Cell:
+    """Time every method of ``ex`` at ``batch`` rows on ``threads`` threads, then run choose() on the mask.
+
+    A 4-D mask ``(out, in, 1, 1)`` is a 1x1 convolution: ``batch`` images of ``size x size``, and choose() is
+    asked at the rows the convolution multiplies (``batch * size * size``)."""
     torch.set_num_threads(threads)
-    out, inp = mask.shape
+    out, inp = mask.shape[:2]
     g = torch.Generator().manual_seed(seed + batch)
-    x = torch.randn(batch, inp, generator=g).requires_grad_()
-    grad_y = torch.randn(batch, out, generator=g)
+    conv = mask.dim() == 4
+    lead = (batch, size, size) if conv else (batch,)
+    x = torch.randn(*lead, inp, generator=g)
+    grad_y = torch.randn(*lead, out, generator=g)
+    if conv:
+        x, grad_y = x.permute(0, 3, 1, 2).contiguous(), grad_y.permute(0, 3, 1, 2).contiguous()
+    x.requires_grad_()
     samples = autotune.interleaved({m: e.step(x, grad_y) for m, e in ex.items()}, repeats, budget_s=CELL_BUDGET_S)
     t = time.perf_counter()
-    path = autotune.choose(mask, batch, threads=threads)
+    path = autotune.choose(mask, batch * size * size if conv else batch, threads=threads)
     choose_s = time.perf_counter() - t
     ms = {m: statistics.median(samples[m]) * 1e3 if m in samples else None for m in METHODS}
     nnz = int(torch.count_nonzero(mask))
-    return Cell(out, inp, density, nnz, batch, threads, len(samples["dense"]), ms, path, choose_s, os.getloadavg()[0])
+    return Cell(out, inp, density, nnz, batch, threads, len(samples["dense"]), ms, path, choose_s, os.getloadavg()[0],
+                "conv1x1" if conv else "linear", size)
+
+
+def conv_executions(mask: torch.Tensor) -> dict[str, Execution]:
+    """Dense ``nn.Conv2d``, masked and sparse 1x1 convolutions for the 4-D ``mask`` (SparseLab has none)."""
+    conv = autotune.dense_conv1x1(*mask.shape[:2])
+    return {"dense": Execution(conv, autotune.make_optimizer(conv.parameters(), "sgd")),
+            "masked": autotune.masked_execution(mask), "sparse": autotune.sparse_execution(mask)}
 
 
 # --- optimizer state ------------------------------------------------------------------------------

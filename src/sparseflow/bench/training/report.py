@@ -28,13 +28,27 @@ def speedup_table(result: TrainingResult) -> TableData:
     rows = [(f"{c.out}x{c.inp}", f"{c.density:g}", str(c.batch), str(c.threads), f"{c.ms['dense']:.2f}",
              *[_x(c.speedup(m)) for m in SHOWN], "sparse" if c.auto == "sparse" else "masked", f"{c.choose_s:.2f}",
              str(c.repeats))
-            for c in result.cells]
+            for c in result.cells if c.kind == "linear"]
     m = result.machine
     title = (f"training step (forward + backward + SGD momentum step), speedup over dense nn.Linear; "
              f"ISA {m.get('isa')}, torch {m.get('torch')}")
     note = "" if m.get("sparselab") else "sparselab is not installed: its column is empty (pip install sparselab)"
     return TableData(title, ("layer (out x in)", "density", "batch", "thr", "dense ms", *SHOWN, "auto picks",
                              "choose s", "rounds"), rows, min_width=140, note=note)
+
+
+def conv_table(result: TrainingResult) -> TableData | None:
+    """The 1x1 convolution cells: dense nn.Conv2d ms and the speedups over it."""
+    cells = [c for c in result.cells if c.kind == "conv1x1"]
+    if not cells:
+        return None
+    shown = ("masked", "sparse", "auto")
+    rows = [(f"{c.out}x{c.inp}", f"{c.size}x{c.size}", f"{c.density:g}", str(c.batch), str(c.threads),
+             f"{c.ms['dense']:.2f}", *[_x(c.speedup(m)) for m in shown], "sparse" if c.auto == "sparse" else "masked",
+             str(c.repeats)) for c in cells]
+    return TableData("1x1 convolutions (training step), speedup over dense nn.Conv2d",
+                     ("channels (out x in)", "map", "density", "images", "thr", "dense ms", *shown, "auto picks",
+                      "rounds"), rows)
 
 
 def memory_table(result: TrainingResult) -> TableData:
@@ -69,9 +83,8 @@ def end_to_end_table(result: TrainingResult) -> TableData | None:
 
 
 def tables(result: TrainingResult) -> list[TableData]:
-    out = [speedup_table(result), memory_table(result)]
-    e2e = end_to_end_table(result)
-    return out + ([e2e] if e2e is not None else [])
+    return [t for t in (speedup_table(result), conv_table(result), memory_table(result), end_to_end_table(result))
+            if t is not None]
 
 
 def plot(result: TrainingResult, path: Path) -> None:
@@ -85,7 +98,7 @@ def plot(result: TrainingResult, path: Path) -> None:
 
     from sparseflow.training.report import save_figure
 
-    cells = result.cells
+    cells = [c for c in result.cells if c.kind == "linear"]
     threads = sorted({c.threads for c in cells})
     batches = sorted({c.batch for c in cells})
     shapes = list(dict.fromkeys((c.out, c.inp) for c in cells))
@@ -156,7 +169,7 @@ def write_outputs(result: TrainingResult, out: Path) -> dict[str, Any]:
     out = Path(out)
     data = result.to_json()
     write_results(out, "bench-training", data, "result.json")
-    if result.cells:
+    if any(c.kind == "linear" for c in result.cells):
         plot(result, out / "speedup.png")
     atomic_write_text(out / "report.md", report_md(result))
     return data

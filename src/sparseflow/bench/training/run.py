@@ -1,8 +1,9 @@
 """``sparseflow bench training``: the grid of single-layer training steps, the optimizer state, and the criteria.
 
-The measurements are :mod:`sparseflow.bench.training.measure`'s. The criteria name the cell the goals are set
-at (4096 x 4096, batch 64, one thread) and compare the sparse layer with dense and with SparseLab there; the
-``auto`` path is held to dense over every cell; the optimizer state at density 0.1 to a fifth of dense.
+The measurements are :mod:`sparseflow.bench.training.measure`'s; 1x1 convolutions (``--convs``) are timed the
+same way, against a dense ``nn.Conv2d``. The criteria name the cell the goals are set at (4096 x 4096, batch 64,
+one thread) and compare the sparse layer with dense and with SparseLab there; the ``auto`` path is held to dense
+over every cell, the convolutions' included; the optimizer state at density 0.1 to a fifth of dense.
 
 ``end_to_end`` holds the whole-model runs (:mod:`sparseflow.bench.training.end_to_end`): RigL on the MLP
 784-4096-4096-10 at 90 % on MNIST (``--data-dir``; the quick run without it trains on the embedded digits), in
@@ -23,8 +24,9 @@ import torch
 
 from sparseflow.bench import DataBenchOptions
 from sparseflow.bench.training import end_to_end as e2e
-from sparseflow.bench.training.measure import (Cell, dense_execution, executions, layer_cell, mask_of, memory_rows,
-                                               release_sparselab, sparselab_version, state_bytes)
+from sparseflow.bench.training.measure import (Cell, conv_executions, dense_execution, executions, layer_cell,
+                                               mask_of, memory_rows, release_sparselab, sparselab_version,
+                                               state_bytes)
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.training.autotune import OPTIMIZERS
@@ -52,6 +54,20 @@ def parse_shape(text: str) -> tuple[int, int]:
     return shape
 
 
+def parse_conv(text: str) -> tuple[int, int, int]:
+    """``"1024x256x14"`` -> (1024, 256, 14): output channels, input channels, feature-map side; one clear error
+    otherwise."""
+    parts = str(text).strip().lower().split("x")
+    try:
+        conv = tuple(int(p) for p in parts) if len(parts) == 3 else None
+    except ValueError:
+        conv = None
+    if conv is None or min(conv) < 1:
+        raise SparseflowError(f"1x1 convolution {text!r} is not OUTxINxSIZE with positive integers (channels out, "
+                              "channels in, side of the square feature map); write e.g. 1024x256x14")
+    return conv  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Every (shape, density, threads, batch) cell; the quick run times the goal layer at two densities."""
@@ -64,6 +80,11 @@ class TrainingConfig:
     batches: tuple[int, ...] = option((16, 64, 256), "Rows per step (batch x positions).", min=1, quick=(16, 64),
                                       distinct=True)
     threads: tuple[int, ...] = option((1, 2), "torch thread counts.", min=1, quick=(1,), distinct=True)
+    convs: tuple[str, ...] = option(("256x64x56", "512x128x28", "1024x256x14", "2048x512x7"),
+                                    "1x1 convolutions OUTxINxSIZE (channels out, in, square feature-map side; the "
+                                    "default: ResNet-50's bottleneck expansions), at every density and thread "
+                                    "count; none with --convs ''.", quick=("1024x256x14",), distinct=True)
+    conv_batch: int = option(16, "Images per step of the convolution cells.", min=1, quick=8)
     repeats: int = option(7, "Timed rounds per cell at most (a cell whose rounds would take over 10 s runs fewer, "
                              "never under 3); medians are reported.", min=1, quick=3)
     end_to_end: bool = option(True, "Also train the MLP end to end: RigL in dense and in sparse execution beside "
@@ -87,6 +108,8 @@ class TrainingConfig:
         check(self)
         for s in self.shapes:
             parse_shape(s)
+        for s in self.convs:
+            parse_conv(s)
         if len({parse_shape(s) for s in self.shapes}) != len(self.shapes):
             raise SparseflowError(f"--shapes {','.join(self.shapes)} names a shape twice; list each once")
 
@@ -135,8 +158,8 @@ def criteria(result: TrainingResult) -> dict[str, dict[str, Any]]:
     cells = result.cells
 
     def find(d: float) -> Cell | None:
-        return next((c for c in cells if ((c.out, c.inp), c.density, c.batch, c.threads)
-                     == (GOAL_SHAPE, d, GOAL_BATCH, GOAL_THREADS)), None)
+        return next((c for c in cells if ((c.out, c.inp), c.density, c.batch, c.threads, c.kind)
+                     == (GOAL_SHAPE, d, GOAL_BATCH, GOAL_THREADS, "linear")), None)
 
     where = f"{GOAL_SHAPE[0]}x{GOAL_SHAPE[1]} batch {GOAL_BATCH} {GOAL_THREADS} thread"
     missing = (f"this run has no {where} cell at this density (the full run has it: sparseflow bench training "
@@ -159,7 +182,7 @@ def criteria(result: TrainingResult) -> dict[str, dict[str, Any]]:
         v = worst.speedup("auto")
         out["auto vs dense, worst cell"] = _entry(
             v, f">= {AUTO_GOAL:g}x", v is not None and v >= AUTO_GOAL,
-            cell=f"{worst.out}x{worst.inp} density {worst.density:g} batch {worst.batch} threads {worst.threads} "
+            cell=f"{worst.label} density {worst.density:g} batch {worst.batch} threads {worst.threads} "
                  f"(auto: {worst.auto})")
     else:
         out["auto vs dense, worst cell"] = _entry(None, f">= {AUTO_GOAL:g}x", None, "no cell was measured")
@@ -259,7 +282,8 @@ def run(config: TrainingConfig, out: Path | None = None, progress: Tick = no_pro
     threads_before = torch.get_num_threads()
     specs = e2e_specs(c, dataset, e2e.data_of(options.data_dir)[1]) if dataset else []
     progress("", advance=0,
-             total=len(c.shapes) * len(c.densities) * (1 + len(c.threads) * len(c.batches)) + len(specs))
+             total=len(c.shapes) * len(c.densities) * (1 + len(c.threads) * len(c.batches))
+             + len(c.convs) * len(c.densities) * len(c.threads) + len(specs))
     cells: list[Cell] = []
     memory: list[dict[str, Any]] = []
     try:
@@ -284,6 +308,20 @@ def run(config: TrainingConfig, out: Path | None = None, progress: Tick = no_pro
                     e.close()
                 del ex
                 release_sparselab()
+        for ci, (o, i, size) in enumerate(parse_conv(s) for s in c.convs):
+            for di, d in enumerate(c.densities):
+                seed = 100_000 + 1000 * ci + di
+                mask = mask_of(o, i, d, seed).reshape(o, i, 1, 1)
+                torch.set_num_threads(max(c.threads))
+                ex = conv_executions(mask)
+                for t in c.threads:
+                    cell = layer_cell(ex, mask, d, c.conv_batch, t, repeats=c.repeats, seed=seed, size=size)
+                    cells.append(cell)
+                    progress(f"{cell.label} density {d:g} threads {t}: sparse {cell.speedup('sparse'):.2f}x, auto "
+                             f"({cell.auto}) {cell.speedup('auto'):.2f}x")
+                for e in ex.values():
+                    e.close()
+                del ex
     finally:
         torch.set_num_threads(threads_before)
     rows = e2e.run_all(specs, progress) if specs else []
