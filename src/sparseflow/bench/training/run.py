@@ -96,8 +96,8 @@ class TrainingConfig:
     e2e_epochs: int = option(1, "Epochs of each end-to-end run.", min=1)
     e2e_seeds: int = option(E2E_SEEDS, "Seeds of the end-to-end runs (each trains dense, masked and sparse).",
                             min=1, quick=1)
-    e2e_subset: int | None = option(None, "Training examples of the end-to-end runs (default all; quick: 2048 of "
-                                          "MNIST).", min=1, quick=2048)
+    e2e_subset: int | None = option(None, "Training examples of the end-to-end runs (default all; quick: 1024 of "
+                                          "MNIST).", min=1, quick=1024)
     e2e_test_subset: int | None = option(None, "Test examples the end-to-end runs evaluate on (default all; "
                                                "quick: the first 1000 of MNIST).", min=1, quick=1000)
     e2e_batch: int = option(64, "Batch size of the end-to-end runs.", min=1)
