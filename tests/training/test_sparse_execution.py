@@ -188,6 +188,36 @@ def test_a_sparse_1x1_convolution_is_the_masked_convolution(stride: tuple[int, i
     assert torch.equal(layer.state_dict()["weight"], conv.weight)
 
 
+def test_a_sparse_conv1d_is_the_masked_conv1d() -> None:
+    transformers = pytest.importorskip("transformers")
+    from sparseflow.training.sparse_linear import SparseTrainConv1D
+
+    torch.manual_seed(0)
+    conv = transformers.pytorch_utils.Conv1D(10, 12).double()  # nf=10 outputs, nx=12 inputs: weight (12, 10)
+    with torch.no_grad():
+        conv.bias.normal_()
+    mask = torch.rand(12, 10) < 0.3
+    layer = SparseTrainConv1D.from_conv1d(conv, mask)
+    assert layer.weight_shape == (12, 10) and torch.equal(layer.mask, mask) and layer.nnz == int(mask.sum())
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    x = torch.randn(3, 5, 12, dtype=torch.double, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y, want = layer(x), conv(x2)
+    torch.testing.assert_close(y, want)
+    g = torch.randn_like(want)
+    y.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(layer.scatter(layer.values.grad), conv.weight.grad * mask)
+    assert list(layer.state_dict()) == ["weight", "bias"] and torch.equal(layer.state_dict()["weight"], conv.weight)
+    back = layer.to_module()
+    assert type(back) is type(conv) and torch.equal(back.weight, conv.weight) and torch.equal(back.bias, conv.bias)
+    fresh = SparseTrainConv1D(mask, bias=torch.zeros(10))
+    fresh.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(fresh.double()(x), want)
+
+
 def _convnet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
@@ -344,3 +374,62 @@ def test_a_model_from_a_config_trains_the_same_in_sparse_execution() -> None:
     assert all(torch.equal(m_s.mask[n], m_d.mask[n]) for n in m_d.mask)
     for k in sd_d:
         torch.testing.assert_close(sd_s[k], sd_d[k], rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_trains_the_same_with_its_conv1d_projections_sparse() -> None:
+    transformers = pytest.importorskip("transformers")
+    from sparseflow.training.sparse_linear import SparseTrainConv1D
+
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    results = []
+    for execution in ("dense", "sparse"):
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(cfg)
+        method = sf.RigL(0.75, update_every=4, until=12, seed=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        method.prepare(model, opt, execution=execution)
+        g, losses = torch.Generator().manual_seed(2), []
+        for _ in range(16):
+            ids = torch.randint(0, 64, (2, 12), generator=g)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            method.step()
+            losses.append(loss.item())
+        results.append((losses, method, copy.deepcopy(model.state_dict()), model))
+    (loss_d, m_d, sd_d, _), (loss_s, m_s, sd_s, model) = results
+    # c_attn, attn.c_proj, c_fc, mlp.c_proj in both blocks (lm_head, the embedding's matrix, is no target)
+    assert len(m_s.sparse_layers) == len(m_s.mask) == 8 and model.lm_head.weight is model.transformer.wte.weight
+    attn = model.transformer.h[0].attn.c_attn
+    assert isinstance(attn, SparseTrainConv1D) and attn.weight_shape == (32, 96)  # Conv1D's (in, out)
+    assert loss_s == pytest.approx(loss_d, rel=1e-4)
+    assert all(torch.equal(m_s.mask[n], m_d.mask[n]) for n in m_d.mask)
+    assert list(sd_s) == list(sd_d)
+    for k in sd_d:  # AdamW divides by the gradient's own scale: on the biases, whose gradients are tiny, the
+        # order of float sums moves a few entries by up to a few 1e-5 (16 steps of lr 3e-3)
+        torch.testing.assert_close(sd_s[k], sd_d[k], rtol=1e-4, atol=5e-5)
+    m_s.set_execution("dense")
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    torch.testing.assert_close(model.transformer.h[0].attn.c_attn.weight, sd_d["transformer.h.0.attn.c_attn.weight"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_tied_linear_head_stays_dense_and_tied() -> None:
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 16)
+            self.hidden = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.hidden(self.emb(ids))))
+
+    torch.manual_seed(0)
+    model = Tiny()
+    method = sf.RandomSparse(0.7, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method.prepare(model, opt, execution="sparse")
+    assert list(method.sparse_layers) == ["hidden.weight"] and model.head.weight is model.emb.weight

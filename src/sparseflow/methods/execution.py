@@ -6,7 +6,8 @@
   every other setting below is then irrelevant.
 - ``"sparse"``: every ``nn.Linear`` target whose mask is not dense becomes a
   :class:`~sparseflow.training.sparse_linear.SparseTrainLinear` (a 1x1 ``nn.Conv2d``, one group and no
-  padding, a :class:`~sparseflow.training.sparse_linear.SparseTrainConv1x1`), whose parameter ``values`` holds
+  padding, a :class:`~sparseflow.training.sparse_linear.SparseTrainConv1x1`; Hugging Face's ``Conv1D`` a
+  :class:`~sparseflow.training.sparse_linear.SparseTrainConv1D`), whose parameter ``values`` holds
   the kept weights only (the optimizer's parameter is swapped in place, with its state). Forward, input gradient and
   weight gradient skip the zeros; the optimizer state shrinks with the density.
 - ``"auto"``: as ``"sparse"``, but each layer is timed (forward + backward + step, dense against sparse, at the
@@ -21,10 +22,11 @@ execution, and rebuilds each changed layer: kept positions keep their values and
 start at zero. RigL's dense gradient is computed only in the backward pass before an update
 (:attr:`SparseTrainLinear.collect_dense_grad`).
 
-Other targets (k x k and grouped convolutions, Hugging Face ``Conv1D``, the projections inside
-``nn.MultiheadAttention``) stay in dense execution, masked as before; :attr:`Execution.layers` names the sparse
-ones. ``method.set_execution("dense")`` turns the layers back into the ``nn.Linear`` and ``nn.Conv2d`` modules they
-stand for (``fit`` does so when training ends, so the model it returns is the model dense execution returns).
+Other targets (weights tied to another module, such as a language model's output layer sharing the
+embedding's matrix; k x k and grouped convolutions; the projections inside ``nn.MultiheadAttention``) stay in
+dense execution, masked as before; :attr:`Execution.layers` names the sparse ones.
+``method.set_execution("dense")`` turns the layers back into the modules they stand for (``fit`` does so when
+training ends, so the model it returns is the model dense execution returns).
 """
 
 from __future__ import annotations
@@ -69,15 +71,21 @@ class Execution:
     def candidates(self) -> list[str]:
         """Targets that sparse execution can take now: the weights of plain nn.Linear and 1x1 nn.Conv2d layers
         (one group, no padding), trainable, with a sparse mask."""
-        from sparseflow.training.sparse_linear import conv1x1_eligible
+        from sparseflow.training.sparse_linear import conv1d_eligible, conv1x1_eligible
 
         m = self.method
+        seen: dict[int, int] = {}
+        for _, q in m.model.named_parameters(remove_duplicate=False):
+            seen[id(q)] = seen.get(id(q), 0) + 1
         out = []
         for name, p in m._params.items():
             if name in self.layers or name in self.choices or not name.endswith(".weight") or not p.requires_grad:
                 continue
+            if seen.get(id(p), 0) > 1:  # tied (a language model's head and its embedding): one tensor, two users
+                continue
             module = m.model.get_submodule(name.removesuffix(".weight"))
-            eligible = (type(module) is nn.Linear and p.dim() == 2) or (conv1x1_eligible(module) and p.dim() == 4)
+            eligible = ((type(module) is nn.Linear or conv1d_eligible(module)) and p.dim() == 2) or (
+                conv1x1_eligible(module) and p.dim() == 4)
             if eligible and not bool(m._mask[name].all()):
                 out.append(name)
         return out
@@ -236,13 +244,13 @@ class Execution:
         if dense is None:
             self.method._on_sparse_grad(name)
             return
-        dense = dense.reshape(layer.weight_shape)  # (out, in) -> a 1x1 convolution's (out, in, 1, 1)
         if reduce:
             from sparseflow.training import distributed
             dense = distributed.all_reduce_mean(dense)
-        if layer.values.grad is not None:
+        if layer.values.grad is not None:  # (out, in), the order of the values
             dense.view(-1).index_copy_(0, layer._structure.flat, layer.values.grad)
-        self.method._on_grad(name, dense)
+        # in the weight's layout ((in, out) for a Conv1D, (out, in, 1, 1) for a 1x1 convolution)
+        self.method._on_grad(name, layer._weight_view(dense))
 
     def arm(self) -> None:
         """Collect the dense gradient in the backward passes before the next step iff the method wants it."""

@@ -196,12 +196,20 @@ class SparseTrainLinear(nn.Module):
         """The shape of the dense weight this layer stands for: ``(out, in)``."""
         return (self.out_features, self.in_features)
 
+    def _weight_view(self, t: Tensor) -> Tensor:
+        """An ``(out, in)`` tensor in the layout of the weight this layer stands for (:attr:`weight_shape`)."""
+        return t.reshape(self.weight_shape)
+
+    def _out_in(self, w: Tensor) -> Tensor:
+        """A tensor in the weight's layout as ``(out, in)`` (the order the values are kept in)."""
+        return w.reshape(self.out_features, self.in_features)
+
     @property
     def mask(self) -> Tensor:
         """The kept positions, a new bool tensor of :attr:`weight_shape`."""
-        m = torch.zeros(self.weight_shape, dtype=torch.bool, device=self.values.device)
+        m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=self.values.device)
         m.view(-1)[self._structure.flat] = True
-        return m
+        return self._weight_view(m)
 
     def dense_weight(self) -> Tensor:
         """The dense weight (:attr:`weight_shape`) with zeros outside the mask (a copy)."""
@@ -210,13 +218,13 @@ class SparseTrainLinear(nn.Module):
     def scatter(self, flat: Tensor) -> Tensor:
         """A flat nnz-sized tensor (the values, their gradient, optimizer state) as the dense one
         (:attr:`weight_shape`)."""
-        w = torch.zeros(self.weight_shape, dtype=flat.dtype, device=flat.device)
+        w = torch.zeros(self.out_features, self.in_features, dtype=flat.dtype, device=flat.device)
         w.view(-1).index_copy_(0, self._structure.flat, flat)
-        return w
+        return self._weight_view(w)
 
     def gather(self, dense: Tensor) -> Tensor:
         """A dense tensor of :attr:`weight_shape` at the kept positions, in the order of ``values``."""
-        return dense.reshape(-1).index_select(0, self._structure.flat)
+        return self._out_in(dense).reshape(-1).index_select(0, self._structure.flat)
 
     @torch.no_grad()
     def set_mask_(self, mask: Tensor, weight: Tensor) -> None:
@@ -225,10 +233,13 @@ class SparseTrainLinear(nn.Module):
         holding it keeps working); otherwise ``values`` becomes a new parameter of the new size, which the
         optimizer must be given in place of the old one (autograd keeps a parameter's size from its first use)."""
         if isinstance(mask, Tensor) and tuple(mask.shape) == self.weight_shape:
-            mask = mask.reshape(self.out_features, self.in_features)
+            mask = self._out_in(mask)
         mask = _check_mask(mask, (self.out_features, self.in_features))
         structure = _Structure(mask).to(self.values.device)
-        new = weight.detach().to(self.values.device, self.values.dtype).reshape(-1).index_select(0, structure.flat)
+        weight = weight.detach().to(self.values.device, self.values.dtype)
+        if tuple(weight.shape) == self.weight_shape:
+            weight = self._out_in(weight)
+        new = weight.reshape(-1).index_select(0, structure.flat)
         if new.shape == self.values.shape:
             self.values.copy_(new)
         else:
@@ -408,11 +419,69 @@ def conv1x1_eligible(module: nn.Module) -> bool:
             and module.padding == (0, 0))
 
 
+class SparseTrainConv1D(SparseTrainLinear):
+    """Hugging Face's ``Conv1D`` (the projections of GPT-2 and its family) in sparse execution: a Linear layer
+    whose weight is stored transposed, ``(in, out)``. Masks, ``state_dict`` and :meth:`to_module` speak that
+    layout; the kept values are held in the ``(out, in)`` order every sparse layer uses."""
+
+    def __init__(self, mask: Tensor, values: Tensor | None = None, bias: Tensor | None = None) -> None:
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            raise MaskError(f"SparseTrainConv1D needs a 2-D bool mask (in, out), got "
+                            f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+        super().__init__(mask.t().contiguous(), values, bias)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return (self.in_features, self.out_features)
+
+    def _weight_view(self, t: Tensor) -> Tensor:
+        return t.reshape(self.out_features, self.in_features).t().contiguous()
+
+    def _out_in(self, w: Tensor) -> Tensor:
+        return w.reshape(self.in_features, self.out_features).t()
+
+    @classmethod
+    def from_conv1d(cls, conv: nn.Module, mask: Tensor) -> SparseTrainConv1D:
+        """The layer holding a ``Conv1D``'s weights at ``mask`` (``(in, out)``, as its weight) and its bias."""
+        w = conv.weight.detach()
+        if tuple(mask.shape) != tuple(w.shape):
+            raise MaskError(f"mask of shape {tuple(mask.shape)} for a weight of shape {tuple(w.shape)}")
+        mask = mask.detach().to(torch.bool).cpu()
+        bias = getattr(conv, "bias", None)
+        layer = cls(mask, w.cpu().t()[mask.t()], None if bias is None else bias.detach().cpu())
+        layer.values.requires_grad_(conv.weight.requires_grad)
+        return layer.to(device=w.device, dtype=w.dtype)
+
+    def to_module(self) -> nn.Module:
+        from transformers.pytorch_utils import Conv1D
+
+        conv = Conv1D(self.out_features, self.in_features).to(device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+            else:  # Conv1D always has a bias; a layer without one stands for a zero bias
+                conv.bias.zero_()
+        conv.weight.requires_grad_(self.values.requires_grad)
+        return conv
+
+
+HF_CONV1D = "transformers.pytorch_utils.Conv1D"
+
+
+def conv1d_eligible(module: nn.Module) -> bool:
+    """Whether ``module`` is Hugging Face's ``Conv1D`` itself (not a subclass, whose forward may differ)."""
+    return f"{type(module).__module__}.{type(module).__qualname__}" == HF_CONV1D
+
+
 def sparse_module(module: nn.Module, mask: Tensor) -> SparseTrainLinear:
-    """The sparse-execution layer standing for ``module`` (an ``nn.Linear`` or an eligible 1x1 ``nn.Conv2d``)."""
+    """The sparse-execution layer standing for ``module``: an ``nn.Linear``, an eligible 1x1 ``nn.Conv2d`` or
+    Hugging Face's ``Conv1D``."""
     if type(module) is nn.Linear:
         return SparseTrainLinear.from_linear(module, mask)
     if conv1x1_eligible(module):
         return SparseTrainConv1x1.from_conv(module, mask)  # type: ignore[arg-type]
-    raise SparseflowError(f"a {type(module).__name__} has no sparse execution; it covers nn.Linear and 1x1 "
-                          "nn.Conv2d (one group, no padding)")
+    if conv1d_eligible(module):
+        return SparseTrainConv1D.from_conv1d(module, mask)
+    raise SparseflowError(f"a {type(module).__name__} has no sparse execution; it covers nn.Linear, 1x1 "
+                          "nn.Conv2d (one group, no padding) and Hugging Face's Conv1D")
