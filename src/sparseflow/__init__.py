@@ -78,7 +78,7 @@ from sparseflow.sweep.executors import LocalExecutor, RayExecutor
 from sparseflow.targets import Targets, prunable
 from sparseflow.training.loop import Callback, TrainConfig, TrainResult, evaluate, fit
 from sparseflow.methods.execution import EXECUTIONS
-from sparseflow.training.sparse_linear import SparseTrainLinear, dense_equivalent
+from sparseflow.methods.sparse_linear import SparseTrainLinear, dense_equivalent
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ which runs it in one process with the doubled batch as the reference.
 
 Scenarios:
   methods   each method in METHODS: checksums after every mask update, final weights and mask
+  sparse    the same for SPARSE_METHODS in sparse execution (nnz-sized parameters under DDP)
   mismatch  (a) rank 1 flips one mask entry of the last layer before the first SET update; (b) RigL with its
             gradient hooks left on, so it grows from each rank's local gradient (the drift bug): the check
             must stop both ranks each time
@@ -38,6 +39,7 @@ from sparseflow.training.models import build_model
 from sparseflow.training.loop import Callback, TrainConfig, TrainState, fit
 
 METHODS = ("gmp", "magnitude", "random", "snip", "grasp", "synflow", "set", "rigl")
+SPARSE_METHODS = ("random", "set", "rigl")  # trained in sparse execution by the "sparse" scenario
 SUBSET, BATCH, EPOCHS = 240, 16, 3  # 240 = 7 global batches of 32 and a short one of 16 (split 8 + 8)
 
 
@@ -59,11 +61,12 @@ class MaskLog(Callback):
 
 
 def train(method: str, *, batch: int, callbacks=(), run_dir: Path | None = None, epochs: int = EPOCHS,
-          optimizer: str = "sgd", resume: bool = False):
+          optimizer: str = "sgd", resume: bool = False, execution: str = "dense"):
     """Train a small MLP on ``SUBSET`` digits with ``method``; under torch.distributed each rank takes its
     ``batch`` of every global batch of ``world * batch``. Returns (model, method, result)."""
     job = TrainJob(method=method, sparsity=0.8, dataset="digits", subset=SUBSET, epochs=epochs, batch_size=batch,
-                   lr=0.05, optimizer=optimizer, seed=3, hidden=(32, 16), world_size=distributed.world_size())
+                   lr=0.05, optimizer=optimizer, seed=3, hidden=(32, 16), world_size=distributed.world_size(),
+                   execution=execution)
     ds = load_dataset("digits", subset=SUBSET, seed=job.seed)
     train_loader, test_loader = loaders(ds, batch, seed=job.seed)
     if distributed.active():
@@ -106,6 +109,12 @@ def main(scenario: str, out: Path) -> None:
             model, m, result = train(method, batch=BATCH, callbacks=[log])
             torch.save({"log": log.log, "state": model.state_dict(), "mask": dict(m.mask),
                         "history": result.history}, out / f"rank{r}-{method}.pt")
+    elif scenario == "sparse":
+        for method in SPARSE_METHODS:
+            log = MaskLog()
+            model, m, result = train(method, batch=BATCH, callbacks=[log], execution="sparse")
+            torch.save({"log": log.log, "state": model.state_dict(), "mask": dict(m.mask),
+                        "history": result.history}, out / f"rank{r}-sparse-{method}.pt")
     elif scenario == "mismatch":
         def flip(state: TrainState) -> None:
             if distributed.rank() == 1:  # in place: the check must catch what a buggy update would do

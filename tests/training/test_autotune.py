@@ -1,4 +1,4 @@
-"""The per-layer choice of execution (:mod:`sparseflow.training.autotune`).
+"""The per-layer choice of execution (:mod:`sparseflow.methods.autotune`).
 
 Behaviour only, never a timing: the choice agrees with the medians it returns (and, with the samples fixed, with
 medians computed by hand); the two timed paths train the same weights (so they time the same work); the thread
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sparseflow.errors import SparseflowError
-from sparseflow.training import autotune
-from sparseflow.training.autotune import choose, interleaved, masked_execution, sparse_execution, time_linear
+from sparseflow.methods import autotune
+from sparseflow.methods.autotune import choose, interleaved, masked_execution, sparse_execution, time_linear
 
 
 def _mask(shape: tuple[int, int], density: float, seed: int = 0) -> torch.Tensor:

@@ -233,6 +233,32 @@ def test_two_ranks_with_batch_b_match_one_rank_with_batch_2b(methods_run: Path, 
         assert mine["test_acc"] == pytest.approx(theirs["test_acc"], abs=1 / 360 + 1e-9)  # at most one example
 
 
+@pytest.fixture(scope="module")
+def sparse_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp-sparse")
+    procs = launch("sparse", out)
+    assert [p.returncode for p in procs] == [0, 0], _stderr(procs)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", w.SPARSE_METHODS)
+def test_two_ranks_in_sparse_execution_match_one_rank_in_dense_execution(sparse_run: Path, method: str,
+                                                                          one_thread) -> None:
+    log = w.MaskLog()
+    model, m, result = w.train(method, batch=2 * w.BATCH, callbacks=[log])  # one process, masked dense
+    a, b = _load(sparse_run, 0, f"sparse-{method}"), _load(sparse_run, 1, f"sparse-{method}")
+    assert a["log"] == b["log"] == log.log  # the same masks after every update on both ranks and in one
+    ref = model.state_dict()
+    assert list(a["state"]) == list(ref)  # fit hands back nn.Linear layers: the same names and shapes
+    for k in ref:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    diff = max((a["state"][k] - ref[k]).abs().max().item() for k in ref)
+    assert diff < TOL, f"{method}: max |w_2ranks,sparse - w_1rank,dense| = {diff:.3g}"
+    for mine, theirs in zip(a["history"], result.history):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+
+
 @pytest.mark.slow
 def test_a_mask_that_differs_between_ranks_stops_both_naming_the_layer(tmp_path: Path) -> None:
     procs = launch("mismatch", tmp_path)

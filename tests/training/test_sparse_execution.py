@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sparseflow as sf
 from sparseflow.training.loop import Callback, TrainConfig, TrainState, fit
-from sparseflow.training.autotune import SPARSE_EDGE
-from sparseflow.training.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
+from sparseflow.methods.autotune import SPARSE_EDGE
+from sparseflow.methods.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
 
 STEPS = 100
 
@@ -190,7 +190,7 @@ def test_a_sparse_1x1_convolution_is_the_masked_convolution(stride: tuple[int, i
 
 def test_a_sparse_conv1d_is_the_masked_conv1d() -> None:
     transformers = pytest.importorskip("transformers")
-    from sparseflow.training.sparse_linear import SparseTrainConv1D
+    from sparseflow.methods.sparse_linear import SparseTrainConv1D
 
     torch.manual_seed(0)
     conv = transformers.pytorch_utils.Conv1D(10, 12).double()  # nf=10 outputs, nx=12 inputs: weight (12, 10)
@@ -378,7 +378,7 @@ def test_a_model_from_a_config_trains_the_same_in_sparse_execution() -> None:
 
 def test_gpt2_trains_the_same_with_its_conv1d_projections_sparse() -> None:
     transformers = pytest.importorskip("transformers")
-    from sparseflow.training.sparse_linear import SparseTrainConv1D
+    from sparseflow.methods.sparse_linear import SparseTrainConv1D
 
     cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
     results = []

@@ -1,4 +1,4 @@
-"""Sparse execution for training (:mod:`sparseflow.training.sparse_linear`).
+"""Sparse execution for training (:mod:`sparseflow.methods.sparse_linear`).
 
 Oracles: the forward, input gradient and weight gradient equal the dense ``nn.Linear`` with the masked weight
 (and torch.autograd.gradcheck in float64); 100 steps of SGD with momentum and of AdamW give the same weights and
@@ -17,7 +17,7 @@ from torch import nn
 import sparseflow as sf
 from sparseflow.errors import MaskError
 from sparseflow.training.loop import optimizer_step
-from sparseflow.training.sparse_linear import SparseTrainLinear, _SparseMatmul, _Structure, sparse_linear_
+from sparseflow.methods.sparse_linear import SparseTrainLinear, _SparseMatmul, _Structure, sparse_linear_
 
 
 def _mask(shape: tuple[int, int], density: float, seed: int = 0) -> torch.Tensor:

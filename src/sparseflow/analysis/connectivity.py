@@ -40,7 +40,7 @@ from sparseflow.analysis.trace import ExpandEdge, Graph, JoinEdge, WeightEdge, a
 from sparseflow.analysis.units import WeightParam, chunk_pairs, unit_pairs, weight_params
 from sparseflow.errors import MaskError, SparseflowError
 from sparseflow.mask import Mask, as_mask, check_module
-from sparseflow.training.sparse_linear import dense_equivalent
+from sparseflow.methods.sparse_linear import dense_equivalent
 
 
 @dataclass(frozen=True)

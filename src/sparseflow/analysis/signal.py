@@ -49,7 +49,7 @@ from sparseflow.analysis.signal_probe import (Probe, Site, check_batch, float_in
                                               sites)
 from sparseflow.errors import SparseflowError
 from sparseflow.layouts import call
-from sparseflow.training.sparse_linear import dense_equivalent
+from sparseflow.methods.sparse_linear import dense_equivalent
 
 LAYER_BAND = (0.8, 1.25)  # per-layer χ counted as critical
 GAIN_BAND = (0.1, 10.0)  # end-to-end gain counted as critical

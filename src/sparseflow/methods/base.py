@@ -242,7 +242,7 @@ class Method:
 
     @property
     def sparse_layers(self) -> dict[str, nn.Module]:
-        """{target name: its :class:`~sparseflow.training.sparse_linear.SparseTrainLinear`} in sparse execution."""
+        """{target name: its :class:`~sparseflow.methods.sparse_linear.SparseTrainLinear`} in sparse execution."""
         return {} if self._exec is None else dict(self._exec.layers)
 
     def set_execution(self, execution: str) -> None:

@@ -5,9 +5,9 @@
 - ``"dense"`` (default): the targets stay dense tensors and the mask multiplies the weights and gradients;
   every other setting below is then irrelevant.
 - ``"sparse"``: every ``nn.Linear`` target whose mask is not dense becomes a
-  :class:`~sparseflow.training.sparse_linear.SparseTrainLinear` (a 1x1 ``nn.Conv2d``, one group and no
-  padding, a :class:`~sparseflow.training.sparse_linear.SparseTrainConv1x1`; Hugging Face's ``Conv1D`` a
-  :class:`~sparseflow.training.sparse_linear.SparseTrainConv1D`), whose parameter ``values`` holds
+  :class:`~sparseflow.methods.sparse_linear.SparseTrainLinear` (a 1x1 ``nn.Conv2d``, one group and no
+  padding, a :class:`~sparseflow.methods.sparse_linear.SparseTrainConv1x1`; Hugging Face's ``Conv1D`` a
+  :class:`~sparseflow.methods.sparse_linear.SparseTrainConv1D`), whose parameter ``values`` holds
   the kept weights only (the optimizer's parameter is swapped in place, with its state). Forward, input gradient and
   weight gradient skip the zeros; the optimizer state shrinks with the density.
 - ``"auto"``: as ``"sparse"``, but each layer is timed (forward + backward + step, dense against sparse, at the
@@ -42,9 +42,21 @@ from sparseflow.errors import SparseflowError
 
 if TYPE_CHECKING:
     from sparseflow.methods.base import Method
-    from sparseflow.training.sparse_linear import SparseTrainLinear
+    from sparseflow.methods.sparse_linear import SparseTrainLinear
 
 EXECUTIONS = ("dense", "sparse", "auto")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_mean(t: Tensor) -> Tensor:
+    """``t`` averaged over the ranks in place (as DDP averages gradients); ``t`` itself in one process."""
+    if _distributed():
+        torch.distributed.all_reduce(t)
+        t.div_(torch.distributed.get_world_size())
+    return t
 
 
 def check_execution(value: object) -> str:
@@ -71,7 +83,7 @@ class Execution:
     def candidates(self) -> list[str]:
         """Targets that sparse execution can take now: the weights of plain nn.Linear and 1x1 nn.Conv2d layers
         (one group, no padding), trainable, with a sparse mask."""
-        from sparseflow.training.sparse_linear import conv1d_eligible, conv1x1_eligible
+        from sparseflow.methods.sparse_linear import conv1d_eligible, conv1x1_eligible
 
         m = self.method
         seen: dict[int, int] = {}
@@ -117,7 +129,7 @@ class Execution:
         and convert those where sparse execution was faster. Called by the first ``step()`` if not before."""
         if self._decided:
             return
-        from sparseflow.training import autotune
+        from sparseflow.methods import autotune
 
         for h in self._probes:
             h.remove()
@@ -163,13 +175,12 @@ class Execution:
     # --- conversion ---------------------------------------------------------------------------
     @torch.no_grad()
     def _convert(self, names: list[str]) -> None:
-        from sparseflow.training import distributed
-        from sparseflow.training.sparse_linear import replace_module, sparse_module
+        from sparseflow.methods.sparse_linear import replace_module, sparse_module
 
         if not names:
             return
         m = self.method
-        if m._step > 0 and distributed.active():
+        if m._step > 0 and _distributed():
             raise SparseflowError(
                 f"sparse execution cannot convert {names[0]!r} at step {m._step} under torch.distributed: "
                 "DistributedDataParallel holds the parameters it was built with. Use execution='sparse' with a "
@@ -215,7 +226,7 @@ class Execution:
         for h in [*self._hooks.values(), *self._probes]:
             h.remove()
         self._hooks, self._probes = {}, []
-        from sparseflow.training.sparse_linear import replace_module
+        from sparseflow.methods.sparse_linear import replace_module
 
         for name, layer in self.layers.items():
             lin = layer.to_module()
@@ -245,8 +256,7 @@ class Execution:
             self.method._on_sparse_grad(name)
             return
         if reduce:
-            from sparseflow.training import distributed
-            dense = distributed.all_reduce_mean(dense)
+                dense = _all_reduce_mean(dense)
         if layer.values.grad is not None:  # (out, in), the order of the values
             dense.view(-1).index_copy_(0, layer._structure.flat, layer.values.grad)
         # in the weight's layout ((in, out) for a Conv1D, (out, in, 1, 1) for a 1x1 convolution)
@@ -294,13 +304,12 @@ class Execution:
     def _rebuild(self, name: str, layer: SparseTrainLinear, mask: Tensor, weight: Tensor) -> None:
         """Layer ``name`` on its new ``mask``: values and optimizer state kept where the mask kept them, zero
         where it grew; a new ``values`` parameter (given to the optimizer) when the count changed."""
-        from sparseflow.training import distributed
 
         opt, old = self.method._optimizer, layer.values
         state = opt.state.get(old, {}) if opt is not None else {}
         dense_state = {k: layer.scatter(v) for k, v in state.items() if isinstance(v, Tensor) and v.shape == old.shape}
         fmask = mask.to(weight.device, weight.dtype)
-        if mask.sum() != old.numel() and distributed.active():
+        if mask.sum() != old.numel() and _distributed():
             raise SparseflowError(
                 f"the mask of {name!r} changed its count of kept weights at step {self.method._step}; sparse execution "
                 "under torch.distributed needs fixed per-layer counts (static masks, SET, RigL): use execution='dense'")

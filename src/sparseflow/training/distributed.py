@@ -161,14 +161,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean(t: Tensor) -> Tensor:
-    """The tensor averaged over ranks (in place; as DDP averages gradients); ``t`` itself in one process."""
-    if active():
-        dist.all_reduce(t)
-        t.div_(world_size())
-    return t
-
-
 # --- masks ------------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ from sparseflow.training import distributed
 from sparseflow.training.checkpoints import CHECKPOINT_FILE, rng_snapshot
 from sparseflow.training.hparams import LR_SCHEDULES, OPTIMIZERS, TrainConfig, make_optimizer, make_scheduler
 from sparseflow.training.resume import EpochPosition, RunDir
-from sparseflow.training.sparse_linear import SparseTrainLinear
+from sparseflow.methods.sparse_linear import SparseTrainLinear
 from sparseflow.training.state import Callback, SparsityMethod, TrainResult, TrainState
 
 __all__ = ["CHECKPOINT_FILE", "LR_SCHEDULES", "OPTIMIZERS", "Callback", "SparsityMethod", "TrainConfig",

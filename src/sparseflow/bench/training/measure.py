@@ -5,14 +5,14 @@ Methods, all on random inputs and output gradients of the same cell:
 
 - ``dense``: a plain ``nn.Linear`` (dense training, the baseline of every ratio);
 - ``masked``: the same layer under :class:`~sparseflow.FixedMask` (what the sparsity methods cost today);
-- ``sparse``: :class:`~sparseflow.training.sparse_linear.SparseTrainLinear` on the cell's mask;
+- ``sparse``: :class:`~sparseflow.methods.sparse_linear.SparseTrainLinear` on the cell's mask;
 - ``sparselab``: SparseLab's ``SparseLinear`` at the same density (its own random mask: the public constructor
   draws one), when the package is installed;
-- ``auto``: the path :func:`sparseflow.training.autotune.choose` picks for the cell (its own measurement, timed
+- ``auto``: the path :func:`sparseflow.methods.autotune.choose` picks for the cell (its own measurement, timed
   as ``choose_s``), reported at the time this cell measured for that path (``masked`` or ``sparse``).
 
 Times are medians over interleaved rounds (every method once per round, after a warm-up round); a slow cell
-runs fewer rounds (:func:`~sparseflow.training.autotune.interleaved`'s budget). Speedups are dense time / method
+runs fewer rounds (:func:`~sparseflow.methods.autotune.interleaved`'s budget). Speedups are dense time / method
 time in the same cell. Optimizer state is measured as the bytes of every state tensor after one step.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseflow.training import autotune
-from sparseflow.training.autotune import Execution
+from sparseflow.methods import autotune
+from sparseflow.methods.autotune import Execution
 
 METHODS = ("dense", "masked", "sparse", "sparselab")
 SHOWN = ("masked", "sparse", "sparselab", "auto")  # the ratios over dense a cell reports

@@ -29,7 +29,7 @@ from sparseflow.bench.training.measure import (Cell, conv_executions, dense_exec
                                                state_bytes)
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Tick, no_progress
-from sparseflow.training.autotune import OPTIMIZERS
+from sparseflow.methods.autotune import OPTIMIZERS
 from sparseflow.training.options import check, option
 
 GOAL_SHAPE, GOAL_BATCH, GOAL_THREADS = (4096, 4096), 64, 1

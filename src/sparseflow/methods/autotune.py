@@ -6,7 +6,7 @@ Two paths train the same layer under the same mask to the same weights:
   dense forward and backward, the gradient multiplied by the float mask as backward accumulates it, the
   optimizer step over the whole matrix (and, for optimizers that would move pruned weights, the mask re-applied
   to the weights and the optimizer state);
-- **sparse**: :class:`~sparseflow.training.sparse_linear.SparseTrainLinear`, which multiplies, differentiates and
+- **sparse**: :class:`~sparseflow.methods.sparse_linear.SparseTrainLinear`, which multiplies, differentiates and
   updates only the kept weights.
 
 :func:`time_linear` times one training step of each (forward, backward into the weights and the input, optimizer
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from sparseflow.errors import SparseflowError
 from sparseflow.methods.fixed import FixedMask
-from sparseflow.training.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
+from sparseflow.methods.sparse_linear import SparseTrainConv1x1, SparseTrainLinear
 
 OPTIMIZERS = ("sgd", "adamw")
 CHOOSE_REPEATS = 3  # timed rounds at most, for choose()
