@@ -101,8 +101,9 @@ def test_quick_criteria_follow_from_the_json(quick) -> None:  # noqa: ANN001
     crit, cells = obj["criteria"], obj["cells"]
     for name, c in crit.items():
         assert set(c) >= {"value", "target", "pass"}, name
-        if c["pass"] is None:  # why, and no value where nothing was measured (the end-to-end ones have one)
-            assert c["note"] and (c["value"] is None or name.startswith("end to end")), name
+        if c["pass"] is None:  # why, and no value where nothing was measured (those judged at full scale only
+            # have one)
+            assert c["note"] and (c["value"] is None or name.startswith(("end to end", "auto"))), name
     for d in (0.1, 0.05):
         cell = next(c for c in cells if (c["out"], c["inp"], c["density"], c["batch"]) == (4096, 4096, d, 64))
         speedup = cell["ms"]["dense"] / cell["ms"]["sparse"]
@@ -115,7 +116,8 @@ def test_quick_criteria_follow_from_the_json(quick) -> None:  # noqa: ANN001
             assert lab["pass"] == (cell["ms"]["sparselab"] / cell["ms"]["sparse"] > 1)
     worst = min(c["ms"]["dense"] / c["auto_ms"] for c in cells)
     assert crit["auto vs dense, worst cell"]["value"] == _sig(worst)
-    assert crit["auto vs dense, worst cell"]["pass"] == (worst >= 0.95)
+    assert crit["auto vs dense, worst cell"]["pass"] is None  # judged over the full grid only
+    assert "quick" in crit["auto vs dense, worst cell"]["note"]
     for row in obj["memory"]:
         cell = next(c for c in cells if (c["out"], c["inp"], c["density"]) == (row["out"], row["inp"], row["density"]))
         assert row["sparse_ratio"] == pytest.approx(row["sparse_bytes"] / row["dense_bytes"])
