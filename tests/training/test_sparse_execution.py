@@ -347,28 +347,31 @@ def test_fit_refuses_a_resume_in_another_execution(tmp_path: Path) -> None:
             resume=True, progress=False)
 
 
+def _train_lm(make: Callable[[], nn.Module], execution: str) -> tuple[list[float], sf.Method, dict, nn.Module]:
+    """16 steps of RigL (AdamW) on random token batches: losses, the method, a copy of the state_dict, the model."""
+    torch.manual_seed(0)
+    model = make()
+    method = sf.RigL(0.75, update_every=4, until=12, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    method.prepare(model, opt, execution=execution)
+    g, losses = torch.Generator().manual_seed(2), []
+    for _ in range(16):
+        ids = torch.randint(0, 64, (2, 12), generator=g)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        method.step()
+        losses.append(loss.item())
+    return losses, method, copy.deepcopy(model.state_dict()), model
+
+
 def test_a_model_from_a_config_trains_the_same_in_sparse_execution() -> None:
     transformers = pytest.importorskip("transformers")
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    results = []
-    for execution in ("dense", "sparse"):
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(cfg)
-        method = sf.RigL(0.75, update_every=4, until=12, seed=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        method.prepare(model, opt, execution=execution)
-        g, losses = torch.Generator().manual_seed(2), []
-        for _ in range(16):
-            ids = torch.randint(0, 64, (2, 12), generator=g)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            method.step()
-            losses.append(loss.item())
-        results.append((losses, method, copy.deepcopy(model.state_dict())))
-    (loss_d, m_d, sd_d), (loss_s, m_s, sd_s) = results
+    (loss_d, m_d, sd_d, _), (loss_s, m_s, sd_s, _) = (_train_lm(lambda: transformers.LlamaForCausalLM(cfg), e)
+                                                      for e in ("dense", "sparse"))
     assert len(m_s.sparse_layers) == 15  # q, k, v, o, gate, up, down in both layers, and lm_head
     assert loss_s == pytest.approx(loss_d, rel=1e-4)
     assert all(torch.equal(m_s.mask[n], m_d.mask[n]) for n in m_d.mask)
@@ -381,24 +384,8 @@ def test_gpt2_trains_the_same_with_its_conv1d_projections_sparse() -> None:
     from sparseflow.methods.sparse_linear import SparseTrainConv1D
 
     cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4)
-    results = []
-    for execution in ("dense", "sparse"):
-        torch.manual_seed(0)
-        model = transformers.GPT2LMHeadModel(cfg)
-        method = sf.RigL(0.75, update_every=4, until=12, seed=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        method.prepare(model, opt, execution=execution)
-        g, losses = torch.Generator().manual_seed(2), []
-        for _ in range(16):
-            ids = torch.randint(0, 64, (2, 12), generator=g)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            method.step()
-            losses.append(loss.item())
-        results.append((losses, method, copy.deepcopy(model.state_dict()), model))
-    (loss_d, m_d, sd_d, _), (loss_s, m_s, sd_s, model) = results
+    (loss_d, m_d, sd_d, _), (loss_s, m_s, sd_s, model) = (_train_lm(lambda: transformers.GPT2LMHeadModel(cfg), e)
+                                                          for e in ("dense", "sparse"))
     # c_attn, attn.c_proj, c_fc, mlp.c_proj in both blocks (lm_head, the embedding's matrix, is no target)
     assert len(m_s.sparse_layers) == len(m_s.mask) == 8 and model.lm_head.weight is model.transformer.wte.weight
     attn = model.transformer.h[0].attn.c_attn

@@ -63,7 +63,6 @@ class _Structure:
         self.t_crow = torch.zeros(in_f + 1, dtype=torch.int64)
         self.t_crow[1:] = torch.cumsum(torch.bincount(cols, minlength=in_f), 0)
         self.t_col = rows[self.perm].to(torch.int64)
-        self.rows = rows
         self.flat = rows * in_f + self.col  # positions in the flattened (out, in) matrix, in the values' order
         # The compiled kernels' index (CPU): int32 row pointers, 16-bit columns where they fit.
         self.k_rowptr = self.crow.to(torch.int32)
@@ -72,7 +71,7 @@ class _Structure:
         self.k_t_col = _narrow(self.t_col, out_f)
 
     def to(self, device: torch.device) -> _Structure:
-        for name in ("crow", "col", "perm", "t_crow", "t_col", "rows", "flat"):
+        for name in ("crow", "col", "perm", "t_crow", "t_col", "flat"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
