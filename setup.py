@@ -14,10 +14,23 @@ class OptionalBuildExt(build_ext):
             print(f"warning: sparseflow kernels not built ({e}); the torch CSR fallback will be used")
 
     def build_extension(self, ext):
+        # Threads through OpenMP: at run time the extension shares the OpenMP runtime PyTorch loaded (same
+        # soname), so its threads are PyTorch's warm workers. Without OpenMP the kernels start std::threads.
         try:
             super().build_extension(ext)
+            return
         except Exception as e:  # noqa: BLE001
-            print(f"warning: sparseflow kernels not built ({e}); the torch CSR fallback will be used")
+            failure = e
+        if "-fopenmp" in ext.extra_compile_args:
+            ext.extra_compile_args = [a for a in ext.extra_compile_args if a != "-fopenmp"]
+            ext.extra_link_args = [a for a in ext.extra_link_args if a != "-fopenmp"]
+            print(f"warning: sparseflow kernels: OpenMP build failed ({failure}); building with std::thread")
+            try:
+                super().build_extension(ext)
+                return
+            except Exception as e:  # noqa: BLE001
+                failure = e
+        print(f"warning: sparseflow kernels not built ({failure}); the torch CSR fallback will be used")
 
 
 setup(
@@ -25,7 +38,8 @@ setup(
         "sparseflow.inference.kernels._spmm",
         sources=["src/sparseflow/inference/kernels/_spmm.cpp"],
         depends=["src/sparseflow/inference/kernels/impl.h", "src/sparseflow/inference/kernels/sddmm.h"],
-        extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
+        extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
         language="c++",
     )],
     cmdclass={"build_ext": OptionalBuildExt},

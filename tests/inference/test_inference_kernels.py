@@ -64,6 +64,39 @@ def test_compiled_matches_oracle(out, inp, density, batch, empty, seed, bits, th
 
 
 @needs_ext
+@settings(max_examples=80, deadline=None)
+@given(out=st.integers(1, 40), inp=st.integers(1, 200), density=st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+       batch=st.integers(1, 70), seed=st.integers(0, 2**16), bits=st.sampled_from([16, 32]),
+       threads=st.sampled_from([1, 2]), data=st.data())
+def test_values_read_through_a_permutation(out, inp, density, batch, seed, bits, threads, data):
+    # values kept in another order (a random permutation of the stored positions): the same product
+    w = sparse_weight(out, inp, density, seed)
+    c = csr_from_dense(w, index_bits=bits)
+    g = torch.Generator().manual_seed(seed + 2)
+    order = torch.randperm(c.nnz, generator=g)
+    stored = torch.empty_like(c.values)
+    stored[order] = c.values  # position j's value now lives at order[j]
+    x = torch.randn(batch, inp, generator=g)
+    isa = data.draw(st.sampled_from([i for i in Isa if i <= best_isa()]))
+    tile = data.draw(st.sampled_from([0, 1, 2, 4] + ([8] if isa < Isa.AVX512 else [])))
+    permuted = type(c)(c.rowptr, c.col, stored, c.shape)
+    y = spmm(permuted, x, isa=isa, tile=tile, threads=threads, perm=order.to(torch.int32))
+    assert_close(y, w, x, None)
+
+
+@needs_ext
+def test_bad_permutation_raises():
+    c = csr_from_dense(sparse_weight(4, 6, 0.5, 0))
+    x = torch.randn(3, 6)
+    with pytest.raises(SparseflowError, match="int32"):
+        spmm(c, x, perm=torch.arange(c.nnz))
+    with pytest.raises(SparseflowError, match="one per stored position"):
+        spmm(c, x, perm=torch.arange(c.nnz + 1, dtype=torch.int32))
+    with pytest.raises(SparseflowError, match="outside"):
+        spmm(c, x, perm=torch.arange(c.nnz, dtype=torch.int32) + 1)
+
+
+@needs_ext
 def test_high_column_indices_every_isa():
     # columns past 32767 and past 65535 (int32), rows longer than a vector and with ragged tails
     for inp in (40000, 70000):

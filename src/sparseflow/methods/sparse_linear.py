@@ -5,8 +5,8 @@
 nnz-sized and shrink with the density. Its autograd function multiplies with the compressed matrix (CSR):
 
 - forward: ``y = x Wᵀ + b``, a sparse x dense product;
-- input gradient: ``dx = dy W``, the same product with the transposed index (built once per mask; the values
-  are gathered through a fixed permutation at each backward);
+- input gradient: ``dx = dy W``, the same product with the transposed index (built once per mask; the kernel
+  reads the values through a fixed permutation, the fallback gathers them);
 - weight gradient: ``dW = dyᵀ x`` computed only at the kept positions (a sampled dense-dense product, SDDMM).
 
 The products run on the compiled kernels of :mod:`sparseflow.inference.kernels` (AVX-512 / AVX2 / baseline
@@ -69,6 +69,7 @@ class _Structure:
         self.k_col = _narrow(self.col, in_f)
         self.k_t_rowptr = self.t_crow.to(torch.int32)
         self.k_t_col = _narrow(self.t_col, out_f)
+        self.k_perm = self.perm.to(torch.int32)  # the transpose reads the values through it: no gather
 
     def to(self, device: torch.device) -> _Structure:
         for name in ("crow", "col", "perm", "t_crow", "t_col", "flat"):
@@ -88,6 +89,15 @@ def _compiled(*tensors: Tensor) -> bool:
             and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
 
 
+def _kernel_product(rowptr: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], x: Tensor,
+                    perm: Tensor | None = None) -> Tensor:
+    """``x Wᵀ`` on the compiled kernels for W given by a structure of this module (valid by construction) and
+    ``values`` (read through ``perm`` when given); x is a contiguous fp32 CPU [N, shape[1]]."""
+    isa = K.Isa(K.best_isa())
+    return K.spmm_checked_inputs(K.CsrWeight(rowptr, col, values, shape), x, None, isa, K.tile_for(x.shape[0], isa),
+                                 perm)
+
+
 class _SparseMatmul(torch.autograd.Function):
     """``x (N, in) -> x Wᵀ (N, out)`` for W given by ``values`` on ``layer``'s structure."""
 
@@ -97,8 +107,7 @@ class _SparseMatmul(torch.autograd.Function):
         ctx.structure, ctx.layer = s, layer
         ctx.save_for_backward(x, values)
         if _compiled(x, values):
-            w = K.CsrWeight(s.k_rowptr, s.k_col, values.detach(), s.shape)
-            return K.spmm(w, x.contiguous())
+            return _kernel_product(s.k_rowptr, s.k_col, values.detach(), s.shape, x.contiguous())
         return torch.sparse.mm(s.matrix(values), x.t()).t()
 
     @staticmethod
@@ -110,8 +119,8 @@ class _SparseMatmul(torch.autograd.Function):
         compiled = _compiled(x, values, grad)
         if ctx.needs_input_grad[0]:
             if compiled:
-                wt = K.CsrWeight(s.k_t_rowptr, s.k_t_col, values.detach().index_select(0, s.perm), s.shape[::-1])
-                grad_x = K.spmm(wt, grad.contiguous())
+                grad_x = _kernel_product(s.k_t_rowptr, s.k_t_col, values.detach(), s.shape[::-1], grad.contiguous(),
+                                         s.k_perm)
             else:
                 grad_x = torch.sparse.mm(s.transposed(values), grad.t()).t()
         if ctx.needs_input_grad[1]:

@@ -133,8 +133,12 @@ def tile_for(batch: int, isa: Isa) -> int:
 
 
 def spmm(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa: Isa | None = None,
-         threads: int | None = None, tile: int | None = None) -> torch.Tensor:
-    """``x @ W.T + bias`` with the compiled kernels; x [B, in] fp32 CPU, returns [B, out]."""
+         threads: int | None = None, tile: int | None = None, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` with the compiled kernels; x [B, in] fp32 CPU, returns [B, out].
+
+    ``perm``: an int32 [nnz] tensor; the value of W's stored position j is then ``w.values[perm[j]]`` (a
+    matrix whose values are kept in another order, e.g. the transpose of a sparse training layer's weight,
+    multiplied without gathering its values first)."""
     if _spmm is None:
         raise SparseflowError("the compiled sparse kernels are not built here; reinstall with a C++ compiler "
                               "(pip install -e .) or use the torch fallback (Backend.TORCH)")
@@ -150,22 +154,33 @@ def spmm(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa
         raise SparseflowError(f"instruction set {use.name} is not supported by this CPU (best: {best.name})")
     if bias is not None and (bias.shape != (rows,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
         raise SparseflowError(f"bias must be a contiguous fp32 vector of {rows}, got {tuple(bias.shape)} {bias.dtype}")
+    if perm is not None:
+        nnz = int(w.rowptr[-1])
+        if perm.dtype != torch.int32 or perm.shape != (nnz,) or not perm.is_contiguous() or perm.device.type != "cpu":
+            raise SparseflowError(f"perm must be a contiguous int32 CPU vector of {nnz} (one per stored position), "
+                                  f"got {perm.dtype} of shape {tuple(perm.shape)}")
+        if nnz and (int(perm.min()) < 0 or int(perm.max()) >= w.values.numel()):
+            raise SparseflowError(f"perm indexes outside the {w.values.numel()} values: its entries span "
+                                  f"[{int(perm.min())}, {int(perm.max())}]")
     batch = x.shape[0]
     y = torch.empty(batch, rows, dtype=torch.float32)
     k = tile_for(batch, use) if tile is None else tile
     nt = torch.get_num_threads() if threads is None else threads
     _spmm.spmm(int(use), int(w.index_bytes == 4), w.rowptr.data_ptr(), w.col.data_ptr(), w.values.data_ptr(),
-               rows, cols, x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(), nt, k)
+               rows, cols, x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(), nt, k,
+               0 if perm is None else perm.data_ptr())
     return y
 
 
-def spmm_checked_inputs(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None, isa: Isa, tile: int) -> torch.Tensor:
-    """``spmm`` for callers that already checked x ([B, in] fp32 contiguous CPU), bias and isa (SparseLinear)."""
+def spmm_checked_inputs(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None, isa: Isa, tile: int,
+                        perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``spmm`` for callers that already checked x ([B, in] fp32 contiguous CPU), bias, isa and perm
+    (SparseLinear, the sparse training layer)."""
     batch, rows = x.shape[0], w.shape[0]
     y = torch.empty(batch, rows, dtype=torch.float32)
     _spmm.spmm(int(isa), int(w.index_bytes == 4), w.rowptr.data_ptr(), w.col.data_ptr(), w.values.data_ptr(),
                rows, w.shape[1], x.data_ptr(), batch, y.data_ptr(), 0 if bias is None else bias.data_ptr(),
-               torch.get_num_threads(), tile)
+               torch.get_num_threads(), tile, 0 if perm is None else perm.data_ptr())
     return y
 
 

@@ -5,7 +5,9 @@
 // AVX2+FMA, and a portable baseline that the compiler vectorises for SSE2. Each ISA variant is
 // impl.h and sddmm.h compiled inside a `#pragma GCC target` region; the caller picks the variant with
 // best_isa() (cpuid + OS support via __builtin_cpu_supports) or asks for a lower one (tests).
-// Threads: std::thread over row ranges balanced by nonzero count; the GIL is released.
+// Threads: chunks of rows balanced by nonzero count, taken as threads come free, on the OpenMP runtime that
+// PyTorch loaded (built with -fopenmp; the same soname resolves to torch's libgomp, so the workers are torch's
+// own and warm) or on std::threads (built without OpenMP). The GIL is released.
 // Arguments are raw addresses: the Python loader (sparseflow/kernels/__init__.py) checks dtypes,
 // contiguity and shapes before calling, so nothing here validates memory.
 #define PY_SSIZE_T_CLEAN
@@ -254,6 +256,7 @@ struct Call {
     const int32_t* rp; const void* ci; const float* va;
     int32_t nrows, ncols, B, K;
     const float* X; float* Y; const float* bias; float* Xp;
+    const int32_t* pm;  // null, or the value of stored position j is va[pm[j]]
 };
 
 template <typename IT>
@@ -263,15 +266,15 @@ static void rows_job(const Call& c, int32_t r0, int32_t r1) {
         for (int32_t b = 0; b < c.B; ++b) {
             const float* x = c.X + (int64_t)b * c.ncols;
             float* y = c.Y + (int64_t)b * c.nrows;
-            if (c.isa == ISA_AVX512) avx512::spmv_rows<IT>(c.rp, ci, c.va, r0, r1, x, y, c.bias);
-            else if (c.isa == ISA_AVX2) avx2::spmv_rows<IT>(c.rp, ci, c.va, r0, r1, x, y, c.bias);
-            else base::spmv_rows<IT>(c.rp, ci, c.va, r0, r1, x, y, c.bias);
+            if (c.isa == ISA_AVX512) avx512::spmv_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, x, y, c.bias);
+            else if (c.isa == ISA_AVX2) avx2::spmv_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, x, y, c.bias);
+            else base::spmv_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, x, y, c.bias);
         }
         return;
     }
-    if (c.isa == ISA_AVX512) avx512::panels_rows<IT>(c.rp, ci, c.va, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
-    else if (c.isa == ISA_AVX2) avx2::panels_rows<IT>(c.rp, ci, c.va, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
-    else base::panels_rows<IT>(c.rp, ci, c.va, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
+    if (c.isa == ISA_AVX512) avx512::panels_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
+    else if (c.isa == ISA_AVX2) avx2::panels_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
+    else base::panels_rows<IT>(c.rp, ci, c.va, c.pm, r0, r1, c.Xp, c.B, c.ncols, c.K, c.Y, c.nrows, c.bias);
 }
 
 static void pack_job(const Call& c, int32_t k0, int32_t k1) {
@@ -279,10 +282,11 @@ static void pack_job(const Call& c, int32_t k0, int32_t k1) {
 }
 
 // Run fn(lo, hi) over the chunks [bounds[i], bounds[i+1]) on `nt` threads (this one included), each taking the
-// next chunk not yet taken. The helpers are detached and this thread waits only for the chunks they took: a
-// helper that starts late (its core busy, e.g. with PyTorch's OpenMP workers, which wait spinning after each
-// parallel op) finds the work done and ends, instead of holding the call until the scheduler runs it. The
-// shared state lives as long as its last holder; fn is called only for chunks this call waits for.
+// next chunk not yet taken. With OpenMP the team is PyTorch's pool: its workers spin for a while after each of
+// torch's parallel ops, so they start at once (a fresh std::thread on a 2-core machine would wait for the core
+// such a spinning worker holds: 2-thread steps of small layers ran no faster than 1-thread ones). Without
+// OpenMP the helpers are detached std::threads and this thread waits only for the chunks they took: a helper
+// that starts late finds the work done and ends. The shared state lives as long as its last holder.
 struct Chunks {
     std::atomic<int> next{0}, done{0};
     int n = 0;
@@ -307,9 +311,15 @@ static void parallel(int nt, const std::vector<int32_t>& bounds, F fn) {
     st->n = n;
     st->bounds = bounds;
     st->fn = fn;
+#ifdef _OPENMP
+    // the OpenMP runtime PyTorch loaded (same soname, so one pool): its workers are warm after torch's own ops
+#pragma omp parallel num_threads(nt)
+    st->work();
+#else
     for (int t = 1; t < nt; ++t) std::thread([st]() { st->work(); }).detach();
     st->work();
     while (st->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+#endif
 }
 
 static const int CHUNKS_PER_THREAD = 8;
@@ -364,14 +374,14 @@ static void run(const Call& c, int threads) {
 
 static PyObject* py_spmm(PyObject*, PyObject* args) {
     int isa, wide, nrows, ncols, B, threads, K;
-    unsigned long long rp, ci, va, x, y, bias;
-    if (!PyArg_ParseTuple(args, "iiKKKiiKiKKii", &isa, &wide, &rp, &ci, &va, &nrows, &ncols, &x, &B, &y, &bias,
-                          &threads, &K))
+    unsigned long long rp, ci, va, x, y, bias, pm = 0;
+    if (!PyArg_ParseTuple(args, "iiKKKiiKiKKii|K", &isa, &wide, &rp, &ci, &va, &nrows, &ncols, &x, &B, &y, &bias,
+                          &threads, &K, &pm))
         return nullptr;
     if (isa < ISA_BASE || isa > best_isa()) { PyErr_Format(PyExc_ValueError, "isa %d not supported here", isa); return nullptr; }
     if (K != 0 && K != 1 && K != 2 && K != 4 && K != 8) { PyErr_Format(PyExc_ValueError, "tile K=%d not in 0,1,2,4,8", K); return nullptr; }
     Call c{isa, wide, (const int32_t*)rp, (const void*)ci, (const float*)va, nrows, ncols, B, K,
-           (const float*)x, (float*)y, bias ? (const float*)bias : nullptr, nullptr};
+           (const float*)x, (float*)y, bias ? (const float*)bias : nullptr, nullptr, pm ? (const int32_t*)pm : nullptr};
     if (B == 0 || nrows == 0) Py_RETURN_NONE;
     if (K > 0) {
         const int64_t tw = (int64_t)K * vector_width(isa), np = (B + tw - 1) / tw;
@@ -508,7 +518,7 @@ static PyObject* py_csr_check(PyObject*, PyObject* args) {
 static PyObject* py_best_isa(PyObject*, PyObject*) { return PyLong_FromLong(best_isa()); }
 
 static PyMethodDef methods[] = {
-    {"spmm", py_spmm, METH_VARARGS, "spmm(isa, wide, rowptr, col, val, nrows, ncols, x, B, y, bias, threads, K)"},
+    {"spmm", py_spmm, METH_VARARGS, "spmm(isa, wide, rowptr, col, val, nrows, ncols, x, B, y, bias, threads, K[, perm])"},
     {"sddmm", py_sddmm, METH_VARARGS, "sddmm(isa, wide, rowptr, col, nrows, ncols, dy, x, B, out, threads, K)"},
     {"csr_check", py_csr_check, METH_VARARGS, "csr_check(wide, rowptr, col, nrows, ncols, nnz) -> None or message"},
     {"best_isa", py_best_isa, METH_NOARGS, "0 baseline, 1 AVX2+FMA, 2 AVX-512"},

@@ -3,7 +3,8 @@
 // vzero/vload/vstore/vset1/vfma/vsum defined before inclusion.
 //
 // Weights are CSR (rowptr int32, column indices IT = uint16_t or int32_t, values fp32), shape
-// [nrows, ncols]. Inputs X are [B, ncols] row-major (torch's Linear layout), outputs Y [B, nrows].
+// [nrows, ncols]; with a permutation pm (int32, or null) the value of stored position j is va[pm[j]].
+// Inputs X are [B, ncols] row-major (torch's Linear layout), outputs Y [B, nrows].
 //
 // Batch 1 (and tiny batches): one pass over each row, dot product with a gather of x; the loop is
 // bound by the bytes of (index + value) per nonzero, which is why indices are as narrow as fit.
@@ -16,20 +17,36 @@ static float row_dot(const IT* c, const float* v, int32_t n, const float* x) {
     return ROW_DOT(c, v, n, x);
 }
 
+// The value of stored position j read through a permutation: va[pm[j]] (the transpose of a matrix whose
+// values stay in the other order, e.g. the input gradient of a sparse training layer).
 template <typename IT>
-static void spmv_rows(const int32_t* rp, const IT* ci, const float* va, int32_t r0, int32_t r1,
+static float row_dot_perm(const IT* c, const int32_t* pm, const float* va, int32_t n, const float* x) {
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int32_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        a0 += va[pm[j]] * x[(uint32_t)c[j]];
+        a1 += va[pm[j + 1]] * x[(uint32_t)c[j + 1]];
+        a2 += va[pm[j + 2]] * x[(uint32_t)c[j + 2]];
+        a3 += va[pm[j + 3]] * x[(uint32_t)c[j + 3]];
+    }
+    for (; j < n; ++j) a0 += va[pm[j]] * x[(uint32_t)c[j]];
+    return (a0 + a1) + (a2 + a3);
+}
+
+template <typename IT>
+static void spmv_rows(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0, int32_t r1,
                       const float* x, float* y, const float* bias) {
     for (int32_t r = r0; r < r1; ++r) {
         const int32_t s = rp[r], n = rp[r + 1] - s;
-        float acc = row_dot<IT>(ci + s, va + s, n, x);
+        float acc = pm ? row_dot_perm<IT>(ci + s, pm + s, va, n, x) : row_dot<IT>(ci + s, va + s, n, x);
         y[r] = bias ? acc + bias[r] : acc;
     }
 }
 
 // Rows [r0, r1) against one packed panel (TW = K*VW columns, `bw` of them real), written to
 // Y[b0 + b][r] through a row block buffer so that the stores to Y are contiguous runs of rows.
-template <typename IT, int K>
-static void panel_rows(const int32_t* rp, const IT* ci, const float* va, int32_t r0, int32_t r1,
+template <typename IT, int K, bool PERM>
+static void panel_rows(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0, int32_t r1,
                        const float* Xp, int32_t b0, int32_t bw, float* Y, int64_t ldy, const float* bias) {
     constexpr int TW = K * VW;
     constexpr int U = K >= 4 ? 1 : 4 / K;  // accumulator sets: ~4 independent FMA chains
@@ -45,13 +62,13 @@ static void panel_rows(const int32_t* rp, const IT* ci, const float* va, int32_t
             const int32_t e = rp[r + 1];
             for (; j + U <= e; j += U) {
                 for (int u = 0; u < U; ++u) {
-                    const V w = vset1(va[j + u]);
+                    const V w = vset1(va[PERM ? pm[j + u] : j + u]);
                     const float* p = Xp + (int64_t)(uint32_t)ci[j + u] * TW;
                     for (int k = 0; k < K; ++k) acc[u][k] = vfma(w, vload(p + k * VW), acc[u][k]);
                 }
             }
             for (; j < e; ++j) {
-                const V w = vset1(va[j]);
+                const V w = vset1(va[PERM ? pm[j] : j]);
                 const float* p = Xp + (int64_t)(uint32_t)ci[j] * TW;
                 for (int k = 0; k < K; ++k) acc[0][k] = vfma(w, vload(p + k * VW), acc[0][k]);
             }
@@ -90,7 +107,7 @@ static void panel_rows(const int32_t* rp, const IT* ci, const float* va, int32_t
 }
 
 template <typename IT>
-static void panels_rows(const int32_t* rp, const IT* ci, const float* va, int32_t r0, int32_t r1,
+static void panels_rows(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0, int32_t r1,
                         const float* Xp, int32_t B, int32_t ncols, int32_t K, float* Y, int64_t ldy,
                         const float* bias) {
     const int32_t TW = K * VW;
@@ -98,9 +115,16 @@ static void panels_rows(const int32_t* rp, const IT* ci, const float* va, int32_
     for (int32_t p = 0; p < np; ++p) {
         const int32_t b0 = p * TW, bw = B - b0 < TW ? B - b0 : TW;
         const float* P = Xp + (int64_t)p * ncols * TW;
-        if (K == 1) panel_rows<IT, 1>(rp, ci, va, r0, r1, P, b0, bw, Y, ldy, bias);
-        else if (K == 2) panel_rows<IT, 2>(rp, ci, va, r0, r1, P, b0, bw, Y, ldy, bias);
-        else if (K == 4) panel_rows<IT, 4>(rp, ci, va, r0, r1, P, b0, bw, Y, ldy, bias);
-        else panel_rows<IT, 8>(rp, ci, va, r0, r1, P, b0, bw, Y, ldy, bias);
+        if (pm) {
+            if (K == 1) panel_rows<IT, 1, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else if (K == 2) panel_rows<IT, 2, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else if (K == 4) panel_rows<IT, 4, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else panel_rows<IT, 8, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+        } else {
+            if (K == 1) panel_rows<IT, 1, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else if (K == 2) panel_rows<IT, 2, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else if (K == 4) panel_rows<IT, 4, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+            else panel_rows<IT, 8, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+        }
     }
 }
