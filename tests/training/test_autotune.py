@@ -94,7 +94,7 @@ def test_the_two_paths_train_the_same_weights() -> None:
         assert x.grad is None  # every step leaves no gradient behind
 
 
-def test_a_1x1_convolution_mask_times_the_convolution_paths() -> None:
+def test_a_1x1_convolution_mask_times_the_convolution_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     mask = _mask((12, 20), 0.3).reshape(12, 20, 1, 1)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 20, 3, 3, generator=g).requires_grad_()
@@ -108,6 +108,18 @@ def test_a_1x1_convolution_mask_times_the_convolution_paths() -> None:
     torch.testing.assert_close(w[mask], sparse.model.values.detach(), rtol=1e-5, atol=1e-6)
     t = time_linear(mask, 18, repeats=2)
     assert t["batch"] == 18 and t["dense"] > 0 and t["sparse"] > 0 and t["density"] == pytest.approx(float(mask.float().mean()))
+    seen = []
+    step = autotune.Execution.step
+    monkeypatch.setattr(autotune.Execution, "step", lambda self, x, gy: (seen.append(tuple(x.shape)), step(self, x, gy))[1])
+    time_linear(mask, 18, repeats=1, feature_map=(2, 3, 3))  # the layout asked for: 2 images of 3 x 3
+    time_linear(mask, 18, repeats=1)  # else one image of 18 x 1
+    assert seen == [(2, 20, 3, 3)] * 2 + [(1, 20, 18, 1)] * 2
+    with pytest.raises(SparseflowError, match="holds 12 positions but batch is 18"):
+        time_linear(mask, 18, feature_map=(3, 2, 2))
+    with pytest.raises(SparseflowError, match="three integers >= 1"):
+        time_linear(mask, 18, feature_map=(18, 1))
+    with pytest.raises(SparseflowError, match="for 1x1 convolutions"):
+        time_linear(_mask((12, 20), 0.3), 18, feature_map=(2, 3, 3))
     with pytest.raises(SparseflowError, match="out, in, 1, 1"):
         time_linear(_mask((12, 20), 0.3).reshape(12, 20, 1, 1).expand(12, 20, 3, 3), 4)
 

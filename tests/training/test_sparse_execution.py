@@ -251,6 +251,8 @@ def test_a_convolutional_net_trains_the_same_with_its_1x1_convolutions_sparse(na
     auto = runs["auto"][1]
     rows = {"2.weight": 8 * 8 * 8, "4.weight": 8 * 4 * 4, "7.weight": 8}  # output positions of the batch
     assert {n: c["rows"] for n, c in auto._exec.choices.items()} == rows
+    maps = {n: c.get("feature_map") for n, c in auto._exec.choices.items()}  # convs timed at their own layout
+    assert maps == {"2.weight": (8, 8, 8), "4.weight": (8, 4, 4), "7.weight": None}
     _assert_same(runs["dense"], runs["auto"])
     sparse[1].set_execution("dense")
     assert [type(sparse[0][i]) for i in (2, 4, 7)] == [nn.Conv2d, nn.Conv2d, nn.Linear]

@@ -191,10 +191,14 @@ def _settled(samples: dict[str, list[float]], margin: float) -> bool:
 
 # --- the measurement and the choice ---------------------------------------------------------------
 def time_linear(mask: Tensor, batch: int, *, bias: bool = True, optimizer: str = "sgd", threads: int | None = None,
-                repeats: int = 5, margin: float | None = None) -> dict[str, Any]:
+                repeats: int = 5, margin: float | None = None,
+                feature_map: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """Median seconds of one training step of the layer ``mask`` describes, at ``batch`` rows, masked dense
     (``"dense"``) and sparse (``"sparse"``), under ``threads`` torch threads (default: the current count, which is
-    restored afterwards). A 4-D mask ``(out, in, 1, 1)`` times a 1x1 convolution over ``batch`` output positions.
+    restored afterwards). A 4-D mask ``(out, in, 1, 1)`` times a 1x1 convolution over ``batch`` output positions,
+    laid out as ``feature_map`` ``(images, height, width)`` when given (the layout changes both convolutions'
+    speed: one image of ``batch x 1`` positions can favour the other path than 16 images of 14 x 14), else as one
+    image of ``batch x 1``.
 
     Returns ``{"dense", "sparse"}`` (median seconds), ``"choice"`` ("sparse" when its median is lower, else
     "dense"), the samples (``"dense_samples"``, ``"sparse_samples"``), the rounds timed (``"repeats"``: fewer than
@@ -209,14 +213,25 @@ def time_linear(mask: Tensor, batch: int, *, bias: bool = True, optimizer: str =
         _check_int(threads, "threads", "pass a torch thread count, or None for the current one")
     if margin is not None and not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and margin > 1):
         raise SparseflowError(f"margin must be a number > 1 (or None to time every round), got {margin!r}")
+    if feature_map is not None:
+        if (not isinstance(feature_map, tuple) or len(feature_map) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in feature_map)):
+            raise SparseflowError(f"feature_map must be (images, height, width), three integers >= 1, got {feature_map!r}")
+        if mask.dim() != 4:
+            raise SparseflowError(f"feature_map is for 1x1 convolutions (a 4-D mask), got a mask of shape "
+                                  f"{tuple(mask.shape)}; drop it for a Linear layer")
+        if feature_map[0] * feature_map[1] * feature_map[2] != batch:
+            raise SparseflowError(f"feature_map {feature_map} holds {feature_map[0] * feature_map[1] * feature_map[2]} "
+                                  f"positions but batch is {batch}; pass batch = images x height x width")
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
         if mask.dim() == 4:  # a 1x1 convolution: the rows are output positions, laid out as a feature map
-            x = torch.randn(1, mask.shape[1], batch, 1, generator=g).requires_grad_()
-            grad_y = torch.randn(1, mask.shape[0], batch, 1, generator=g)
+            n, h, w = feature_map if feature_map is not None else (1, batch, 1)
+            x = torch.randn(n, mask.shape[1], h, w, generator=g).requires_grad_()
+            grad_y = torch.randn(n, mask.shape[0], h, w, generator=g)
         else:
             x = torch.randn(batch, mask.shape[1], generator=g).requires_grad_()  # a hidden layer: dx is needed too
             grad_y = torch.randn(batch, mask.shape[0], generator=g)
@@ -246,7 +261,8 @@ def decide(mask: Tensor, batch: int, **kw: Any) -> dict[str, Any]:
     At most ``CHOOSE_REPEATS`` rounds, ending after the second round if one path is ``CHOOSE_MARGIN`` times
     faster in every sample; when the two medians are within ``CLOSE`` of each other, ``CLOSE_REPEATS`` more
     rounds join the samples before the medians decide (a wrong pick there costs most of the margin a later cell
-    would show). ``kw`` (``bias``, ``optimizer``, ``threads``, ``repeats``, ``margin``) as for :func:`time_linear`.
+    would show). ``kw`` (``bias``, ``optimizer``, ``threads``, ``repeats``, ``margin``, ``feature_map``) as for
+    :func:`time_linear`.
     """
     t = time_linear(mask, batch, **{"repeats": CHOOSE_REPEATS, "margin": CHOOSE_MARGIN, **kw})
     if max(t["dense"], t["sparse"]) < CLOSE * min(t["dense"], t["sparse"]):

@@ -75,6 +75,7 @@ class Execution:
         self.layers: dict[str, SparseTrainLinear] = {}  # target name ("fc.weight") -> its sparse layer
         self.choices: dict[str, dict[str, Any]] = {}  # auto: {name: {"execution", "dense_s", "sparse_s", "rows"}}
         self._rows: dict[str, int] = {}  # auto: rows each candidate multiplied in the first forward
+        self._maps: dict[str, tuple[int, int, int]] = {}  # auto, 1x1 convs: (images, height, width) of those rows
         self._probes: list[Any] = []
         self._hooks: dict[str, Any] = {}  # target name -> the gradient hook on its layer's values
         self._decided = mode == "sparse"
@@ -118,7 +119,9 @@ class Execution:
                     x = args[0]
                     if isinstance(mod, nn.Conv2d) and x.dim() == 4:  # rows: the output positions of the batch
                         (sh, sw), (h, w) = mod.stride, x.shape[2:]
-                        self._rows[name] = max(1, x.shape[0] * (-(-h // sh)) * (-(-w // sw)))
+                        fmap = (max(1, x.shape[0]), max(1, -(-h // sh)), max(1, -(-w // sw)))
+                        self._maps[name] = fmap
+                        self._rows[name] = fmap[0] * fmap[1] * fmap[2]
                     else:
                         self._rows[name] = max(1, x.numel() // max(1, x.shape[-1]))
 
@@ -147,9 +150,13 @@ class Execution:
             if p.device.type != "cpu":  # the compiled kernels are CPU kernels; torch's CSR ones are slow elsewhere
                 self.choices[name] = {"execution": "dense", "rows": n, "why": f"on {p.device.type}"}
                 continue
-            times = autotune.decide(self.method._mask[name].cpu(), n, optimizer=optimizer, bias=bias)
+            mask = self.method._mask[name].cpu()
+            fmap = self._maps.get(name) if rows is None and mask.dim() == 4 else None
+            times = autotune.decide(mask, n, optimizer=optimizer, bias=bias, feature_map=fmap)
             pick = times["choice"]
             self.choices[name] = {"execution": pick, "rows": n, "dense_s": times["dense"], "sparse_s": times["sparse"]}
+            if fmap is not None:
+                self.choices[name]["feature_map"] = fmap
             if pick == "sparse":
                 chosen.append(name)
         self._convert(chosen)

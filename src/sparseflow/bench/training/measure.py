@@ -126,7 +126,7 @@ def layer_cell(ex: dict[str, Execution], mask: torch.Tensor, density: float, bat
     """Time every method of ``ex`` at ``batch`` rows on ``threads`` threads, then run choose() on the mask.
 
     A 4-D mask ``(out, in, 1, 1)`` is a 1x1 convolution: ``batch`` images of ``size x size``, and choose() is
-    asked at the rows the convolution multiplies (``batch * size * size``)."""
+    asked at that feature map (``batch * size * size`` rows)."""
     torch.set_num_threads(threads)
     out, inp = mask.shape[:2]
     g = torch.Generator().manual_seed(seed + batch)
@@ -139,7 +139,8 @@ def layer_cell(ex: dict[str, Execution], mask: torch.Tensor, density: float, bat
     x.requires_grad_()
     samples = autotune.interleaved({m: e.step(x, grad_y) for m, e in ex.items()}, repeats, budget_s=CELL_BUDGET_S)
     t = time.perf_counter()
-    path = autotune.choose(mask, batch * size * size if conv else batch, threads=threads)
+    path = (autotune.choose(mask, batch * size * size, threads=threads, feature_map=(batch, size, size)) if conv
+            else autotune.choose(mask, batch, threads=threads))
     choose_s = time.perf_counter() - t
     ms = {m: statistics.median(samples[m]) * 1e3 if m in samples else None for m in METHODS}
     nnz = int(torch.count_nonzero(mask))
