@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from sparseflow.errors import SparseflowError
-from sparseflow.hopfield import Hopfield, corrupt, optimal_threshold, random_patterns
+import math
+
+import numpy as np
+
+from sparseflow.hopfield import (Hopfield, _recall_probability, _retrieval_state, capacity_theory, corrupt,
+                                 optimal_threshold, random_patterns)
 
 
 def _hand_weights(x: list[list[int]], a: float) -> list[list[float]]:
@@ -162,3 +167,55 @@ def test_bad_input_is_refused_with_the_value() -> None:
         net.recall(torch.zeros(1, 10), mode="fast")
     with pytest.raises(SparseflowError, match="active units"):
         random_patterns(1, 10, 0.01, torch.Generator())
+
+
+# --- the mean-field capacity ------------------------------------------------------------------------
+def _ags_overlap(alpha: float) -> float:
+    """Amit, Gutfreund & Sompolinsky's zero-temperature retrieval overlap of the ±1 network (their eqs. for m,
+    C and r, iterated from m = 1): m = erf(m / sqrt(2 alpha r)), C = sqrt(2 / (pi alpha r)) exp(-m^2 / (2 alpha r)),
+    r = 1 / (1 - C)^2."""
+    m, r = 1.0, 1.0
+    for _ in range(5000):
+        c = math.sqrt(2 / (math.pi * alpha * r)) * math.exp(-m * m / (2 * alpha * r))
+        m, r = math.erf(m / math.sqrt(2 * alpha * r)), 1 / (1 - c) ** 2
+    return m
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.13])
+def test_half_coding_retrieval_state_is_the_ags_solution(alpha: float) -> None:
+    m = _retrieval_state(0.5, alpha, np.array([-alpha / 2]))[0][0]
+    assert m == pytest.approx(_ags_overlap(alpha), abs=1e-6)
+
+
+def test_large_n_capacity_is_ags_at_half_coding_and_rises_slowly_towards_tsodyks_feigelman() -> None:
+    assert capacity_theory(0.5) == pytest.approx(0.138, abs=0.002)  # AGS: m jumps from 0.967 to 0 at 0.138
+    scaled = [capacity_theory(a) * a * abs(math.log(a)) for a in (0.1, 0.01, 0.001)]
+    assert scaled == sorted(scaled) and scaled[-1] < 0.5  # alpha a|ln a| -> 1/2 as a -> 0, from below
+
+
+def test_finite_n_capacity_grows_to_the_large_n_limit() -> None:
+    caps = [capacity_theory(0.05, n, tol=1e-3) for n in (400, 2000, 10000)]
+    limit = capacity_theory(0.05)
+    assert caps == sorted(caps) and caps[-1] < limit * 1.001
+    assert capacity_theory(0.05, 2000, m_min=0.9) > caps[1]  # a looser criterion holds more patterns
+
+
+def test_recall_probability_is_the_binomial_overlap_law() -> None:
+    # Monte Carlo of the same law: K active units each kept with p1, n - K others each on with p0
+    n, a, m_min = 400, 0.05, 0.95
+    p1, p0 = np.array([0.97, 0.995]), np.array([0.002, 0.0005])
+    rng = np.random.default_rng(0)
+    k = round(a * n)
+    for j in range(2):
+        n1, n0 = rng.binomial(k, p1[j], 200_000), rng.binomial(n - k, p0[j], 200_000)
+        mc = float(np.mean(n1 / k - n0 / (n - k) >= m_min))
+        assert _recall_probability(n, a, p1, p0, m_min)[j] == pytest.approx(mc, abs=4e-3)
+
+
+def test_capacity_theory_refuses_bad_input() -> None:
+    with pytest.raises(SparseflowError, match="a <= 0.5"):
+        capacity_theory(0.7)
+    with pytest.raises(SparseflowError, match="n = 10"):
+        capacity_theory(0.05, 10)
+    with pytest.raises(SparseflowError, match="fractions"):
+        capacity_theory(0.1, 1000, m_min=1.0)

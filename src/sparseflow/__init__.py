@@ -53,7 +53,7 @@ from sparseflow.analysis.stain import Stain, stain
 from sparseflow.training.data import DATASETS, Dataset, load_dataset, loaders
 from sparseflow.distributions import GLOBAL, Global, allocate, er, erk, kept_total, uniform
 from sparseflow.errors import DataError, MaskError, PathError, SparseflowError, StorageError
-from sparseflow.hopfield import Hopfield, Recall, corrupt, optimal_threshold, random_patterns
+from sparseflow.hopfield import Hopfield, Recall, capacity_theory, corrupt, optimal_threshold, random_patterns
 from sparseflow.inference.convert import LayerReport, convert, deconvert, inference_report
 from sparseflow.layouts import Layout, layout_of, parameter_layouts, register_layout
 from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
@@ -103,6 +103,7 @@ __all__ = [
     "Stain",
     "stain",
     "Hopfield",
+    "capacity_theory",
     "Recall",
     "corrupt",
     "optimal_threshold",

@@ -19,12 +19,16 @@ Counts, not weights, are accumulated: ``C = X^T X`` and ``n = X^T 1`` (integers,
 2^24 patterns), so storing more patterns is incremental and :meth:`Hopfield.copy` is a cheap checkpoint.
 Nothing of size P x N x N is ever built; recall of B cues costs B x N x N per sweep.
 
+:func:`capacity_theory` predicts the capacity from mean-field theory, at finite N or in the limit.
+
 The threshold: :func:`optimal_threshold` (used when none is given) maximises the overlap predicted by a
 signal-to-noise analysis of retrieval from a cue of overlap ``m0`` at load ``alpha = P / N`` (see there).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +95,104 @@ def optimal_threshold(a: float, alpha: float, *, c: float = 1.0, m0: float = 0.8
         m, q = p1 - p0, a * p1 + (1 - a) * p0
     best = np.flatnonzero(m >= m.max() - 1e-4)
     return float(theta[best].mean())
+
+
+def _retrieval_state(a: float, alpha: float, theta: np.ndarray, iterations: int = 400) -> tuple[np.ndarray, ...]:
+    """Zero-temperature replica-symmetric retrieval state, per threshold of ``theta``: (m, p1, p0, q, u).
+
+    The mean-field equations of the covariance model in the signal-to-noise form with the reaction term
+    (Shiino & Fukai's self-consistent signal-to-noise analysis; Amit, Gutfreund & Sompolinsky at a = 1/2). Near
+    pattern 1 the field of unit i is ``(xi_i - a) m + sqrt(alpha r) z + (alpha u / (1 - u)) s_i - alpha q / (1 - u)``
+    with z standard normal: the cross-talk of the other patterns (variance ``alpha r``, ``r = q (1 - q) / (1 - u)^2``
+    for patterns of exactly a N active units, q the activity), their reaction to the unit's own state (the
+    zero diagonal removes the direct part) and the mean shift of fixed-activity patterns. The state is 1 when
+    the field exceeds theta, with the reaction counted at half (the Maxwell rule of the replica solution).
+    Self-consistency: ``p1, p0 = P(s = 1 | xi = 1, 0)``, ``m = p1 - p0``, ``q = a p1 + (1 - a) p0``,
+    ``u = <dS/dh> = (a phi(x1) + (1 - a) phi(x0)) / sqrt(alpha r)``; iterated (damped) from the pattern itself.
+    """
+    from scipy.special import ndtr
+
+    theta = np.asarray(theta, dtype=np.float64)
+    m, q, u = np.ones_like(theta), np.full_like(theta, a), np.zeros_like(theta)
+    p1, p0 = np.ones_like(theta), np.zeros_like(theta)
+    for _ in range(iterations):
+        sd = np.sqrt(np.maximum(alpha * q * (1 - q), 1e-18)) / (1 - u)
+        shift = alpha * u / (1 - u) / 2 - alpha * q / (1 - u) - theta
+        x1, x0 = (m * (1 - a) + shift) / sd, (-m * a + shift) / sd
+        p1, p0 = ndtr(x1), ndtr(x0)
+        un = np.minimum((a * np.exp(-x1 * x1 / 2) + (1 - a) * np.exp(-x0 * x0 / 2)) / (np.sqrt(2 * np.pi) * sd), 0.99)
+        mn, qn = p1 - p0, a * p1 + (1 - a) * p0
+        done = max(np.abs(mn - m).max(), np.abs(qn - q).max(), np.abs(un - u).max()) < 1e-11
+        m, q, u = (m + mn) / 2, (q + qn) / 2, (u + un) / 2
+        if done:
+            break
+    return m, p1, p0, q, u
+
+
+def _recall_probability(n: int, a: float, p1: np.ndarray, p0: np.ndarray, m_min: float) -> np.ndarray:
+    """P(a pattern's end overlap >= m_min) when each of its K = round(a n) active units stays on with
+    probability p1 and each of the n - K others turns on with p0, independently: the overlap is
+    ``n1 / K - n0 / (n - K)`` with binomial n1 and n0."""
+    from scipy.stats import binom
+
+    k = round(a * n)
+    n1 = np.arange(k + 1)[:, None]
+    most = np.floor((n1 / k - m_min) * (n - k) + 1e-9)  # the false units that overlap >= m_min allows
+    ok = np.where(most >= 0, binom.cdf(np.maximum(most, 0), n - k, p0[None, :]), 0.0)
+    return (binom.pmf(n1, k, p1[None, :]) * ok).sum(0)
+
+
+def capacity_theory(a: float, n: int | None = None, *, m_min: float = 0.95, success: float = 0.9,
+                    tol: float = 1e-3) -> float:
+    """The capacity alpha = P_max / N that mean-field theory predicts for :class:`Hopfield` at coding level ``a``,
+    at the best fixed threshold, with the retrieval criterion of ``sparseflow experiment hopfield``.
+
+    ``n = None``: the large-N limit, the largest load whose retrieval state (:func:`_retrieval_state`, the
+    replica-symmetric solution) has overlap >= ``m_min``; at a = 1/2 it is Amit, Gutfreund & Sompolinsky's
+    0.138 (the state's m jumps from 0.967 to 0 there), and it tends to Tsodyks & Feigel'man's
+    1 / (2 a |ln a|) as a -> 0, slowly. Finite ``n``: a pattern's end state has K = round(a n) active units and
+    its errors are binomial around the mean-field rates, so its overlap fluctuates; the load succeeds when a
+    pattern reaches ``m_min`` with probability >= ``success`` (the fraction of cues the experiment asks). With few
+    active units (a n of tens) one or two missed units already cost the criterion, which lowers the capacity
+    most at small a and n.
+
+    The dynamics from a cue (its basin of attraction) are not modelled: the theory asks that the retrieval
+    state exist and meet the criterion. The threshold is searched over a grid (at a = 1/2 it is fixed by
+    symmetry, as in the experiment), the load by bisection to ``tol`` (relative).
+    """
+    a = _check_coding(a)
+    if a > 0.5:
+        raise SparseflowError(f"capacity_theory covers coding levels a <= 0.5 (a and 1 - a are the same network "
+                              f"after relabelling the units); got a = {a!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= round(a * n) < n):
+        raise SparseflowError(f"n must be a number of units with 1 <= round(a n) < n (or None for the large-N "
+                              f"limit); got n = {n!r} at a = {a:g}")
+    if not 0 < m_min < 1 or not 0 < success < 1:
+        raise SparseflowError(f"m_min and success must be fractions in (0, 1), got {m_min!r} and {success!r}")
+    return _capacity(a, n, float(m_min), float(success), float(tol))
+
+
+@functools.lru_cache(maxsize=256)
+def _capacity(a: float, n: int | None, m_min: float, success: float, tol: float) -> float:
+    def succeeds(alpha: float) -> bool:
+        theta = np.array([-alpha / 2]) if a == 0.5 else np.linspace(-0.6, 1.0, 321)
+        m, p1, p0, _, _ = _retrieval_state(a, alpha, theta)
+        if n is None:
+            return bool((m >= m_min).any())
+        live = m >= 0.5  # the retrieval branch; a collapsed state cannot pass
+        if not live.any():
+            return False
+        return bool(_recall_probability(n, a, p1[live], p0[live], m_min).max() >= success)
+
+    lo, hi = 1e-3, 1.0
+    while succeeds(hi):
+        lo, hi = hi, 2 * hi
+    if not succeeds(lo):
+        return 0.0
+    while hi / lo - 1 > tol:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if succeeds(mid) else (lo, mid)
+    return lo
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sparseflow.experiments.hopfield.config import S_PER_N2, HopConfig
 from sparseflow.experiments.hopfield.result import (Cell, HopResult, Trial, criteria, product, result_from_json, summary,
                                                     tf_capacity)
 from sparseflow.experiments.hopfield.run import capacity
+from sparseflow.hopfield import capacity_theory
 from sparseflow.training.options import build
 from sparseflow.training.rundir import read_run
 from conftest import criteria_exit
@@ -90,13 +91,27 @@ def test_criteria_follow_the_measurements() -> None:
     data = {(0.5, 1000): [0.135, 0.141], (0.5, 500): [0.10, 0.11]}
     data.update({(a, n): [al[a]] * 2 for a in al for n in (500, 1000)})
     good = criteria(_result(data))
-    (dense, sparse) = good.values()
+    (dense, sparse, theory) = good.values()
     assert dense["pass"] and dense["value"] == pytest.approx(0.138) and "N=1000" in list(good)[0]
     assert sparse["pass"] and sparse["value"] == pytest.approx(0.2, abs=2e-3)  # P_max is rounded to an integer
+    # theory: the worst |mean alpha / capacity_theory(a, 1000) - 1| over a, from the cells
+    pred = {a: capacity_theory(a, 1000, m_min=0.95, success=0.9) for a in (0.5, *al)}
+    means = {0.5: 0.138, **{a: round(al[a] * 1000) / 1000 for a in al}}  # P_max is an integer
+    want = max(abs(means[a] / pred[a] - 1) for a in pred if a != 0.02)  # a N = 20 < 50 active units: not judged
+    assert theory["value"] == pytest.approx(want, rel=1e-6) and theory["pass"] == (want <= 0.15)
+    assert theory["per_a"]["0.02"]["theory"] == pred[0.02] and not theory["per_a"]["0.02"]["judged"]
+    assert theory["per_a"]["0.02"]["ratio"] == pytest.approx(means[0.02] / pred[0.02])
+    assert "a = 0.02 (20 active)" in theory["note"]
+    tiny = criteria(_result({(0.02, 500): [1.0, 1.1], (0.05, 500): [0.5, 0.6]}))  # 10 and 25 active units
+    t = tiny["alpha within 15% of the finite-N theory for every a at N=500"]
+    assert t["pass"] is None and t["value"] is None and "no a is judged" in t["note"]
+    close = dict(data)  # every a at its prediction: passes
+    close.update({(a, 1000): [pred[a]] * 2 for a in pred})
+    assert list(criteria(_result(close)).values())[2]["value"] < 0.01
     # dense too low at the largest N; spread 0.15 / 0.10 - 1 = 0.5
     data[(0.5, 1000)] = [0.11, 0.115]
     data[(0.02, 1000)] = [0.15 / (0.02 * abs(math.log(0.02)))] * 2
-    (dense, sparse) = criteria(_result(data)).values()
+    (dense, sparse, _) = criteria(_result(data)).values()
     assert not dense["pass"] and not sparse["pass"] and sparse["value"] == pytest.approx(0.5, abs=3e-3)
     rows = summary(_result(data))["table"]
     r = next(x for x in rows if x["a"] == 0.5 and x["n"] == 1000)
@@ -134,6 +149,7 @@ def test_cli_tiny_run_writes_results_report_and_figures(tmp_path: Path, run_cli)
         al = [c["p_max"] / c["n"] for c in saved["cells"] if (c["a"], c["n"]) == (row["a"], row["n"])]
         assert row["alpha_mean"] == pytest.approx(sum(al) / 2)
     assert set(saved["criteria"]) == {"dense capacity (a=0.5) in [0.12, 0.16] at N=300",
+                                      "alpha within 15% of the finite-N theory for every a at N=300",
                                       "alpha a|ln a| varies <= 25% over a in {0.1, 0.05} at N=300"}
     for c in saved["criteria"].values():  # computed from the cells, not written in
         assert isinstance(c["pass"], bool) and isinstance(c["value"], float)

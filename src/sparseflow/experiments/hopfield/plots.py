@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sparseflow.experiments.hopfield.result import AGS, HopResult, product, summary, tf_capacity
+from sparseflow.hopfield import capacity_theory
 from sparseflow.training.report import save_figure
 
 
@@ -30,6 +31,11 @@ def plot_capacity(result: HopResult, path: Path) -> None:
         r = [next(x for x in rows if x["a"] == a and x["n"] == n) for a in codings]
         ax.errorbar(codings, [x["alpha_mean"] for x in r], yerr=[x["alpha_half"] for x in r], marker="o", ms=4,
                     capsize=3, color=colors[i], label=f"N = {n}")
+    if rows and rows[0]["theory"] is not None:
+        for i, n in enumerate(cfg.sizes):
+            r = [next(x for x in rows if x["a"] == a and x["n"] == n) for a in codings]
+            ax.plot(codings, [x["theory"] for x in r], ":", color=colors[i], lw=1.2,
+                    label="mean-field theory at each N (dotted)" if i == len(cfg.sizes) - 1 else None)
     a_th = np.geomspace(min(codings) * 0.8, 0.3, 100)
     ax.plot(a_th, [tf_capacity(a) for a in a_th], "k--", label="1 / (2 a |ln a|), a -> 0 limit")
     ax.plot([0.5], [AGS], "r*", ms=14, mec="black", label=f"AGS alpha_c = {AGS} (a = 1/2)")
@@ -46,11 +52,22 @@ def plot_capacity(result: HopResult, path: Path) -> None:
         r = [next(x for x in rows if x["a"] == a and x["n"] == n) for n in cfg.sizes]
         ax2.errorbar(cfg.sizes, [x["product_mean"] for x in r], yerr=[x["product_half"] for x in r], marker="o",
                      ms=4, capsize=3, color=ccol[j], label=f"a = {a:g}")
+    if rows and rows[0]["theory"] is not None:
+        big = max(cfg.sizes)
+        n_th = np.unique(np.geomspace(min(cfg.sizes), 4 * big, 12).round().astype(int))
+        for j, a in enumerate(codings):
+            ns = [int(n) for n in n_th if round(a * n) >= 1]
+            ax2.plot(ns, [product(capacity_theory(a, n, m_min=cfg.min_overlap, success=cfg.min_fraction), a)
+                          for n in ns], ":", color=ccol[j], lw=1.2)
+            ax2.plot([4 * big], [product(rows[[x["a"] for x in rows].index(a)]["theory_large_n"], a)], ">",
+                     color=ccol[j], ms=7)
+        ax2.plot([], [], "k:", label=f"mean-field theory to N = {4 * big}; > : N -> inf")
     ax2.axhline(0.5, color="black", ls="--", label="Tsodyks-Feigel'man limit 1/2 (a -> 0, N -> inf)")
     ax2.axhline(product(AGS, 0.5), color="red", ls=":", label="AGS at a = 1/2")
     ax2.set(xscale="log", xlabel="N (units)", ylabel="alpha · a |ln a|",
             title="scaled capacity vs N: the sparse limit is approached slowly")
-    ax2.set_xticks(cfg.sizes, [str(n) for n in cfg.sizes])
+    ticks = [*cfg.sizes, 4 * max(cfg.sizes)] if rows and rows[0]["theory"] is not None else list(cfg.sizes)
+    ax2.set_xticks(ticks, [str(n) for n in ticks])
     ax2.minorticks_off()
     ax2.set_ylim(0, 0.55)
     ax2.legend(fontsize=8)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from sparseflow.experiments.hopfield.plots import plot_capacity, plot_dilution, plot_transition
-from sparseflow.experiments.hopfield.result import AGS, SPARSE_CODINGS, SPREAD_TARGET, HopResult, product, summary
+from sparseflow.experiments.hopfield.result import (AGS, SPARSE_CODINGS, SPREAD_TARGET, THEORY_TARGET, HopResult, product,
+                                                    summary)
 from sparseflow.experiments.protocol import TableData
 from sparseflow.training.report import md_table
 from sparseflow.training.rundir import write_run
@@ -42,6 +43,13 @@ def verdict(result: HopResult) -> str:
             parts.append(f"At N = {n} the products over a = {', '.join(f'{a:g}' for a in small)} differ by "
                          f"{spread:.0%} (criterion: <= {SPREAD_TARGET:.0%}), so the a-independence of the sparse "
                          f"law is {'seen' if spread <= SPREAD_TARGET else 'not yet reached'} at this size.")
+    theory = next((c for name, c in result.criteria().items() if "finite-N theory" in name), None)
+    if theory is not None and theory["value"] is not None:
+        ratios = ", ".join(f"{a}: {r['ratio']:.2f}" + ("" if r["judged"] else " (not judged)")
+                           for a, r in theory["per_a"].items())
+        parts.append(f"Against the finite-N mean-field prediction (sparseflow.capacity_theory) the measured/predicted "
+                     f"ratios at N = {n} are {ratios}: at most {theory['value']:.0%} apart "
+                     f"(criterion: <= {THEORY_TARGET:.0%}).")
     return " ".join(parts)
 
 
@@ -59,8 +67,12 @@ def report_markdown(result: HopResult) -> str:
     prod = [[f"{a:g}", *(f"{cell[(a, n)]['product_mean']:.3f} ± {cell[(a, n)]['product_half']:.3f}"
                          for n in cfg.sizes),
              f"{product(AGS, 0.5):.3f}" if a == 0.5 else "0.5 (a -> 0)"] for a in cfg.codings]
-    crows = [[_md(name), f"{c['value']:.3f}", _md(c["target"]), "pass" if c["pass"] else "FAIL"]
-             for name, c in crit.items()]
+    crows = [[_md(name), "—" if c["value"] is None else f"{c['value']:.3f}", _md(c["target"]),
+              "n/a" if c["pass"] is None else "pass" if c["pass"] else "FAIL"] for name, c in crit.items()]
+    theory_rows = [[f"{a:g}", *("—" if cell[(a, n)]["theory"] is None else f"{cell[(a, n)]['theory']:.3f}"
+                                for n in cfg.sizes),
+                    "—" if cell[(a, cfg.sizes[0])]["theory_large_n"] is None
+                    else f"{cell[(a, cfg.sizes[0])]['theory_large_n']:.3f}"] for a in cfg.codings]
     dynamics = "asynchronous recall" if cfg.mode == "async" else "synchronous recall"
     if cfg.connectivity < 1:
         dynamics += f", connectivity c = {cfg.connectivity:g}"
@@ -80,6 +92,12 @@ a = 0.5; for sparse patterns the best fixed threshold per load, by a bisection o
 **Capacity alpha = P_max / N:**
 
 {md_table(head, alpha)}
+
+**Mean-field prediction** (`sparseflow.capacity_theory`: the replica-symmetric retrieval state at the best
+threshold, with binomial errors over a pattern's a N active units and this run's criterion; see the docs for the
+derivation):
+
+{md_table(["a", *(f"N={n}" for n in cfg.sizes), "N -> inf"], theory_rows)}
 
 **Scaled capacity alpha · a |ln a|** (Tsodyks & Feigel'man: -> 1/2 as a -> 0):
 
