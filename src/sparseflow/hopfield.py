@@ -179,7 +179,9 @@ def _capacity(a: float, n: int | None, m_min: float, success: float, tol: float)
         m, p1, p0, _, _ = _retrieval_state(a, alpha, theta)
         if n is None:
             return bool((m >= m_min).any())
-        live = m >= 0.5  # the retrieval branch; a collapsed state cannot pass
+        # P(overlap >= m_min) >= success needs a mean overlap of at least success m_min - (1 - success) (an
+        # overlap is >= -1): the other thresholds cannot pass
+        live = m >= success * m_min - (1 - success)
         if not live.any():
             return False
         return bool(_recall_probability(n, a, p1[live], p0[live], m_min).max() >= success)

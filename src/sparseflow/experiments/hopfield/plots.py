@@ -54,7 +54,7 @@ def plot_capacity(result: HopResult, path: Path) -> None:
                      ms=4, capsize=3, color=ccol[j], label=f"a = {a:g}")
     if rows and rows[0]["theory"] is not None:
         big = max(cfg.sizes)
-        n_th = np.unique(np.geomspace(min(cfg.sizes), 4 * big, 12).round().astype(int))
+        n_th = np.unique(np.geomspace(min(cfg.sizes), 4 * big, 7).round().astype(int))
         for j, a in enumerate(codings):
             ns = [int(n) for n in n_th if round(a * n) >= 1]
             ax2.plot(ns, [product(capacity_theory(a, n, m_min=cfg.min_overlap, success=cfg.min_fraction), a)
