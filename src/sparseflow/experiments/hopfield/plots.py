@@ -59,15 +59,18 @@ def plot_capacity(result: HopResult, path: Path) -> None:
             ns = [int(n) for n in n_th if round(a * n) >= 1]
             ax2.plot(ns, [product(capacity_theory(a, n, m_min=cfg.min_overlap, success=cfg.min_fraction), a)
                           for n in ns], ":", color=ccol[j], lw=1.2)
-            ax2.plot([4 * big], [product(rows[[x["a"] for x in rows].index(a)]["theory_large_n"], a)], ">",
+            ax2.plot([8 * big], [product(rows[[x["a"] for x in rows].index(a)]["theory_large_n"], a)], ">",
                      color=ccol[j], ms=7)
-        ax2.plot([], [], "k:", label=f"mean-field theory to N = {4 * big}; > : N -> inf")
+        ax2.plot([], [], "k:", label=f"mean-field theory to N = {4 * big}; > at inf: N -> inf")
     ax2.axhline(0.5, color="black", ls="--", label="Tsodyks-Feigel'man limit 1/2 (a -> 0, N -> inf)")
     ax2.axhline(product(AGS, 0.5), color="red", ls=":", label="AGS at a = 1/2")
     ax2.set(xscale="log", xlabel="N (units)", ylabel="alpha · a |ln a|",
             title="scaled capacity vs N: the sparse limit is approached slowly")
-    ticks = [*cfg.sizes, 4 * max(cfg.sizes)] if rows and rows[0]["theory"] is not None else list(cfg.sizes)
-    ax2.set_xticks(ticks, [str(n) for n in ticks])
+    if rows and rows[0]["theory"] is not None:
+        ticks = [*cfg.sizes, 4 * max(cfg.sizes), 8 * max(cfg.sizes)]
+        ax2.set_xticks(ticks, [*(str(n) for n in ticks[:-1]), "inf"])
+    else:
+        ax2.set_xticks(cfg.sizes, [str(n) for n in cfg.sizes])
     ax2.minorticks_off()
     ax2.set_ylim(0, 0.55)
     ax2.legend(fontsize=8)
