@@ -98,7 +98,7 @@ def optimal_threshold(a: float, alpha: float, *, c: float = 1.0, m0: float = 0.8
 
 
 def _retrieval_state(a: float, alpha: float, theta: np.ndarray, iterations: int = 400) -> tuple[np.ndarray, ...]:
-    """Zero-temperature replica-symmetric retrieval state, per threshold of ``theta``: (m, p1, p0, q, u).
+    """Zero-temperature replica-symmetric retrieval state, per threshold of ``theta``: (m, p1, p0).
 
     The mean-field equations of the covariance model in the signal-to-noise form with the reaction term
     (Shiino & Fukai's self-consistent signal-to-noise analysis; Amit, Gutfreund & Sompolinsky at a = 1/2). Near
@@ -126,7 +126,7 @@ def _retrieval_state(a: float, alpha: float, theta: np.ndarray, iterations: int 
         m, q, u = (m + mn) / 2, (q + qn) / 2, (u + un) / 2
         if done:
             break
-    return m, p1, p0, q, u
+    return m, p1, p0
 
 
 def _recall_probability(n: int, a: float, p1: np.ndarray, p0: np.ndarray, m_min: float) -> np.ndarray:
@@ -176,7 +176,7 @@ def capacity_theory(a: float, n: int | None = None, *, m_min: float = 0.95, succ
 def _capacity(a: float, n: int | None, m_min: float, success: float, tol: float) -> float:
     def succeeds(alpha: float) -> bool:
         theta = np.array([-alpha / 2]) if a == 0.5 else np.linspace(-0.6, 1.0, 321)
-        m, p1, p0, _, _ = _retrieval_state(a, alpha, theta)
+        m, p1, p0 = _retrieval_state(a, alpha, theta)
         if n is None:
             return bool((m >= m_min).any())
         # P(overlap >= m_min) >= success needs a mean overlap of at least success m_min - (1 - success) (an

@@ -27,11 +27,12 @@ def plot_capacity(result: HopResult, path: Path) -> None:
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(cfg.sizes)))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     codings = sorted(cfg.codings)
+    has_theory = bool(rows) and rows[0]["theory"] is not None  # fully connected runs
     for i, n in enumerate(cfg.sizes):
         r = [next(x for x in rows if x["a"] == a and x["n"] == n) for a in codings]
         ax.errorbar(codings, [x["alpha_mean"] for x in r], yerr=[x["alpha_half"] for x in r], marker="o", ms=4,
                     capsize=3, color=colors[i], label=f"N = {n}")
-    if rows and rows[0]["theory"] is not None:
+    if has_theory:
         for i, n in enumerate(cfg.sizes):
             r = [next(x for x in rows if x["a"] == a and x["n"] == n) for a in codings]
             ax.plot(codings, [x["theory"] for x in r], ":", color=colors[i], lw=1.2,
@@ -52,21 +53,21 @@ def plot_capacity(result: HopResult, path: Path) -> None:
         r = [next(x for x in rows if x["a"] == a and x["n"] == n) for n in cfg.sizes]
         ax2.errorbar(cfg.sizes, [x["product_mean"] for x in r], yerr=[x["product_half"] for x in r], marker="o",
                      ms=4, capsize=3, color=ccol[j], label=f"a = {a:g}")
-    if rows and rows[0]["theory"] is not None:
+    if has_theory:
         big = max(cfg.sizes)
         n_th = np.unique(np.geomspace(min(cfg.sizes), 4 * big, 7).round().astype(int))
         for j, a in enumerate(codings):
             ns = [int(n) for n in n_th if round(a * n) >= 1]
             ax2.plot(ns, [product(capacity_theory(a, n, m_min=cfg.min_overlap, success=cfg.min_fraction), a)
                           for n in ns], ":", color=ccol[j], lw=1.2)
-            ax2.plot([8 * big], [product(rows[[x["a"] for x in rows].index(a)]["theory_large_n"], a)], ">",
-                     color=ccol[j], ms=7)
+            limit = next(x["theory_large_n"] for x in rows if x["a"] == a)
+            ax2.plot([8 * big], [product(limit, a)], ">", color=ccol[j], ms=7)
         ax2.plot([], [], "k:", label=f"mean-field theory to N = {4 * big}; > at inf: N -> inf")
     ax2.axhline(0.5, color="black", ls="--", label="Tsodyks-Feigel'man limit 1/2 (a -> 0, N -> inf)")
     ax2.axhline(product(AGS, 0.5), color="red", ls=":", label="AGS at a = 1/2")
     ax2.set(xscale="log", xlabel="N (units)", ylabel="alpha · a |ln a|",
             title="scaled capacity vs N: the sparse limit is approached slowly")
-    if rows and rows[0]["theory"] is not None:
+    if has_theory:
         ticks = [*cfg.sizes, 4 * max(cfg.sizes), 8 * max(cfg.sizes)]
         ax2.set_xticks(ticks, [*(str(n) for n in ticks[:-1]), "inf"])
     else:

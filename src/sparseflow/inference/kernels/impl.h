@@ -106,25 +106,26 @@ static void panel_rows(const int32_t* rp, const IT* ci, const float* va, const i
     }
 }
 
-template <typename IT>
-static void panels_rows(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0, int32_t r1,
-                        const float* Xp, int32_t B, int32_t ncols, int32_t K, float* Y, int64_t ldy,
-                        const float* bias) {
+template <typename IT, bool PERM>
+static void panels_rows_k(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0,
+                          int32_t r1, const float* Xp, int32_t B, int32_t ncols, int32_t K, float* Y, int64_t ldy,
+                          const float* bias) {
     const int32_t TW = K * VW;
     const int32_t np = (B + TW - 1) / TW;
     for (int32_t p = 0; p < np; ++p) {
         const int32_t b0 = p * TW, bw = B - b0 < TW ? B - b0 : TW;
         const float* P = Xp + (int64_t)p * ncols * TW;
-        if (pm) {
-            if (K == 1) panel_rows<IT, 1, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else if (K == 2) panel_rows<IT, 2, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else if (K == 4) panel_rows<IT, 4, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else panel_rows<IT, 8, true>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-        } else {
-            if (K == 1) panel_rows<IT, 1, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else if (K == 2) panel_rows<IT, 2, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else if (K == 4) panel_rows<IT, 4, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-            else panel_rows<IT, 8, false>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
-        }
+        if (K == 1) panel_rows<IT, 1, PERM>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+        else if (K == 2) panel_rows<IT, 2, PERM>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+        else if (K == 4) panel_rows<IT, 4, PERM>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
+        else panel_rows<IT, 8, PERM>(rp, ci, va, pm, r0, r1, P, b0, bw, Y, ldy, bias);
     }
+}
+
+template <typename IT>
+static void panels_rows(const int32_t* rp, const IT* ci, const float* va, const int32_t* pm, int32_t r0, int32_t r1,
+                        const float* Xp, int32_t B, int32_t ncols, int32_t K, float* Y, int64_t ldy,
+                        const float* bias) {
+    if (pm) panels_rows_k<IT, true>(rp, ci, va, pm, r0, r1, Xp, B, ncols, K, Y, ldy, bias);
+    else panels_rows_k<IT, false>(rp, ci, va, pm, r0, r1, Xp, B, ncols, K, Y, ldy, bias);
 }
