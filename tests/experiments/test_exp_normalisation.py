@@ -1,4 +1,5 @@
-"""The normalisation experiment: learning-rate rule, data pooling, BN with batch statistics, criteria, CLI."""
+"""The normalisation experiment: learning-rate schedule, data split, packed training against one network at a
+time, BN with batch statistics, convergence and seed criteria, CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from torch import nn
 
 from sparseflow.experiments.normalisation.config import NormConfig
 from sparseflow.experiments.normalisation.report import conclusion, report_markdown
-from sparseflow.experiments.normalisation.result import Cell, NormResult, bn_minus, t_interval
-from sparseflow.experiments.normalisation.run import batch_stats_accuracy, load_data, scaled_lr, train_cell
+from sparseflow.experiments.normalisation import run as norm_run
+from sparseflow.experiments.normalisation.config import NormOptions
+from sparseflow.experiments.normalisation.result import Cell, NormResult, bn_minus, flatness, t_interval
+from sparseflow.experiments.normalisation.run import (batch_stats_accuracy, load_split, lr_at, scaled_lr, train_pack,
+                                                      wall_estimate_s)
 from sparseflow.training.options import build
 from conftest import criteria_exit
 
@@ -22,42 +26,67 @@ DATA = Path("/work/shared/data/fashion-mnist")
 needs_data = pytest.mark.skipif(not (DATA / "t10k-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST not present")
 
 
-def test_scaled_lr_is_the_square_root_rule() -> None:
-    assert scaled_lr(128, 3e-3, 128) == pytest.approx(3e-3)
-    assert scaled_lr(2, 3e-3, 128) == pytest.approx(3e-3 / 8)  # sqrt(2 / 128) = 1/8
-    assert scaled_lr(32, 1.0, 8) == pytest.approx(2.0)
+def test_scaled_lr_is_the_linear_rule() -> None:
+    assert scaled_lr(128, 0.2, 128) == pytest.approx(0.2)
+    assert scaled_lr(2, 0.2, 128) == pytest.approx(0.2 / 64)
+    assert scaled_lr(32, 1.0, 8) == pytest.approx(4.0)
+
+
+def test_lr_at_warms_up_then_decays_by_cosine() -> None:
+    # 10 steps, 4 of warm-up from lr / 10: 0.1, 0.325, 0.55, 0.775 x lr; then cos over the 6 steps left.
+    lrs = [lr_at(s, 10, 4, 2.0) for s in range(11)]
+    assert lrs[:4] == pytest.approx([0.2, 0.65, 1.1, 1.55])
+    assert lrs[4] == pytest.approx(2.0) and lrs[7] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.0)
+    assert lrs[5] == pytest.approx(1.0 + math.cos(math.pi / 6))
+    assert lr_at(0, 10, 0, 2.0) == pytest.approx(2.0)  # no warm-up: cosine from the first step
 
 
 def test_estimate_by_hand() -> None:
-    # Batch sizes 4 and 8 over 8 images for 3 epochs: 6 steps of (STEP_S + 4 x per-example) and 3 of
-    # (STEP_S + 8 x per-example) at 14 x 14, one norm ("group", so no BN evaluation), dense, one seed; plus
-    # 10 test images evaluated once per cell (2 cells).
-    from sparseflow.experiments.normalisation.config import EVAL_S, EXAMPLE_S, SPARSE_OVERHEAD, STEP_S
+    # One norm ("group"), batch sizes 4 and 8 over 8 images for 3 epochs, 1 seed x 1 variant = 1 member per pack:
+    # 6 steps of (STEP_S + MEMBER_S + 4 x EXAMPLE_S) and 3 of (... 8 x ...), scaled per example by (8 / 16)^2 for
+    # width 8 at 14 x 14; evaluation: 3 epochs x 5 validation images + 10 test images per pack.
+    from sparseflow.experiments.normalisation.config import BN_OVERHEAD, EVAL_S, EXAMPLE_S, MEMBER_S, STEP_S
 
     cfg = NormConfig(quick=True, seeds=1, norms=("group",), batch_sizes=(4, 8), variants=("dense",),
-                     epochs=3, train_size=8, test_size=10)
-    steps = 3 * 2 * (STEP_S + 4 * EXAMPLE_S) + 3 * 1 * (STEP_S + 8 * EXAMPLE_S)
-    assert cfg.estimate_s() == pytest.approx(steps + 2 * 10 * EVAL_S)
-    two = NormConfig(**{**cfg.__dict__, "seeds": 2})
-    assert two.estimate_s() == pytest.approx(2 * cfg.estimate_s())
-    sparse = NormConfig(**{**cfg.__dict__, "variants": ("sparse",)})
-    assert sparse.estimate_s() == pytest.approx(SPARSE_OVERHEAD * steps + 2 * 10 * EVAL_S)
-    # BatchNorm adds, per cell, ceil(10 / b) forward passes of a third of a step and one more pass over the test set.
-    bn = NormConfig(**{**cfg.__dict__, "norms": ("batch",)})
-    extra = (3 + 2) * STEP_S / 3 + 2 * 10 * EVAL_S
-    assert bn.estimate_s() == pytest.approx(cfg.estimate_s() + extra)
-    # Full width-16 images (pool 1) cost 4x per example; the fixed part per step does not change.
-    full = NormConfig(**{**cfg.__dict__, "pool": 1})
-    assert full.estimate_s() == pytest.approx(9 * STEP_S + 4 * (steps - 9 * STEP_S) + 4 * 2 * 10 * EVAL_S)
+                     epochs=3, train_size=8, val_size=5, test_size=10, warmup_epochs=0, width=8)
+    sc = 0.25
+    train4, train8 = 6 * (STEP_S + MEMBER_S + 4 * EXAMPLE_S * sc), 3 * (STEP_S + MEMBER_S + 8 * EXAMPLE_S * sc)
+    ev = (3 * 5 + 10) * EVAL_S * sc
+    assert cfg.pack_estimate_s("group", 4) == pytest.approx(train4 + ev)
+    assert cfg.estimate_s() == pytest.approx(train4 + train8 + 2 * ev)
+    # Two seeds of two variants: four members per pack share the fixed part of each step.
+    four = dataclasses.replace(cfg, seeds=2, variants=("dense", "sparse"))
+    assert four.pack_estimate_s("group", 4) == pytest.approx(
+        6 * (STEP_S + 4 * (MEMBER_S + 4 * EXAMPLE_S * sc)) + 4 * ev)
+    # BatchNorm: training costs BN_OVERHEAD times as much; the test set is evaluated twice.
+    assert cfg.pack_estimate_s("batch", 4) == pytest.approx(BN_OVERHEAD * train4 + (3 * 5 + 20) * EVAL_S * sc)
+    # Two workers: the packs dealt largest first to the less loaded worker.
+    grid = dataclasses.replace(cfg, norms=("batch", "group", "layer"), batch_sizes=(4, 8))
+    costs = sorted((grid.pack_estimate_s(n, b) for n in grid.norms for b in grid.batch_sizes), reverse=True)
+    loads = [0.0, 0.0]
+    for c in costs:
+        loads[loads.index(min(loads))] += c
+    assert wall_estimate_s(grid, 2) == pytest.approx(max(loads)) and wall_estimate_s(grid, 1) == pytest.approx(
+        grid.estimate_s())
 
 
 def test_default_grid_is_the_issue_grid() -> None:
     full = NormConfig()
     assert set(full.norms) == {"batch", "group", "layer", "none"} and full.batch_sizes == (2, 4, 8, 32, 128)
     assert full.variants == ("dense", "sparse") and full.sparsity == 0.9 and full.seeds >= 3
-    assert full.estimate_s() <= 40 * 60  # sized for the 40-minute budget of the full run
+    assert wall_estimate_s(full, NormOptions().workers) <= 60 * 60  # the full run's budget: an hour on 2 cores
     quick = build(NormConfig, {}, quick=True)
     assert quick.batch_sizes == full.batch_sizes and quick.seeds == 2 and quick.estimate_s() <= 30
+
+
+def test_flatness_by_hand() -> None:
+    # 20 evaluations: the window is the last 2 and the one before; the largest |L - L_end| / L_end there.
+    loss = [3.0] * 17 + [1.10, 1.05, 1.00]
+    assert flatness(loss) == pytest.approx(0.10)
+    assert flatness([2.0, 1.0]) == pytest.approx(1.0) and flatness([1.0]) is None
+    # 30 evaluations: window 3 (+1), so the value 4 evaluations before the end counts, 5 before does not.
+    assert flatness([9.0] * 25 + [1.3, 1.0, 1.0, 1.0, 1.0]) == pytest.approx(0.0)
+    assert flatness([9.0] * 26 + [1.3, 1.0, 1.0, 1.0]) == pytest.approx(0.3)
 
 
 def test_t_interval_by_hand() -> None:
@@ -85,8 +114,8 @@ def test_batch_stats_accuracy_normalises_each_batch_by_itself() -> None:
     assert torch.equal(bn.running_mean, before) and not model.training  # ran on a copy: model untouched
 
 
-def _cell(variant: str, norm: str, batch: int, seed: int, acc: float) -> Cell:
-    return Cell(variant, norm, batch, seed, acc, None, 0.5, 1e-3, 10, 1.0, 0.1)
+def _cell(variant: str, norm: str, batch: int, seed: int, acc: float, flat: float | None = None) -> Cell:
+    return Cell(variant, norm, batch, seed, acc, None, 0.5, 1e-3, 10, 1.0, 0.1, flatness=flat)
 
 
 def test_criteria_from_hand_made_cells() -> None:
@@ -116,10 +145,31 @@ def test_criteria_from_hand_made_cells() -> None:
     text = conclusion(result)
     assert "at batch 128 minus at batch 2: +4.0 pp" in text and "LayerNorm 1.5 pp" in text
     assert "LayerNorm computes nothing across the batch" in text and "GroupNorm computes" not in text
+    seeds = crit["seeds: every mean's 95 % half-width"]  # widest: BatchNorm at 2 and 128, 12.706 x 0.01 = 12.7 pp
+    assert seeds["value"] == pytest.approx(100 * 12.7062047 * 0.01, rel=1e-6) and seeds["pass"] is False
+    assert seeds["widest"] in ("dense batch batch 2", "dense batch batch 128")
+    assert "converged: validation loss flat over the last 10 % of training" not in crit  # no curves recorded
+
+
+def test_convergence_and_seed_criteria() -> None:
+    cfg = NormConfig(seeds=3, norms=("group",), batch_sizes=(2, 128), variants=("dense",), flat_tol=0.02)
+    acc = {2: (0.850, 0.851, 0.852), 128: (0.853, 0.853, 0.854)}
+    flat = {(2, 0): 0.001, (2, 1): 0.019, (2, 2): 0.005, (128, 0): 0.03, (128, 1): 0.0, (128, 2): 0.01}
+    cells = tuple(_cell("dense", "group", b, s, acc[b][s], flat[b, s]) for b in (2, 128) for s in range(3))
+    crit = NormResult(cfg, cells, 1.0).criteria()
+    conv = crit["converged: validation loss flat over the last 10 % of training"]
+    assert conv["value"] == pytest.approx(0.03) and conv["pass"] is False and conv["worst"] == "dense group batch 128 seed 0"
+    # half-widths: values (0.850, 0.851, 0.852) sd 0.001 -> 4.30265 x 0.001 / sqrt(3) = 0.248 pp; (0.853, 0.853,
+    # 0.854) sd 0.000577 -> 0.143 pp
+    seeds = crit["seeds: every mean's 95 % half-width"]
+    assert seeds["value"] == pytest.approx(100 * 4.3026527 * 0.001 / math.sqrt(3), rel=1e-5) and seeds["pass"]
+    assert seeds["widest"] == "dense group batch 2"
+    ok = NormResult(dataclasses.replace(cfg, flat_tol=0.05), cells, 1.0).criteria()
+    assert ok["converged: validation loss flat over the last 10 % of training"]["pass"] is True
 
 
 def test_quick_scale_reports_the_criteria_as_untestable() -> None:
-    """The quick grid (128 images, one epoch: one step at batch 128) cannot resolve 1-3 pp: the criteria carry
+    """The quick grid (128 images, two epochs: two steps at batch 128) cannot resolve 1-3 pp: the criteria carry
     the measured values with "pass": None and the reason, and the report says n/a, not FAIL."""
     quick = build(NormConfig, {}, quick=True)
     cfg = dataclasses.replace(quick, norms=("batch", "layer"), variants=("dense",), batch_sizes=(2, 128))
@@ -129,13 +179,17 @@ def test_quick_scale_reports_the_criteria_as_untestable() -> None:
                   for (n, b), a in acc.items() for s in (0, 1))
     result = NormResult(cfg, cells, 1.0)
     crit = result.criteria()
-    assert set(crit) == {"dense: BN drop, batch 2 vs 128", "dense: LayerNorm range over batch sizes"}
-    for c in crit.values():
-        assert c["pass"] is None and "quick run trains on 128 images for 1 epoch(s) (1 step(s) at batch 128)" in c["note"]
+    assert set(crit) == {"dense: BN drop, batch 2 vs 128", "dense: LayerNorm range over batch sizes",
+                         "seeds: every mean's 95 % half-width"}
+    for name in ("dense: BN drop, batch 2 vs 128", "dense: LayerNorm range over batch sizes"):
+        assert crit[name]["pass"] is None
+        assert "quick run trains on 128 images for 2 epoch(s) (2 step(s) at batch 128)" in crit[name]["note"]
+    seeds = crit["seeds: every mean's 95 % half-width"]
+    assert seeds["pass"] is None and "the quick run has 2 seeds" in seeds["note"]
     assert crit["dense: LayerNorm range over batch sizes"]["value"] == pytest.approx(20.0)  # still measured
     text = report_markdown(dataclasses.replace(result, command="sparseflow experiment normalisation --quick"))
     assert "Verdict: not testable at the quick scale" in text and "FAIL" not in text
-    assert "| dense: LayerNorm range over batch sizes | +20.00 | max - min of mean acc over batch sizes [2, 128] <= 1 pp | n/a (the quick run" in text
+    assert "| dense: LayerNorm range over batch sizes | +20 | max - min of mean acc over batch sizes [2, 128] <= 1 pp | n/a (the quick run" in text
     # The same measurements at the full scale are tested: the LayerNorm range of 20 pp fails.
     full = NormResult(dataclasses.replace(cfg, quick=False, train_size=2048, epochs=4, test_size=None), cells, 1.0)
     assert full.criteria()["dense: LayerNorm range over batch sizes"]["pass"] is False
@@ -144,7 +198,8 @@ def test_quick_scale_reports_the_criteria_as_untestable() -> None:
 def test_result_survives_json(tmp_path: Path) -> None:
     cfg = NormConfig(quick=True, seeds=2, norms=("group", "none"), batch_sizes=(2, 8),
                      variants=("sparse",))
-    cells = tuple(_cell("sparse", n, b, s, 0.5 + 0.01 * s + 0.001 * b)
+    cells = tuple(dataclasses.replace(_cell("sparse", n, b, s, 0.5 + 0.01 * s + 0.001 * b, 0.01),
+                                      val_loss=(2.0, 1.5, 1.2), val_acc=(0.3, 0.4, 0.5), train_losses=(2.1, 1.6, 1.3))
                   for n in cfg.norms for b in (2, 8) for s in (0, 1))
     result = NormResult(cfg, cells, 3.5)
     back = NormResult.from_json(json.loads(json.dumps(result.to_json())))
@@ -154,32 +209,50 @@ def test_result_survives_json(tmp_path: Path) -> None:
 
 
 @needs_data
-def test_load_data_pools_and_keeps_the_test_subset_fixed() -> None:
-    cfg = NormConfig(quick=True, seeds=1, train_size=20, test_size=30, pool=2, batch_sizes=(2, 4))
-    a, b = load_data(cfg, DATA, 0), load_data(cfg, DATA, 1)
-    assert a.x_train.shape == (20, 1, 14, 14) and a.x_test.shape == (30, 1, 14, 14)
-    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_train, b.x_train)
-    full = load_data(NormConfig(**{**cfg.__dict__, "pool": 1}), DATA, 0)
+def test_load_split_pools_and_holds_out_validation() -> None:
+    cfg = NormConfig(quick=True, seeds=1, train_size=20, val_size=12, test_size=30, pool=2, batch_sizes=(2, 4))
+    a = load_split(cfg, DATA)
+    assert a.x_train.shape == (20, 1, 14, 14) and a.x_val.shape == (12, 1, 14, 14) and a.x_test.shape == (30, 1, 14, 14)
+    # the validation images are training-split images the network never trains on: no image in both
+    flat_train, flat_val = a.x_train.flatten(1), a.x_val.flatten(1)
+    assert not (torch.cdist(flat_val, flat_train).min(1).values < 1e-6).any()
+    b = load_split(dataclasses.replace(cfg, train_size=24), DATA)  # a fixed draw: a larger subset extends it
+    assert torch.equal(b.x_train[:20], a.x_train) and torch.equal(b.x_test, a.x_test)
+    full = load_split(dataclasses.replace(cfg, pool=1), DATA)
     blocks = full.x_train.reshape(20, 1, 14, 2, 14, 2).mean((3, 5))  # oracle: mean of each 2 x 2 block
     assert torch.allclose(a.x_train, blocks, atol=1e-6)
 
 
 @needs_data
-def test_train_cell_sparse_counts() -> None:
-    cfg = NormConfig(quick=True, seeds=1, epochs=2, train_size=10, test_size=20, batch_sizes=(2, 4))
-    ds = load_data(cfg, DATA, 0)
-    cell = train_cell(ds, cfg, "sparse", "group", 4, seed=0)
-    assert cell.steps == 2 * math.ceil(10 / 4) and cell.lr == pytest.approx(scaled_lr(4, cfg.lr_ref, cfg.batch_ref))
-    assert cell.density == pytest.approx(0.1, abs=1e-3) and cell.batch_stats_accuracy is None
-    assert 0.0 <= cell.accuracy <= 1.0 and cell.accuracy * 20 == pytest.approx(round(cell.accuracy * 20))
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_packed_training_equals_one_network_at_a_time(norm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pack is a speed-up only: the same cells, curves and accuracies as training each member alone."""
+    cfg = NormConfig(quick=True, seeds=2, epochs=2, train_size=16, val_size=16, test_size=32, batch_sizes=(2, 4),
+                     warmup_epochs=0.5, width=4)
+    split = load_split(cfg, DATA)
+    packed = train_pack(split, cfg, norm, 4)
+    monkeypatch.setattr(norm_run, "PACK_MAX_BATCH", 0)  # every member alone
+    alone = train_pack(split, cfg, norm, 4)
+    assert [(c.variant, c.seed) for c in packed] == [("dense", 0), ("dense", 1), ("sparse", 0), ("sparse", 1)]
+    for p, a in zip(packed, alone):
+        assert (p.variant, p.seed, p.steps, p.lr) == (a.variant, a.seed, 2 * 4, scaled_lr(4, cfg.lr_ref, 128))
+        assert p.val_loss == pytest.approx(a.val_loss, rel=1e-4) and p.train_losses == pytest.approx(a.train_losses,
+                                                                                                  rel=1e-4)
+        assert p.accuracy == pytest.approx(a.accuracy, abs=1 / 32 + 1e-9)  # at most one image on a tie
+        assert len(p.val_loss) == 2 and p.flatness == pytest.approx(flatness(p.val_loss))
+        assert (p.batch_stats_accuracy is None) == (norm != "batch")
+    sparse = [c for c in packed if c.variant == "sparse"]
+    assert all(c.density == pytest.approx(0.1, abs=0.01) for c in sparse)
+    assert packed[0].val_loss != packed[1].val_loss  # seeds differ
 
 
 @needs_data
 def test_cli_tiny_run(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code, stdout, err = run_cli(["experiment", "normalisation", "--data-dir", str(DATA), "--batch-sizes", "2,8",
-                                 "--norms", "batch,group", "--variants", "dense", "--epochs", "1", "--train-size", "16",
-                                 "--test-size", "32", "--seeds", "2", "--out", str(out), "--json"])
+    args = ["experiment", "normalisation", "--data-dir", str(DATA), "--batch-sizes", "2,8", "--norms", "batch,group",
+            "--variants", "dense", "--epochs", "2", "--warmup-epochs", "0.5", "--train-size", "16", "--val-size", "16",
+            "--test-size", "32", "--seeds", "2", "--width", "4", "--json"]
+    code, stdout, err = run_cli([*args, "--workers", "2", "--out", str(out)])  # two worker processes
     obj = json.loads(stdout.strip().splitlines()[-1])
     assert code == criteria_exit(obj), err  # not --quick: the criteria are tested (and fail at this size)
     mean = {(r["norm"], r["batch"]): r["mean"] for r in obj["summary"]}
@@ -191,8 +264,15 @@ def test_cli_tiny_run(run_cli, tmp_path: Path) -> None:
     assert all(r["batch_stats_mean"] is not None for r in obj["summary"] if r["norm"] == "batch")
     saved = json.loads((out / "results.json").read_text())
     assert saved["experiment"] == "normalisation" and saved["criteria"] == obj["criteria"]
-    assert len(saved["cells"]) == 8 and (out / "accuracy.png").stat().st_size > 0
-    assert "range (pp)" in (out / "report.md").read_text()
+    assert len(saved["cells"]) == 8 and all(len(c["val_loss"]) == 2 for c in saved["cells"])
+    assert all((out / f).stat().st_size > 0 for f in ("accuracy.png", "curves.png", "bn_minus.png"))
+    assert "range (pp)" in (out / "report.md").read_text() and "curves.png" in (out / "report.md").read_text()
+    # one process gives the same networks: the workers change the speed only
+    code, stdout, err = run_cli([*args, "--workers", "1", "--out", str(tmp_path / "one")])
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    key = lambda c: (c["norm"], c["batch"], c["seed"])  # noqa: E731
+    for a, b in zip(sorted(saved["cells"], key=key), sorted(one["cells"], key=key)):
+        assert key(a) == key(b) and a["accuracy"] == b["accuracy"] and a["val_loss"] == pytest.approx(b["val_loss"])
 
 
 @pytest.mark.slow
@@ -218,7 +298,7 @@ def test_cli_quick(run_cli, tmp_path: Path) -> None:
         ln = [mean[v, "layer", b] for b in (2, 4, 8, 32, 128)]
         c = obj["criteria"][f"{v}: LayerNorm range over batch sizes"]
         assert c["value"] == pytest.approx(max(ln) - min(ln)) and c["pass"] is None
-    for name in ("results.json", "report.md", "accuracy.png", "bn_minus.png"):
+    for name in ("results.json", "report.md", "accuracy.png", "bn_minus.png", "curves.png"):
         assert (out / name).stat().st_size > 0
     code, _, err = run_cli(["report", str(out), "--out", str(tmp_path / "page.html")])
     assert code == 0, err
@@ -232,7 +312,8 @@ def test_cli_quick(run_cli, tmp_path: Path) -> None:
     (["--batch-sizes", "2,x"], "--batch-sizes"),
     (["--batch-sizes", "8,2"], "increasing"),
     (["--train-size", "64", "--batch-sizes", "2,128"], "train_size"),
-    (["--train-size", "60000", "--epochs", "50"], "--yes"),
+    (["--train-size", "50000", "--epochs", "50"], "--yes"),
+    (["--epochs", "2", "--warmup-epochs", "2"], "warmup_epochs"),
 ])
 def test_cli_bad_input(run_cli, args: list[str], needle: str) -> None:
     if args[:1] != ["--data-dir"] and args:

@@ -3,7 +3,6 @@ quick one; :class:`NormOptions` holds what does not change the result (the data 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,32 +12,41 @@ from sparseflow.training.options import BudgetOptions, check, option
 
 BATCH_SIZES = (2, 4, 8, 32, 128)
 VARIANTS = ("dense", "sparse")
-# Seconds per training step of ResNet-8 (width 16) on one core of this 2-core machine shared with other jobs,
-# measured with one torch thread: a fixed part (Python and kernel-launch overhead, dominant at batch 2) plus a
-# part per example at 14 x 14 pixels; evaluation per example at batch 500. A static mask costs about half again
-# per step (it is re-applied, and the optimizer state zeroed, after every step).
-STEP_S, EXAMPLE_S, EVAL_S = 6.0e-3, 3.0e-4, 1.8e-4
-SPARSE_OVERHEAD = 1.5
+# Seconds per training step of a pack of K ResNet-8s (scaled from width 16, 14 x 14 inputs, see sparseflow.training.packed)
+# on one core of this 2-core machine, measured with one torch thread: a fixed part per step, a part per member
+# (its own kernels' overhead, dominant at batch 2) and a part per example; evaluation per member and example in
+# eval mode. BatchNorm's packs cost more per member (its statistics), the sparse members nothing extra (their masks
+# are applied to the gradients of the pack as a whole).
+STEP_S, MEMBER_S, EXAMPLE_S, EVAL_S = 2.0e-3, 1.2e-3, 1.5e-4, 6.0e-5
+BN_OVERHEAD = 1.4
 
 
 @dataclass(frozen=True)
 class NormConfig:
     """The grid: norm x batch size x variant, per seed (see :mod:`.run` for the setting)."""
 
-    seeds: int = option(3, "Seeds per cell.", min=1, quick=2)
-    epochs: int = option(4, "Epochs, the same for every cell.", min=1, quick=1)
-    train_size: int = option(2048, "Training images, a seeded subset.", min=1, quick=128)
+    seeds: int = option(8, "Seeds per cell.", min=1, quick=2)
+    epochs: int = option(20, "Epochs, the same for every cell.", min=1, quick=2)
+    train_size: int = option(2048, "Training images, a fixed subset.", min=1, quick=128)
+    val_size: int = option(1000, "Validation images (the convergence check), held out of the training split.",
+                           min=1, quick=128)
     test_size: int | None = option(None, "Test images, a fixed subset (default: all 10000).", min=1, quick=256)
     batch_sizes: tuple[int, ...] = option(BATCH_SIZES, "Batch sizes, at least two, increasing, e.g. 2,4,8,32,128.",
                                           min=1, increasing=True)
     norms: tuple[str, ...] = option(NORMS, "Norms out of batch,group,layer,none.", choices=NORMS, distinct=True)
     variants: tuple[str, ...] = option(VARIANTS, "dense,sparse or one of them.", choices=VARIANTS, distinct=True)
     sparsity: float = option(0.9, "Sparsity of the sparse variant.", min=0, max=1, max_open=True)
-    lr_ref: float = option(6e-3, "Adam learning rate at batch 128; scaled by sqrt(batch/128).", min=0, min_open=True,
-                           max=1, max_open=True, flag="--lr")
+    lr_ref: float = option(0.2, "SGD learning rate at batch 128; scaled linearly, lr_ref x batch / 128.", min=0,
+                           min_open=True, max=10, flag="--lr")
+    momentum: float = option(0.9, "SGD momentum.", min=0, max=1, max_open=True)
+    weight_decay: float = option(5e-4, "Weight decay.", min=0)
+    warmup_epochs: float = option(2.0, "Linear warm-up of the learning rate from lr / 10, in epochs; cosine decay "
+                                  "to zero after it.", min=0, quick=0.5)
+    flat_tol: float = option(0.02, "Convergence check: the validation loss over the last 10 % of the epochs "
+                             "moves by at most this fraction of its final value.", min=0, min_open=True)
     pool: int = option(2, "Average-pool images pool x pool (2: 14 x 14; 1 = full 28 x 28); divides 28.",
                        choices=(1, 2, 4, 7, 14))
-    width: int = option(16, "ResNet-8 width: channels of the first stage.", min=1)
+    width: int = option(8, "ResNet-8 width: channels of the first stage.", min=1)
     batch_ref: int = option(128, "The batch size lr_ref is given at.", min=1, cli=False)
     quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
 
@@ -50,29 +58,41 @@ class NormConfig:
         if max(self.batch_sizes) > self.train_size:
             raise SparseflowError(f"the largest batch size {max(self.batch_sizes)} exceeds train_size "
                                   f"{self.train_size}; pass a larger --train-size or smaller batch sizes")
+        if self.train_size + self.val_size > 60_000:
+            raise SparseflowError(f"train_size {self.train_size} + val_size {self.val_size} exceed Fashion-MNIST's "
+                                  "60000 training images; pass smaller sizes")
+        if self.warmup_epochs >= self.epochs:
+            raise SparseflowError(f"warmup_epochs {self.warmup_epochs:g} must be below epochs {self.epochs}: the "
+                                  "schedule needs room to decay; pass fewer warm-up epochs or more epochs")
 
     @property
     def seed_values(self) -> tuple[int, ...]:
         """The seeds themselves: 0 .. seeds - 1."""
         return tuple(range(self.seeds))
 
+    @property
+    def members(self) -> int:
+        """Networks trained together in one pack: every seed of every variant, for one norm and batch size."""
+        return self.seeds * len(self.variants)
+
     def cells(self) -> int:
         return self.seeds * len(self.variants) * len(self.norms) * len(self.batch_sizes)
 
-    def estimate_s(self) -> float:
-        """Seconds on one shared core: steps x (fixed + per-example cost) plus evaluation, summed over cells.
-        BatchNorm cells also evaluate with test batches of the training size: a forward pass costs about a third
-        of a training step."""
+    def pack_estimate_s(self, norm: str, batch: int) -> float:
+        """Seconds on one core for the networks of one norm and batch size (every seed of every variant): steps x
+        (fixed + per member + per example cost), plus evaluation of every member on the validation set once per
+        epoch and on the test set at the end (BatchNorm once more, with per-batch statistics)."""
         scale = (28 // self.pool) ** 2 / 14**2 * (self.width / 16) ** 2
-        test = 10_000 if self.test_size is None else self.test_size
-        per_row = sum(self.epochs * math.ceil(self.train_size / b) * (STEP_S + b * EXAMPLE_S * scale)
-                      for b in self.batch_sizes)
-        variants = sum(SPARSE_OVERHEAD if v == "sparse" else 1.0 for v in self.variants)
-        runs = self.seeds * len(self.variants)
-        evals = runs * len(self.norms) * len(self.batch_sizes) * test * EVAL_S * scale
-        if "batch" in self.norms:
-            evals += runs * sum(math.ceil(test / b) * STEP_S / 3 + test * EVAL_S * scale for b in self.batch_sizes)
-        return self.seeds * len(self.norms) * variants * per_row + evals
+        k, test = self.members, 10_000 if self.test_size is None else self.test_size
+        factor = BN_OVERHEAD if norm == "batch" else 1.0
+        steps = self.epochs * (self.train_size // batch)
+        train = factor * steps * (STEP_S + k * (MEMBER_S + batch * EXAMPLE_S * scale))
+        evals = self.epochs * self.val_size + test * (2 if norm == "batch" else 1)
+        return train + k * evals * EVAL_S * scale
+
+    def estimate_s(self) -> float:
+        """Seconds on one core for the whole grid: the sum of :meth:`pack_estimate_s`."""
+        return sum(self.pack_estimate_s(n, b) for n in self.norms for b in self.batch_sizes)
 
 
 @dataclass(frozen=True)
@@ -80,7 +100,9 @@ class NormOptions(BudgetOptions):
     """Where the data is and how many threads train: settings that do not change the result."""
 
     data_dir: Path | None = option(None, "Folder holding Fashion-MNIST's four IDX files.")
-    threads: int = option(1, "torch.set_num_threads while training (small convs: 1 is fastest).", min=1)
+    threads: int = option(1, "torch.set_num_threads per training process (small convs: 1 is fastest).", min=1)
+    workers: int = option(2, "Training processes, each training whole norm x batch-size packs (one per core).",
+                          min=1)
 
     def __post_init__(self) -> None:
         check(self)

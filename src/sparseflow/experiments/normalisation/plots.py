@@ -72,3 +72,33 @@ def plot_bn_minus(result: NormResult, path: Path) -> None:
     axes[0, 0].set_ylabel(f"test accuracy difference (pp), {bars}")
     axes[0, 0].legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_curves(result: NormResult, path: Path) -> None:
+    """Learning curves: validation loss after every epoch (mean over seeds), one line per batch size, one panel
+    per norm (columns) and variant (rows); the last 10 % of the epochs, where convergence is checked, shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = result.config
+    fig, axes = plt.subplots(len(cfg.variants), len(cfg.norms), figsize=(3.6 * len(cfg.norms), 3.0 * len(cfg.variants)),
+                             squeeze=False, sharex=True, sharey="row")
+    epochs = np.arange(1, cfg.epochs + 1)
+    for row, v in zip(axes, cfg.variants):
+        for ax, n in zip(row, cfg.norms):
+            for k, b in enumerate(cfg.batch_sizes):
+                curves = [c.val_loss for c in result.cells if (c.variant, c.norm, c.batch) == (v, n, b) and c.val_loss]
+                if curves:
+                    ax.plot(epochs[: len(curves[0])], np.mean(curves, axis=0), color=plt.cm.viridis(k / max(
+                        1, len(cfg.batch_sizes) - 1)), label=f"batch {b}")
+            ax.axvspan(cfg.epochs * 0.9, cfg.epochs, color="gray", alpha=0.15)
+            ax.set_title(f"{'dense' if v == 'dense' else f'{100 * cfg.sparsity:g} % sparse'}, {LABEL[n]}", fontsize=9)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("validation loss (mean over seeds)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes[0, 0].legend(fontsize=7)
+    save_figure(fig, path)

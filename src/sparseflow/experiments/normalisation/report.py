@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseflow.experiments.normalisation.plots import plot_accuracy, plot_bn_minus
+from sparseflow.experiments.normalisation.plots import plot_accuracy, plot_bn_minus, plot_curves
 from sparseflow.experiments.normalisation.result import LABEL, NormResult, bn_minus, ranges, summary
 from sparseflow.experiments.protocol import TableData
 from sparseflow.training.report import md_table, verdict
@@ -39,19 +39,16 @@ def conclusion(result: NormResult) -> str:
         if "batch" in cfg.norms and "group" in cfg.norms:
             g = {x["batch"]: x for x in bn_minus(result) if (x["variant"], x["norm"]) == (v, "group")}
             gh, gl = g[hi], g[lo]
-            text.append("Against GroupNorm at the same batch size (the same steps, so much of what the batch size "
-                        "does to optimisation cancels; BatchNorm also converges faster in few steps, which adds to "
-                        f"its lead at large batches), BatchNorm is {gh['diff_pp']:+.1f} ± {gh['half_pp']:.1f} pp at "
+            text.append("Against GroupNorm at the same batch size (the same steps and learning rate, so what the "
+                        "batch size does to optimisation cancels), "
+                        f"BatchNorm is {gh['diff_pp']:+.1f} ± {gh['half_pp']:.1f} pp at "
                         f"batch {hi} and {gl['diff_pp']:+.1f} ± {gl['half_pp']:.1f} pp at batch {lo}: a swing of "
                         f"{gh['diff_pp'] - gl['diff_pp']:.1f} pp against BatchNorm as the batch shrinks (Wu & He: "
                         "-10.6 pp at batch 2 on ImageNet).")
         shown = [n for n in ("group", "layer", "none") if n in cfg.norms]
         if shown:
             text.append("Ranges of the mean accuracy over batch sizes: "
-                        + ", ".join(f"{LABEL[n]} {rng[f'{v}/{n}']['range_pp']:.1f} pp" for n in shown) + "; without "
-                        f"batch {hi}, the one with the fewest steps: "
-                        + ", ".join(f"{LABEL[n]} {_span(result, v, n, cfg.batch_sizes[:-1]):.1f} pp" for n in shown)
-                        + ".")
+                        + ", ".join(f"{LABEL[n]} {rng[f'{v}/{n}']['range_pp']:.1f} pp" for n in shown) + ".")
         halves = [100 * rows[(v, n, b)]["half"] for n in cfg.norms for b in cfg.batch_sizes]
         noise = float(np.median(halves))
         if cfg.seeds > 1:
@@ -62,8 +59,9 @@ def conclusion(result: NormResult) -> str:
         if failed:
             names, one = " and ".join(LABEL[n] for n in failed), len(failed) == 1
             text.append(f"{names} {'computes' if one else 'compute'} nothing across the batch, so "
-                        f"{'its' if one else 'their'} spread comes from optimisation (steps, learning rate, gradient "
-                        "noise) and seed noise, not from batch statistics.")
+                        f"{'its' if one else 'their'} spread comes from optimisation (the gradient noise of the "
+                        "batch size at its scaled learning rate, or training not yet converged) and seed noise, not "
+                        "from batch statistics.")
             if "none" in cfg.norms:
                 ctrl = rng[f"{v}/none"]["range_pp"]
                 above = [n for n in failed if rng[f"{v}/{n}"]["range_pp"] > ctrl + noise]
@@ -71,16 +69,10 @@ def conclusion(result: NormResult) -> str:
                 text.append(f"The no-norm control spreads {ctrl:.1f} pp" + (
                     f"; {' and '.join(LABEL[n] for n in above)} {verb} more, so the batch size changes how far "
                     "training gets with that normalisation more than without any." if above else
-                    ", about as much (within the seed noise) or more: the batch size acts through optimisation at "
-                    "this budget."))
+                    ", about as much (within the seed noise) or more: the batch size acts through optimisation, "
+                    "with or without a norm."))
         parts.append(" ".join(text))
     return "\n\n".join(parts)
-
-
-def _span(result: NormResult, variant: str, norm: str, batches: tuple[int, ...]) -> float:
-    """max - min over ``batches`` of the mean accuracy, in pp."""
-    means = [100 * result.mean(variant, norm, b) for b in batches]
-    return max(means) - min(means)
 
 
 def _bn_minus_md(result: NormResult) -> str:
@@ -116,9 +108,9 @@ def report_markdown(result: NormResult) -> str:
                         + [f"{100 * at[(v, 'batch', b)]['batch_stats_mean']:.1f}" for b in cfg.batch_sizes] + ["-"])
         head = ["norm"] + [f"batch {b}" for b in cfg.batch_sizes] + ["range (pp)"]
         tables.append(f"**{v}**\n\n" + md_table(head, body))
-    steps = ", ".join(f"{at[(cfg.variants[0], cfg.norms[0], b)]['steps']} steps at batch {b}" for b in cfg.batch_sizes)
-    lrs = ", ".join(f"{at[(cfg.variants[0], cfg.norms[0], b)]['lr']:.2g}" for b in cfg.batch_sizes)
-    crows = [[k, f"{c['value']:+.2f}", c["target"], verdict(c)] for k, c in crit.items()]
+    steps = ", ".join(f"{at[(cfg.variants[0], cfg.norms[0], b)]['steps']} at batch {b}" for b in cfg.batch_sizes)
+    lrs = ", ".join(f"{at[(cfg.variants[0], cfg.norms[0], b)]['lr']:.3g}" for b in cfg.batch_sizes)
+    crows = [[k, f"{c['value']:+.3g}", c["target"], verdict(c)] for k, c in crit.items()]
     failed = [k for k, c in crit.items() if c["pass"] is False]
     summary_line = ("some criteria FAIL: " + ", ".join(failed) if failed else
                     "all criteria pass" if all(c["pass"] for c in crit.values()) else
@@ -128,24 +120,30 @@ def report_markdown(result: NormResult) -> str:
     per_run = np.mean([c.seconds for c in result.cells])
     return f"""# Normalisation under small batches{' (quick run)' if cfg.quick else ''}
 
-`{command}`: wall time {result.wall_s / 60:.1f} min for {len(result.cells)} training runs ({per_run:.1f} s each on
-average). **Verdict: {summary_line}.**
+`{command}`: wall time {result.wall_s / 60:.1f} min for {len(result.cells)} trained networks ({per_run:.1f} s of one
+process each on average). **Verdict: {summary_line}.**
 
-ResNet-8 (width {cfg.width}; one BasicBlock per stage) on Fashion-MNIST average-pooled to {side} x {side};
-{cfg.train_size} training images (a seeded subset per seed), {test} test images. Every cell trains {cfg.epochs}
-epoch(s) ({steps}). Adam, lr = {cfg.lr_ref:g} x sqrt(batch / {cfg.batch_ref}) (square-root scaling rule: {lrs}),
-cosine decay, no weight decay. Sparse: static random ERK mask at {100 * cfg.sparsity:g} % sparsity
-(`RandomSparse`), kept weights rescaled to their fan-in. Test accuracy in eval mode (BatchNorm with running
-statistics); the extra BatchNorm row normalises each test batch of the training batch size by its own
-statistics instead. Seeds {list(cfg.seed_values)}, paired across cells. Entries: mean test accuracy (%) ± half-width
-of the 95 % t-interval over seeds; range: max - min of the means over batch sizes. The no-norm row is the
-control: nothing in it depends on the batch through normalisation, so its range is what batch size does through
-optimisation alone (steps, gradient noise) at this budget.
+ResNet-8 (width {cfg.width}; one BasicBlock per stage) on Fashion-MNIST average-pooled to {side} x {side}:
+a fixed subset of {cfg.train_size} training images, {cfg.val_size} held-out training images for validation,
+{test} test images. Every cell trains {cfg.epochs} epochs ({steps} steps). SGD with momentum {cfg.momentum:g} and
+weight decay {cfg.weight_decay:g}; learning rate {cfg.lr_ref:g} x batch / {cfg.batch_ref} (linear scaling rule: {lrs}),
+linear warm-up from a tenth over {cfg.warmup_epochs:g} epochs, then cosine decay to zero. Sparse: static random
+ERK mask at {100 * cfg.sparsity:g} % sparsity (`RandomSparse`), kept weights rescaled to their fan-in. Test
+accuracy in eval mode (BatchNorm with running statistics); the extra BatchNorm row normalises each test batch
+of the training batch size by its own statistics instead. Seeds {list(cfg.seed_values)} (init, mask, batch order),
+paired across cells. Entries: mean test accuracy (%) ± half-width of the 95 % t-interval over seeds; range: max -
+min of the means over batch sizes. The no-norm row is the control: nothing in it depends on the batch through
+normalisation, so its range is what the batch size does through optimisation alone.
 
 Reference: Wu & He 2018, fig. 1: at batch 2 per GPU BatchNorm has 10.6 % higher ImageNet error than GroupNorm.
 
 {chr(10).join(t + chr(10) for t in tables)}
 ![test accuracy vs batch size](accuracy.png)
+
+**Learning curves** (validation loss after every epoch, mean over seeds; convergence is checked in the shaded
+last 10 % of the epochs):
+
+![validation loss vs epoch](curves.png)
 
 {_bn_minus_md(result)}
 ## Criteria
@@ -175,11 +173,12 @@ def tables(result: NormResult) -> list[TableData]:
 
 
 def write_outputs(result: NormResult, out: Path) -> dict[str, Any]:
-    """accuracy.png, bn_minus.png, then the stamped results.json and report.md into ``out`` (created if missing);
+    """accuracy.png, bn_minus.png, curves.png, then the stamped results.json and report.md into ``out`` (created if missing);
     returns the JSON object the command prints (without the per-cell records)."""
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(result, out / "accuracy.png")
     plot_bn_minus(result, out / "bn_minus.png")
+    plot_curves(result, out / "curves.png")
     data = result.to_json()
     write_run(out, "normalisation", {**data, "command_line": result.command}, report_markdown(result))
     return {k: v for k, v in data.items() if k != "cells"}

@@ -6,18 +6,18 @@ mask and the batch order, so differences between two batch sizes are paired.
 
 Criteria, per variant (dense, sparse), on the mean test accuracy over seeds:
 - BatchNorm at the smallest batch is at least 3 pp below BatchNorm at the largest batch;
-- GroupNorm and LayerNorm each vary by at most 1 pp across batch sizes (max - min of the means).
-A quick run (128 training images, one epoch, 256 test images) cannot resolve effects of 1-3 pp: at batch 128 it
-takes a single step, and one test image is 0.4 pp. It measures and reports the same quantities but marks these
-criteria ``"pass": None`` with that reason; the full run tests them. The no-norm row is the control: its range over
-batch sizes is what the batch size does through optimisation alone (number of steps, gradient noise), and it
-is reported next to the GroupNorm and LayerNorm ranges, so that a failed range can be told apart from an
-effect of normalisation.
+- GroupNorm and LayerNorm each vary by at most 1 pp across batch sizes (max - min of the means);
+and two about the protocol itself: every network converged (its validation loss moves by at most ``flat_tol``
+of its final value over the last 10 % of the epochs, :func:`flatness`), and every mean is known to 0.5 pp (the
+95 % half-width over seeds). A quick run (128 training images, two epochs, 256 test images) cannot resolve
+effects of 1-3 pp, and one test image is 0.4 pp. It measures and reports the same quantities but marks these
+criteria ``"pass": None`` with that reason; the full run tests them. The no-norm row is the control: its range
+over batch sizes is what the batch size does through optimisation alone (gradient noise at the scaled learning
+rate), and it is reported next to the GroupNorm and LayerNorm ranges, so that a failed range can be told apart
+from an effect of normalisation.
 
 Besides the criteria, :func:`bn_minus` gives Wu & He's own comparison: acc(BatchNorm) - acc(GroupNorm or
-LayerNorm) at the same batch size, paired over seeds. At equal steps much of what the batch size does to
-optimisation cancels there, which the criteria (BatchNorm at batch 2 against batch 128, where the larger batch
-has 64x fewer steps) cannot do.
+LayerNorm) at the same batch size, paired over seeds, where what the batch size does to optimisation cancels.
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import math
+
 import numpy as np
 
 from sparseflow.analysis.stats import t_interval as _t_interval
 from sparseflow.experiments.normalisation.config import NormConfig
 
-BN_DROP_PP, RANGE_PP = 3.0, 1.0
+BN_DROP_PP, RANGE_PP, HALF_PP = 3.0, 1.0, 0.5
+TAIL = 0.1  # the convergence check reads the last 10 % of the epochs
 LABEL = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
 
 
@@ -55,6 +58,10 @@ class Cell:
     steps: int
     density: float
     seconds: float
+    val_loss: tuple[float, ...] = ()  # after every epoch, eval mode
+    val_acc: tuple[float, ...] = ()
+    train_losses: tuple[float, ...] = ()  # mean training loss of every epoch
+    flatness: float | None = None  # see flatness(): how far the validation loss still moves at the end
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,8 @@ class NormResult:
             cfg[k] = tuple(cfg[k])
         cfg["seeds"] = len(cfg["seeds"])  # recorded as the list 0 .. seeds - 1
         data_dir = cfg.pop("data_dir", None)
-        return cls(NormConfig(**cfg), tuple(Cell(**c) for c in obj["cells"]), float(obj["wall_s"]),
+        cells = tuple(Cell(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}) for c in obj["cells"])
+        return cls(NormConfig(**cfg), cells, float(obj["wall_s"]),
                    None if data_dir is None else Path(data_dir), obj.get("command_line", cls.command))
 
     def summary(self) -> list[dict[str, Any]]:
@@ -98,6 +106,18 @@ class NormResult:
                 "cells": [asdict(c) for c in self.cells], "criteria": self.criteria()}
 
 
+def flatness(val_loss: tuple[float, ...] | list[float]) -> float | None:
+    """How far the validation loss still moves at the end of training: the largest ``|L_i - L_end| / L_end`` over
+    the evaluations of the last 10 % of the epochs and the one just before them (at least two points); None for
+    fewer than two evaluations. Converged means at most ``flat_tol``."""
+    n = len(val_loss)
+    if n < 2:
+        return None
+    window = max(1, math.ceil(round(TAIL * n, 9)))  # round: 0.1 * 30 is 3.0000000000000004
+    end = val_loss[-1]
+    return float(max(abs(v - end) for v in val_loss[-1 - window:]) / abs(end)) if end else float("inf")
+
+
 def summary(result: NormResult) -> list[dict[str, Any]]:
     """One row per (variant, norm, batch): mean, 95 % t half-width, min, max of the accuracy over seeds, in [0, 1]."""
     cfg, rows = result.config, []
@@ -112,6 +132,7 @@ def summary(result: NormResult) -> list[dict[str, Any]]:
                              "min": float(min(acc)), "max": float(max(acc)), "seeds": len(acc),
                              "batch_stats_mean": float(np.mean(bs)) if bs else None,
                              "train_loss": float(np.mean([c.train_loss for c in cells])),
+                             "flatness": max((c.flatness for c in cells if c.flatness is not None), default=None),
                              "lr": cells[0].lr, "steps": cells[0].steps,
                              "seconds": float(np.mean([c.seconds for c in cells]))})
     return rows
@@ -162,8 +183,8 @@ def criteria(result: NormResult) -> dict[str, dict[str, Any]]:
     rng = ranges(result)
     why = untestable(cfg)
 
-    def verdict(ok: bool) -> dict[str, Any]:
-        return {"pass": None, "note": why} if why else {"pass": ok}
+    def verdict(ok: bool, note: str | None = why) -> dict[str, Any]:
+        return {"pass": None, "note": note} if why else {"pass": ok}
 
     for v in cfg.variants:
         if "batch" in cfg.norms:
@@ -180,4 +201,21 @@ def criteria(result: NormResult) -> dict[str, dict[str, Any]]:
                     "best_batch": r["best_batch"], "worst_batch": r["worst_batch"],
                     "control_range_pp": rng[f"{v}/none"]["range_pp"] if "none" in cfg.norms else None,
                     "target": f"max - min of mean acc over batch sizes {list(cfg.batch_sizes)} <= {RANGE_PP:g} pp"}
+    rows = summary(result)
+    flat = [c.flatness for c in result.cells if c.flatness is not None]
+    if flat:
+        worst = max(result.cells, key=lambda c: -1.0 if c.flatness is None else c.flatness)
+        out["converged: validation loss flat over the last 10 % of training"] = {
+            "value": max(flat), **verdict(bool(max(flat) <= cfg.flat_tol), f"the quick run trains {cfg.epochs} "
+                                          "epoch(s), not to convergence; the full run tests this"),
+            "worst": f"{worst.variant} {worst.norm} batch {worst.batch} seed {worst.seed}",
+            "target": f"max over networks of |val loss - final| / final over the last 10 % of epochs <= {cfg.flat_tol:g}"}
+    if cfg.seeds > 1:
+        widest = max(rows, key=lambda r: r["half"])
+        out["seeds: every mean's 95 % half-width"] = {
+            "value": 100 * widest["half"], **verdict(bool(100 * widest["half"] <= HALF_PP), f"the quick run has "
+                                                     f"{cfg.seeds} seeds and {cfg.test_size or 10000} test images; "
+                                                     "the full run tests this"),
+            "widest": f"{widest['variant']} {widest['norm']} batch {widest['batch']}",
+            "target": f"max over cells of the 95 % t half-width <= {HALF_PP:g} pp"}
     return out
