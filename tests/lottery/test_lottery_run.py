@@ -154,6 +154,40 @@ def test_criteria_are_computed_from_the_levels(reference) -> None:
     mnist1d = dataclasses.replace(result, job=dataclasses.replace(result.job, dataset="mnist1d"))
     assert set(criteria(mnist1d)) == {"ticket_beats_random_mask"}
     assert criteria(mnist1d)["ticket_beats_random_mask"]["value"] == pytest.approx(acc["ticket"] - acc["random"])
+    # paired over the two seeds: t(0.975, 1) = 12.706 x |d0 - d1| / 2
+    d = [result.levels[s][2]["arms"]["ticket"]["final_acc"] - result.levels[s][2]["arms"]["reinit"]["final_acc"]
+         for s in (0, 1)]
+    half = 12.7062047 * abs(d[0] - d[1]) / 2
+    assert crit["ticket_beats_reinit"]["interval"] == pytest.approx([sum(d) / 2 - half, sum(d) / 2 + half], rel=1e-6)
+    assert "converged" not in crit  # no validation set: nothing to stop on
+
+
+def test_criteria_read_early_stopping_with_a_validation_set(tmp_path: Path) -> None:
+    """With val_size, every arm is read at its lowest validation loss, and an arm whose validation loss is still
+    lowest at the last evaluation is reported as not converged; controls_at trains the controls at one level."""
+    job = dataclasses.replace(JOB, val_size=200, controls_at=(0.7,))
+    result = run_lottery(job, tmp_path)
+    densities = [result.levels[0][lv]["density"] for lv in range(3)]
+    want = min((1, 2), key=lambda lv: abs(densities[lv] - 0.7))
+    assert job.control_levels(densities) == {want}
+    for s in (0, 1):
+        for lv in (1, 2):
+            assert set(result.levels[s][lv]["arms"]) == ({"ticket", "reinit", "random"} if lv == want else {"ticket"})
+    crit = criteria(result)  # the last level with controls, not the last level
+    assert f"level {want}," in crit["ticket_beats_reinit"]["target"] and "at early stopping" in crit["ticket_beats_reinit"]["target"]
+
+    def at_best(rec: dict) -> float:  # oracle: test accuracy of the evaluation with the lowest validation loss
+        return min(rec["evals"], key=lambda r: (r["val_loss"], r["step"]))["test_acc"]
+
+    d = [at_best(result.levels[s][want]["arms"]["ticket"]) - at_best(result.levels[s][want]["arms"]["reinit"])
+         for s in (0, 1)]
+    assert crit["ticket_beats_reinit"]["value"] == pytest.approx(sum(d) / 2)
+    assert crit["ticket_beats_reinit"]["per_seed"] == pytest.approx(d)
+    late = [f"seed {s} {a}" for s in (0, 1) for a, rec in result.levels[s][want]["arms"].items()
+            if min(rec["evals"], key=lambda r: (r["val_loss"], r["step"]))["step"] == rec["evals"][-1]["step"]]
+    assert crit["converged"]["still_improving"] == late and crit["converged"]["pass"] == (not late)
+    with pytest.raises(SparseflowError, match="controls_at"):
+        dataclasses.replace(JOB, controls_at=(1.5,))
 
 
 def test_cli_runs_reports_and_refuses_bad_input(run_cli, tmp_path: Path) -> None:

@@ -43,11 +43,13 @@ def lottery(call: Call) -> None:
     rows = []
     for row in obj["levels"]:
         arms = row["arms"]
-        acc = [f"{100 * arms[a]['final_acc']['mean']:.2f}" if a in arms else "-"
+        acc = [f"{100 * arms[a][obj['accuracy']]['mean']:.2f}" if a in arms else "-"
                for a in ("ticket", "reinit", "random")]
         rows.append((row["level"], f"{100 * row['density']:.2f}", *acc,
                      f"{arms['ticket']['early_stop_step']['mean']:.0f}"))
-    call.run.table(f"lottery: {job.model} on {job.dataset}, test accuracy % (mean over seeds {list(job.seeds)})",
+    read = "at early stopping" if obj["accuracy"] == "early_stop_acc" else "at the end of training"
+    call.run.table(f"lottery: {job.model} on {job.dataset}, test accuracy % {read} (mean over seeds "
+                   f"{list(job.seeds)})",
                    ("level", "weights %", "ticket", "reinit", "random", "ticket early stop"), rows, left=())
     call.run.print(f"run directory: {out}  (report.md, accuracy.png, early_stop.png, results.json, seed*/masks.sfm)  "
                    f"{result.wall_s:.1f} s")

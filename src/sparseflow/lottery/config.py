@@ -81,6 +81,9 @@ class LotteryJob:
                           flag="--reinit/--no-reinit")
     random_mask: bool = option(True, "Control: a random mask with the same per-layer densities.",
                                flag="--random-mask/--no-random-mask")
+    controls_at: tuple[float, ...] | None = option(
+        None, "Train the controls only at the levels nearest these densities, e.g. 0.036 (default: every level).",
+        min=0, max=1, min_open=True, distinct=True, metavar="DENSITIES")
     seeds: tuple[int, ...] = option((0,), "Replicate seeds, comma-separated.", distinct=True)
 
     def __post_init__(self) -> None:
@@ -102,6 +105,14 @@ class LotteryJob:
             raise SparseflowError("lottery needs a stopping rule: pass target_density (e.g. 0.036), levels, or both")
 
     # --- derived values ------------------------------------------------------------------------
+    def control_levels(self, densities: list[float]) -> set[int]:
+        """Levels (>= 1) whose controls are trained, given every level's density: all of them, or with
+        ``controls_at`` the level nearest each density there."""
+        levels = range(1, len(densities))
+        if self.controls_at is None:
+            return set(levels)
+        return {min(levels, key=lambda lv: abs(densities[lv] - d)) for d in self.controls_at} if levels else set()
+
     @property
     def out_fraction(self) -> float:
         return self.prune_fraction / 2 if self.output_fraction is None else self.output_fraction
@@ -110,6 +121,7 @@ class LotteryJob:
         d = dataclasses.asdict(self)
         d["hidden"] = None if self.hidden is None else list(self.hidden)
         d["seeds"] = list(self.seeds)
+        d["controls_at"] = None if self.controls_at is None else list(self.controls_at)
         return d
 
     def non_default(self) -> dict[str, Any]:

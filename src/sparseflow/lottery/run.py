@@ -4,8 +4,10 @@ Algorithm (Frankle & Carbin 2019; late rewinding: Frankle et al. 2020; LR rewind
 per replicate seed: level 0 trains the dense network from its initialisation w0 (saving w_k at the rewind
 step k). Level L >= 1 prunes the previous level's trained ticket to mask M_L, sets the kept weights to w_k
 (``rewind="weights"``; or keeps the trained weights and replays only the LR schedule, ``rewind="lr"``) and
-trains from step k to T. Controls at every level: the same mask from a fresh initialisation (random
-reinit) and a random mask with the same per-layer counts from the ticket's starting weights.
+trains from step k to T. Controls at every level (or at the levels nearest ``controls_at``): the same mask
+from a fresh initialisation (random reinit) and a random mask with the same per-layer counts from the ticket's
+starting weights. Every arm trains for the same T steps; with a validation set (``val_size``) the criteria read
+each arm at its early-stopping point, the evaluation with the lowest validation loss.
 
 Run directory (open_lth's layout idea: a level is done when its output exists)::
 
@@ -265,9 +267,11 @@ class _SeedRun:
             ticket = self.model_for(seed)
             ticket.load_state_dict(w)
             arms["ticket"] = (ticket, mask)
-            if job.reinit:
+            total = sum(self.schedule[0].values())
+            controls = level in job.control_levels([sum(c.values()) / total for c in self.schedule])
+            if job.reinit and controls:
                 arms["reinit"] = (self.model_for(derived_seed(seed, "reinit", level)), mask)
-            if job.random_mask:
+            if job.random_mask and controls:
                 rnd = self.model_for(seed)
                 rnd.load_state_dict(w)
                 arms["random"] = (rnd, random_mask(mask, derived_seed(seed, "random", level)))
