@@ -12,20 +12,20 @@ from sparseflow.training.options import BudgetOptions, check, option
 
 BATCH_SIZES = (2, 4, 8, 32, 128)
 VARIANTS = ("dense", "sparse")
-# Seconds per training step of a pack of K ResNet-8s (scaled from width 16, 14 x 14 inputs, see sparseflow.training.packed)
-# on one core of this 2-core machine, measured with one torch thread: a fixed part per step, a part per member
-# (its own kernels' overhead, dominant at batch 2) and a part per example; evaluation per member and example in
-# eval mode. BatchNorm's packs cost more per member (its statistics), the sparse members nothing extra (their masks
-# are applied to the gradients of the pack as a whole).
-STEP_S, MEMBER_S, EXAMPLE_S, EVAL_S = 2.0e-3, 1.2e-3, 1.5e-4, 6.0e-5
-BN_OVERHEAD = 1.4
+# Seconds per training step of a pack of K ResNet-8s (in units of width 16 at 14 x 14, scaled by the pixels and
+# width^2, see sparseflow.training.packed), fitted to a full run with two training processes on this 2-core
+# machine, one torch thread each: a fixed part per step, a part per member (its own kernels' overhead) and a part
+# per example; evaluation per member and example in eval mode. BatchNorm's packs cost a little more (its
+# statistics), the sparse members nothing extra (their masks are applied to the pack's gradients as a whole).
+STEP_S, MEMBER_S, EXAMPLE_S, EVAL_S = 2.0e-3, 1.2e-4, 4.5e-4, 6.0e-5
+BN_OVERHEAD = 1.1
 
 
 @dataclass(frozen=True)
 class NormConfig:
     """The grid: norm x batch size x variant, per seed (see :mod:`.run` for the setting)."""
 
-    seeds: int = option(8, "Seeds per cell.", min=1, quick=2)
+    seeds: int = option(16, "Seeds per cell.", min=1, quick=2)
     epochs: int = option(20, "Epochs, the same for every cell.", min=1, quick=2)
     train_size: int = option(2048, "Training images, a fixed subset.", min=1, quick=128)
     val_size: int = option(1000, "Validation images (the convergence check), held out of the training split.",
@@ -36,7 +36,7 @@ class NormConfig:
     norms: tuple[str, ...] = option(NORMS, "Norms out of batch,group,layer,none.", choices=NORMS, distinct=True)
     variants: tuple[str, ...] = option(VARIANTS, "dense,sparse or one of them.", choices=VARIANTS, distinct=True)
     sparsity: float = option(0.9, "Sparsity of the sparse variant.", min=0, max=1, max_open=True)
-    lr_ref: float = option(0.2, "SGD learning rate at batch 128; scaled linearly, lr_ref x batch / 128.", min=0,
+    lr_ref: float = option(0.1, "SGD learning rate at batch 128; scaled linearly, lr_ref x batch / 128.", min=0,
                            min_open=True, max=10, flag="--lr")
     momentum: float = option(0.9, "SGD momentum.", min=0, max=1, max_open=True)
     weight_decay: float = option(5e-4, "Weight decay.", min=0)

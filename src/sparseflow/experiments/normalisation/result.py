@@ -7,8 +7,8 @@ mask and the batch order, so differences between two batch sizes are paired.
 Criteria, per variant (dense, sparse), on the mean test accuracy over seeds:
 - BatchNorm at the smallest batch is at least 3 pp below BatchNorm at the largest batch;
 - GroupNorm and LayerNorm each vary by at most 1 pp across batch sizes (max - min of the means);
-and two about the protocol itself: every network converged (its validation loss moves by at most ``flat_tol``
-of its final value over the last 10 % of the epochs, :func:`flatness`), and every mean is known to 0.5 pp (the
+and two about the protocol itself: every cell converged (its validation loss, the mean over seeds, moves by at
+most ``flat_tol`` of its final value over the last 10 % of the epochs, :func:`flatness`), and every mean is known to 0.5 pp (the
 95 % half-width over seeds). A quick run (128 training images, two epochs, 256 test images) cannot resolve
 effects of 1-3 pp, and one test image is 0.4 pp. It measures and reports the same quantities but marks these
 criteria ``"pass": None`` with that reason; the full run tests them. The no-norm row is the control: its range
@@ -118,6 +118,19 @@ def flatness(val_loss: tuple[float, ...] | list[float]) -> float | None:
     return float(max(abs(v - end) for v in val_loss[-1 - window:]) / abs(end)) if end else float("inf")
 
 
+def mean_curves(result: NormResult) -> dict[tuple[str, str, int], list[float]]:
+    """Per cell (variant, norm, batch): the validation loss after every epoch, mean over seeds (cells whose
+    networks recorded no curve are left out). The convergence criterion reads these: one network's curve also
+    carries its own noise (BatchNorm's running averages at batch 2 move its loss by a few per cent from epoch to
+    epoch), which averages out over seeds while a trend still left at the end of training does not."""
+    curves: dict[tuple[str, str, int], list[tuple[float, ...]]] = {}
+    for c in result.cells:
+        if c.val_loss:
+            curves.setdefault((c.variant, c.norm, c.batch), []).append(c.val_loss)
+    return {k: [float(v) for v in np.mean(np.array(v), axis=0)] for k, v in curves.items()
+            if len({len(x) for x in v}) == 1}
+
+
 def summary(result: NormResult) -> list[dict[str, Any]]:
     """One row per (variant, norm, batch): mean, 95 % t half-width, min, max of the accuracy over seeds, in [0, 1]."""
     cfg, rows = result.config, []
@@ -202,14 +215,19 @@ def criteria(result: NormResult) -> dict[str, dict[str, Any]]:
                     "control_range_pp": rng[f"{v}/none"]["range_pp"] if "none" in cfg.norms else None,
                     "target": f"max - min of mean acc over batch sizes {list(cfg.batch_sizes)} <= {RANGE_PP:g} pp"}
     rows = summary(result)
-    flat = [c.flatness for c in result.cells if c.flatness is not None]
+    flat = {k: flatness(curve) for k, curve in mean_curves(result).items()}
+    flat = {k: v for k, v in flat.items() if v is not None}
     if flat:
-        worst = max(result.cells, key=lambda c: -1.0 if c.flatness is None else c.flatness)
+        worst = max(flat, key=lambda k: flat[k])
+        per_net = max((c for c in result.cells if c.flatness is not None), key=lambda c: c.flatness)
         out["converged: validation loss flat over the last 10 % of training"] = {
-            "value": max(flat), **verdict(bool(max(flat) <= cfg.flat_tol), f"the quick run trains {cfg.epochs} "
-                                          "epoch(s), not to convergence; the full run tests this"),
-            "worst": f"{worst.variant} {worst.norm} batch {worst.batch} seed {worst.seed}",
-            "target": f"max over networks of |val loss - final| / final over the last 10 % of epochs <= {cfg.flat_tol:g}"}
+            "value": flat[worst], **verdict(bool(flat[worst] <= cfg.flat_tol), f"the quick run trains {cfg.epochs} "
+                                            "epoch(s), not to convergence; the full run tests this"),
+            "worst": f"{worst[0]} {worst[1]} batch {worst[2]}",
+            "worst_network": {"network": f"{per_net.variant} {per_net.norm} batch {per_net.batch} seed {per_net.seed}",
+                              "flatness": per_net.flatness},
+            "target": f"max over cells of |val loss - final| / final over the last 10 % of epochs, val loss the mean "
+                      f"over seeds, <= {cfg.flat_tol:g}"}
     if cfg.seeds > 1:
         widest = max(rows, key=lambda r: r["half"])
         out["seeds: every mean's 95 % half-width"] = {
