@@ -255,3 +255,25 @@ def test_learning_rate_rewinding_retrains_the_trained_ticket(tmp_path: Path) -> 
                     start=10, end=30, eval_every=10, run_dir=tmp_path / "oracle")
     assert res.to_json()["evals"] == result.levels[0][1]["arms"]["ticket"]["evals"]
     assert [e["step"] for e in res.evals] == [20, 30]
+
+
+def test_glorot_init_by_hand() -> None:
+    """init="glorot": Gaussian weights with std sqrt(2 / (fan_in + fan_out)) (torch's xavier_normal_ as the
+    oracle for the fans), zero biases, reproducible per seed, different across seeds."""
+    from torch import nn
+
+    from sparseflow.lottery.run import glorot
+
+    model = glorot(nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.Conv2d(3, 64, 5)), 0)
+    for m in (model[0], model[2], model[3]):
+        ref = torch.empty_like(m.weight)
+        nn.init.xavier_normal_(ref)  # same fans, another draw
+        assert float(m.weight.std()) == pytest.approx(float(ref.std()), rel=0.05)
+        assert float(m.weight.mean()) == pytest.approx(0.0, abs=3 * float(ref.std()) / m.weight.numel() ** 0.5)
+        assert torch.count_nonzero(m.bias) == 0
+    again = glorot(nn.Sequential(nn.Linear(784, 300)), 0)
+    other = glorot(nn.Sequential(nn.Linear(784, 300)), 1)
+    assert torch.equal(again[0].weight, model[0].weight) and not torch.equal(other[0].weight, model[0].weight)
+    job = dataclasses.replace(JOB, init="glorot", levels=1, iterations=20, seeds=(0,))
+    assert job.digest() != dataclasses.replace(job, init="default").digest()  # a different run
+    assert "init" not in LotteryJob().non_default()  # the default names no run differently

@@ -31,6 +31,7 @@ MODELS = tuple(m for m in ALL_MODELS if m not in LANGUAGE_MODELS)
 
 SCOPES = ("layerwise", "global")
 REWINDS = ("weights", "lr")  # rewind the kept weights to step k (Frankle et al.), or only the LR (Renda et al.)
+INITS = ("default", "glorot")
 MAX_LEVELS = 100  # a target density needs more levels than this only by mistake
 
 
@@ -84,6 +85,8 @@ class LotteryJob:
     controls_at: tuple[float, ...] | None = option(
         None, "Train the controls only at the levels nearest these densities, e.g. 0.036 (default: every level).",
         min=0, max=1, min_open=True, distinct=True, metavar="DENSITIES")
+    init: str = option("default", "Initial weights: default (the model's own: PyTorch's uniform for Linear) | glorot "
+                       "(Gaussian Glorot weights, zero biases, as Frankle & Carbin).", choices=INITS)
     seeds: tuple[int, ...] = option((0,), "Replicate seeds, comma-separated.", distinct=True)
 
     def __post_init__(self) -> None:

@@ -111,6 +111,22 @@ def _read_level(path: Path, seed: int, level: int) -> dict[str, Any]:
     return body
 
 
+def glorot(model: nn.Module, seed: int) -> nn.Module:
+    """Gaussian Glorot init (std = sqrt(2 / (fan_in + fan_out))) of every Linear and Conv weight, zero biases
+    (Frankle & Carbin 2019's LeNet and Conv networks), drawn from ``seed``; norm layers keep theirs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                fan_out = m.weight.shape[0] * m.weight[0][0].numel()
+                std = (2.0 / (fan_in + fan_out)) ** 0.5
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model
+
+
 def _check_config(job: LotteryJob, out: Path, command: str | None) -> None:
     """Refuse a run directory that holds another configuration (replicate seeds may be added)."""
     path = out / "config.json"
@@ -160,7 +176,8 @@ def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute
     x, y, val, test, input_shape, classes = _data(job, data_dir)
 
     def model_for(seed: int) -> nn.Module:
-        return build_model(job.model, input_shape, classes, hidden=job.hidden, seed=seed)
+        model = build_model(job.model, input_shape, classes, hidden=job.hidden, seed=seed)
+        return glorot(model, seed) if job.init == "glorot" else model
 
     sizes = {n: p.numel() for n, p in Targets().select(model_for(job.seeds[0])).items()}  # forward order
     schedule = level_counts(job, sizes)  # refuses an unreachable target before any training
