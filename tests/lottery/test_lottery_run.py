@@ -277,3 +277,24 @@ def test_glorot_init_by_hand() -> None:
     job = dataclasses.replace(JOB, init="glorot", levels=1, iterations=20, seeds=(0,))
     assert job.digest() != dataclasses.replace(job, init="default").digest()  # a different run
     assert "init" not in LotteryJob().non_default()  # the default names no run differently
+
+
+def test_seeds_in_worker_processes_equal_one_process(tmp_path: Path) -> None:
+    """workers=2 trains the two seeds in two processes (one torch thread each): the same level records, masks and
+    tickets as one process with one thread, bit for bit."""
+    job = dataclasses.replace(JOB, iterations=20, levels=1, val_size=100)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_lottery(job, tmp_path / "one")
+        torch.set_num_threads(2)  # two workers: one thread each
+        seen: list[str] = []
+        two = run_lottery(job, tmp_path / "two", workers=2, progress=lambda label, steps: seen.append(label))
+    finally:
+        torch.set_num_threads(threads)
+    assert same(outputs(tmp_path / "one"), outputs(tmp_path / "two"))
+    assert two.levels == one.levels and two.levels_trained == 4 and sorted(seen) == [
+        "seed 0: 2 levels done", "seed 1: 2 levels done"]
+    assert criteria(two) == criteria(one)
+    with pytest.raises(SparseflowError, match="on_step"):
+        run_lottery(job, tmp_path / "three", workers=2, on_step=lambda *a: None)

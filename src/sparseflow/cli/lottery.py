@@ -31,7 +31,7 @@ def lottery(call: Call) -> None:
     command_line = "sparseflow " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with call.run.progress("lottery", enabled=o.progress) as tick:
         result = run_lottery(job, out, data_dir=o.data_dir, recompute_level=o.recompute_level,
-                             command=command_line, progress=_phases(call, tick, o.progress))
+                             command=command_line, progress=_phases(call, tick, o.progress), workers=o.workers)
     criteria_at = o.criteria_at
     if criteria_at is None and job.dataset == "mnist1d" and not call.quick:
         criteria_at = 0.05  # the MNIST-1D reference compares ticket and random mask at 95 % sparsity

@@ -154,6 +154,7 @@ class LotteryOptions(RunOptions):
     recompute_level: int | None = option(None, "Delete level K and later ones and run them again.", min=0,
                                          metavar="K")
     progress: bool = option(True, "Show a progress bar (on stderr).", flag="--progress/--no-progress")
+    workers: int = option(1, "Train the seeds in this many processes at once (e.g. one per core).", min=1)
 
     def __post_init__(self) -> None:
         check(self)

@@ -25,6 +25,7 @@ level file that fails its checksum is reported with its level; ``recompute_level
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -161,12 +162,55 @@ def _data(job: LotteryJob, data_dir: Path | None) -> tuple[Tensor, Tensor, Any, 
 
 def run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None = None, recompute_level: int | None = None,
                 command: str | None = None, on_step: StepHook | None = None,
-                progress: Callable[[str, int], None] | None = None) -> LotteryResult:
+                progress: Callable[[str, int], None] | None = None, workers: int = 1) -> LotteryResult:
     """Run (or resume) ``job`` in ``out``; see the module docstring. ``progress(label, steps)`` reports work.
-    A run that fails before it has written anything to resume from leaves no folder behind."""
+    A run that fails before it has written anything to resume from leaves no folder behind.
+
+    ``workers > 1`` trains the replicate seeds in that many processes (each seed's chain is sequential, the seeds
+    are independent), each with this process's torch threads divided among them; ``progress`` then moves once per
+    finished seed, and ``on_step`` is refused (it cannot reach into another process)."""
+    if workers > 1 and on_step is not None:
+        raise SparseflowError("run_lottery: on_step runs in this process only; pass workers=1 to use it")
     with removed_on_failure(out):
+        if workers > 1 and len(job.seeds) > 1:
+            return _run_parallel(job, out, data_dir=data_dir, recompute_level=recompute_level, command=command,
+                                 progress=progress, workers=workers)
         return _run_lottery(job, out, data_dir=data_dir, recompute_level=recompute_level, command=command,
                             on_step=on_step, progress=progress)
+
+
+def _seed_worker(job: LotteryJob, out: Path, data_dir: Path | None, recompute_level: int | None,
+                 command: str | None, threads: int) -> LotteryResult:
+    torch.set_num_threads(threads)
+    return _run_lottery(job, out, data_dir=data_dir, recompute_level=recompute_level, command=command,
+                        on_step=None, progress=None)
+
+
+def _run_parallel(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute_level: int | None,
+                  command: str | None, progress: Callable[[str, int], None] | None, workers: int) -> LotteryResult:
+    from concurrent.futures import as_completed
+
+    from sparseflow.training.processes import worker_pool
+
+    t0 = time.perf_counter()
+    _, _, _, _, input_shape, classes = _data(job, data_dir)  # refuses bad data here, once, before any process
+    model = build_model(job.model, input_shape, classes, hidden=job.hidden, seed=job.seeds[0])
+    schedule = level_counts(job, {n: p.numel() for n, p in Targets().select(model).items()})
+    if recompute_level is not None and not (0 <= recompute_level < len(schedule)):
+        raise SparseflowError(f"--recompute-level {recompute_level} is not a level of this run (0..{len(schedule) - 1})")
+    _check_config(job, out, command)
+    threads = max(1, torch.get_num_threads() // min(workers, len(job.seeds)))
+    levels, trained = {}, 0
+    with worker_pool(min(workers, len(job.seeds))) as pool:
+        futures = {pool.submit(_seed_worker, dataclasses.replace(job, seeds=(seed,)), out, data_dir, recompute_level,
+                               command, threads): seed for seed in job.seeds}
+        for fut in as_completed(futures):
+            res = fut.result()
+            levels.update(res.levels)
+            trained += res.levels_trained
+            if progress is not None:
+                progress(f"seed {futures[fut]}: {len(res.levels[futures[fut]])} levels done", 0)
+    return LotteryResult(job, out, {s: levels[s] for s in job.seeds}, time.perf_counter() - t0, trained)
 
 
 def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute_level: int | None,
