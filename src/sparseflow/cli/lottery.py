@@ -22,6 +22,7 @@ def lottery(call: Call) -> None:
     last checkpoint. With no options: a 500-500 MLP on MNIST-1D down to 2 % of its weights.
     """
     from sparseflow.lottery import criteria, run_lottery, write_report
+    from sparseflow.lottery.report import reading
 
     job, o = call.config, call.options
     if "levels" in call.given and "target_density" not in call.given:
@@ -47,8 +48,7 @@ def lottery(call: Call) -> None:
                for a in ("ticket", "reinit", "random")]
         rows.append((row["level"], f"{100 * row['density']:.2f}", *acc,
                      f"{arms['ticket']['early_stop_step']['mean']:.0f}"))
-    read = "at early stopping" if obj["accuracy"] == "early_stop_acc" else "at the end of training"
-    call.run.table(f"lottery: {job.model} on {job.dataset}, test accuracy % {read} (mean over seeds "
+    call.run.table(f"lottery: {job.model} on {job.dataset}, test accuracy % {reading(obj['accuracy'])} (mean over seeds "
                    f"{list(job.seeds)})",
                    ("level", "weights %", "ticket", "reinit", "random", "ticket early stop"), rows, left=())
     call.run.print(f"run directory: {out}  (report.md, accuracy.png, early_stop.png, results.json, seed*/masks.sfm)  "

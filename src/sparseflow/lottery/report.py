@@ -56,6 +56,11 @@ def measure(job: Any) -> str:
     return "early_stop_acc" if job.val_size else "final_acc"
 
 
+def reading(key: str) -> str:
+    """How the table, the figure and the criteria name the accuracy :func:`measure` picked."""
+    return "at early stopping" if key == "early_stop_acc" else "at the end of training"
+
+
 def criteria(result: LotteryResult, at_density: float | None = None) -> dict[str, dict[str, Any]]:
     """Benchmark checks at the level whose density is nearest ``at_density`` (default: the last level), among
     the levels whose controls were trained.
@@ -79,7 +84,7 @@ def criteria(result: LotteryResult, at_density: float | None = None) -> dict[str
     row = pool[-1] if at_density is None else min(pool, key=lambda r: abs(r["density"] - at_density))
     lv = row["level"]
     where = f"level {lv}, {100 * row['density']:.2f} % of weights"
-    read = "at early stopping" if key == "early_stop_acc" else "at the end of training"
+    read = reading(key)
 
     def paired(arm: str, level: int) -> dict[str, Any]:
         diff = [result.levels[s][lv]["arms"]["ticket"][key] - result.levels[s][level]["arms"][arm][key] for s in seeds]
@@ -152,7 +157,7 @@ def write_report(result: LotteryResult, crit: dict[str, dict[str, Any]], *, comm
     """OUT/report.md, accuracy.png, early_stop.png and results.json; returns the results object."""
     out, job = result.run_dir, result.job
     rows, key = summarize(result), measure(job)
-    read = "at early stopping" if key == "early_stop_acc" else "at the end of training"
+    read = reading(key)
     dense = rows[0]["arms"]["ticket"][key]["mean"]
     _plot(rows, key, f"test accuracy ({read[3:]})", out / "accuracy.png", dense)
     _plot(rows, "early_stop_step", f"early-stopping step (lowest {early_stop_set(job)} loss)", out / "early_stop.png",

@@ -119,10 +119,7 @@ def glorot(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                fan_out = m.weight.shape[0] * m.weight[0][0].numel()
-                std = (2.0 / (fan_in + fan_out)) ** 0.5
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                nn.init.xavier_normal_(m.weight, generator=g)
                 if m.bias is not None:
                     m.bias.zero_()
     return model
@@ -193,12 +190,7 @@ def _run_parallel(job: LotteryJob, out: Path, *, data_dir: Path | None, recomput
     from sparseflow.training.processes import worker_pool
 
     t0 = time.perf_counter()
-    _, _, _, _, input_shape, classes = _data(job, data_dir)  # refuses bad data here, once, before any process
-    model = build_model(job.model, input_shape, classes, hidden=job.hidden, seed=job.seeds[0])
-    schedule = level_counts(job, {n: p.numel() for n, p in Targets().select(model).items()})
-    if recompute_level is not None and not (0 <= recompute_level < len(schedule)):
-        raise SparseflowError(f"--recompute-level {recompute_level} is not a level of this run (0..{len(schedule) - 1})")
-    _check_config(job, out, command)
+    _setup(job, out, data_dir, recompute_level, command)  # refuses bad input here, once, before any process
     threads = max(1, torch.get_num_threads() // min(workers, len(job.seeds)))
     levels, trained = {}, 0
     with worker_pool(min(workers, len(job.seeds))) as pool:
@@ -213,10 +205,11 @@ def _run_parallel(job: LotteryJob, out: Path, *, data_dir: Path | None, recomput
     return LotteryResult(job, out, {s: levels[s] for s in job.seeds}, time.perf_counter() - t0, trained)
 
 
-def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute_level: int | None,
-                 command: str | None, on_step: StepHook | None,
-                 progress: Callable[[str, int], None] | None) -> LotteryResult:
-    t0 = time.perf_counter()
+def _setup(job: LotteryJob, out: Path, data_dir: Path | None, recompute_level: int | None, command: str | None
+           ) -> tuple[tuple[Tensor, Tensor, Any, Any], Callable[[int], nn.Module], list[dict[str, int]]]:
+    """Read the data, build the level schedule and claim ``out``: refuses bad data, an unreachable target, a
+    recompute level outside the run and another job in ``out``, before any training. Returns the training tensors
+    and evaluation loaders, the model builder (init by seed) and the schedule."""
     x, y, val, test, input_shape, classes = _data(job, data_dir)
 
     def model_for(seed: int) -> nn.Module:
@@ -228,6 +221,14 @@ def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute
     if recompute_level is not None and not (0 <= recompute_level < len(schedule)):
         raise SparseflowError(f"--recompute-level {recompute_level} is not a level of this run (0..{len(schedule) - 1})")
     _check_config(job, out, command)
+    return (x, y, val, test), model_for, schedule
+
+
+def _run_lottery(job: LotteryJob, out: Path, *, data_dir: Path | None, recompute_level: int | None,
+                 command: str | None, on_step: StepHook | None,
+                 progress: Callable[[str, int], None] | None) -> LotteryResult:
+    t0 = time.perf_counter()
+    (x, y, val, test), model_for, schedule = _setup(job, out, data_dir, recompute_level, command)
     cfg = TrainConfig(batch_size=job.batch_size, lr=job.lr, optimizer=job.optimizer, weight_decay=job.weight_decay,
                       lr_schedule=job.lr_schedule)
     levels, trained = {}, 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseflow.experiments.normalisation.result import LABEL, NormResult, bn_minus, t_interval
+from sparseflow.experiments.normalisation.result import LABEL, NormResult, bn_minus, mean_curves, t_interval
 from sparseflow.training.report import save_figure
 
 
@@ -86,13 +86,14 @@ def plot_curves(result: NormResult, path: Path) -> None:
     fig, axes = plt.subplots(len(cfg.variants), len(cfg.norms), figsize=(3.6 * len(cfg.norms), 3.0 * len(cfg.variants)),
                              squeeze=False, sharex=True, sharey="row")
     epochs = np.arange(1, cfg.epochs + 1)
+    means = mean_curves(result)
     for row, v in zip(axes, cfg.variants):
         for ax, n in zip(row, cfg.norms):
             for k, b in enumerate(cfg.batch_sizes):
-                curves = [c.val_loss for c in result.cells if (c.variant, c.norm, c.batch) == (v, n, b) and c.val_loss]
-                if curves:
-                    ax.plot(epochs[: len(curves[0])], np.mean(curves, axis=0), color=plt.cm.viridis(k / max(
-                        1, len(cfg.batch_sizes) - 1)), label=f"batch {b}")
+                if (v, n, b) in means:
+                    curve = means[(v, n, b)]
+                    ax.plot(epochs[: len(curve)], curve, color=plt.cm.viridis(k / max(1, len(cfg.batch_sizes) - 1)),
+                            label=f"batch {b}")
             ax.axvspan(cfg.epochs * 0.9, cfg.epochs, color="gray", alpha=0.15)
             ax.set_title(f"{'dense' if v == 'dense' else f'{100 * cfg.sparsity:g} % sparse'}, {LABEL[n]}", fontsize=9)
             ax.set_yscale("log")

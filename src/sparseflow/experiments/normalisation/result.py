@@ -22,11 +22,10 @@ LayerNorm) at the same batch size, paired over seeds, where what the batch size 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import math
 
 import numpy as np
 
