@@ -7,15 +7,17 @@ import dataclasses
 import json
 import math
 import random
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
 
 from sparseflow.distributions import kept_total
-from sparseflow.experiments.methods.config import FULL, MethodsConfig
-from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonConfig, RunRecord, imp_mask
-from sparseflow.experiments.methods.result import REFERENCE, ComparisonResult, ci95, kendall_tau_b, t975
+from sparseflow.experiments.methods.config import FULL, LONG, MethodsConfig
+from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, LONG_GRID, ComparisonConfig, RunRecord, imp_mask
+from sparseflow.experiments.methods.result import (REFERENCE, ComparisonResult, bootstrap_tau, ci95, kendall_tau_b,
+                                                   t975)
 from sparseflow.io import json_safe
 from sparseflow.mask import Mask
 
@@ -150,6 +152,63 @@ def test_grid_size_and_equal_step_budget_of_the_defaults() -> None:
     assert FULL[1].steps() == 5120 // 32
 
 
+def test_bootstrap_tau_against_enumerating_every_resample() -> None:
+    # 3 seeds: the 27 equally likely resamples, enumerated, give the exact bootstrap distribution.
+    import itertools
+
+    rng = random.Random(3)
+    cells = {m: {k: rng.random() for k in range(3)} for m in REFERENCE}
+    taus = sorted(kendall_tau_b([statistics.fmean(cells[m][k] for k in pick) for m in REFERENCE],
+                                list(REFERENCE.values())) for pick in itertools.product(range(3), repeat=3))
+    lo, hi = bootstrap_tau(cells, REFERENCE, n=4000)
+    assert lo in taus and hi in taus
+    # percentile bounds of 4,000 draws fall within the exact 1st-5th and 95th-99th percentiles
+    assert taus[0] <= lo <= taus[1] and taus[-2] <= hi <= taus[-1]
+    same = {m: {k: v + k / 1000 for k in range(3)} for m, v in REFERENCE.items()}
+    assert bootstrap_tau(same, REFERENCE) == (1.0, 1.0)  # every resample keeps the reference order
+    assert bootstrap_tau({m: {0: 1.0} for m in REFERENCE}, REFERENCE) is None  # one seed: nothing to resample
+
+
+def _long(acc: dict[str, tuple[float, float]], dense2: tuple[float, float] = (0.981, 0.982), quick: bool = False,
+          **kw) -> ComparisonResult:
+    setting = dataclasses.replace(LONG[0], train_size=1280, epochs=1)  # 10 steps of 128
+    cfg = ComparisonConfig(quick=quick, settings=(setting,), sparsities=(0.9,), seeds=(0, 1),
+                           data_dirs=(("mnist", "x"),), budget="long")
+    runs = [_rec("mnist", "dense", 0.0, seed, 0.98) for seed in (0, 1)]
+    runs += [_rec("mnist", "dense 2x", 0.0, seed, dense2[seed], steps=20, budgets=2) for seed in (0, 1)]
+    for label, _, _, k in LONG_GRID:
+        for seed in (0, 1):
+            runs.append(_rec("mnist", label, 0.9, seed, acc.get(label, (0.5, 0.5))[seed],
+                             **({"steps": 10 * k, "budgets": k} | kw.get(label, {}))))
+    return ComparisonResult(cfg, tuple(runs), 1.0)
+
+
+def test_long_budget_grid_criteria_and_multiples() -> None:
+    cfg = ComparisonConfig.of(MethodsConfig(budget="long"))
+    assert cfg.sparsities == (0.9,) and cfg.imp_levels() == () and [s.epochs for s in cfg.settings] == [20, 20]
+    assert {s.model for s in cfg.settings} == {"lenet300-100"} and all(s.train_size is None for s in cfg.settings)
+    assert cfg.units() == 2 * 3 * (9 + 2)  # per dataset and seed: 9 sparse runs, dense at 1x and 2x
+    assert cfg.multiple("RigL 5x") == 5 and cfg.multiple("dense 2x") == 2 and cfg.multiple("GMP") == 1
+    assert ComparisonConfig.of(MethodsConfig(budget="long", sparsities=(0.8,))).sparsities == (0.8,)  # explicit wins
+    ok = {m: (v / 100, v / 100 + 0.001) for m, v in REFERENCE.items()}
+    crit = _long(ok).criteria()
+    assert crit["ordering vs the RigL paper, mnist"]["value"] == 1.0
+    assert crit["ordering vs the RigL paper, mnist"]["pass"] is True
+    assert crit["equal budget"]["pass"] and crit["equal budget"]["value"] == {"mnist": [10, 20, 50]}
+    conv = crit["dense converged, mnist"]  # gains 0.1 and 0.2 pp: mean 0.15
+    assert conv["value"] == pytest.approx(0.15) and conv["pass"] is True
+    assert _long(ok, dense2=(0.99, 0.99)).criteria()["dense converged, mnist"]["pass"] is False
+    swapped = dict(ok, SNIP=ok["RigL"], RigL=ok["SNIP"])  # two adjacent swaps would be 0.6; this one is 0.4
+    worse = _long(swapped).criteria()["ordering vs the RigL paper, mnist"]
+    assert worse["value"] == pytest.approx(kendall_tau_b([65.8, 73.0, 69.6, 67.2, 73.9], list(REFERENCE.values())))
+    assert worse["pass"] is False
+    bad_5x = _long(ok, **{"RigL 5x": {"steps": 10}}).criteria()["equal budget"]  # a 5x run with 1x steps
+    assert bad_5x["pass"] is False
+    quick = _long(ok, quick=True).criteria()
+    assert quick["ordering vs the RigL paper, mnist"]["pass"] is None and "quick" in quick["dense converged, mnist"]["note"]
+    assert ComparisonConfig(quick=True, settings=(), sparsities=(0.9,), seeds=(0,)).long is False
+
+
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs the MNIST files in /work/shared/data")
 def test_journal_resumes_finished_tasks_and_sets_another_grid_aside(tmp_path: Path) -> None:
     from sparseflow.experiments.methods import train as mt
@@ -207,12 +266,30 @@ def test_cli_tiny_run_writes_a_complete_run(run_cli, tmp_path: Path) -> None:
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs the MNIST files in /work/shared/data")
+def test_cli_long_budget_quick_run(run_cli, tmp_path: Path) -> None:
+    out = tmp_path / "long"
+    code, stdout, err = run_cli(["experiment", "methods", "--budget", "long", "--quick", "--mnist-dir",
+                                 str(DATA / "mnist"), "--workers", "1", "--out", str(out), "--json"])
+    assert code == 0, err
+    obj = json.loads(stdout.strip().splitlines()[-1])
+    rows = {r["method"]: r for r in obj["summary"]}
+    assert set(rows) == {"dense", "dense 2x", *(g[0] for g in LONG_GRID)}
+    assert rows["RigL 5x"]["steps"] == 5 * rows["RigL"]["steps"] and rows["dense 2x"]["budgets"] == 2
+    crit = obj["criteria"]
+    assert crit["equal budget"]["pass"] and crit["table complete"]["pass"]
+    assert crit["ordering vs the RigL paper, mnist"]["pass"] is None  # one seed, 3 epochs: says so
+    assert (out / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "budget.png" in (out / "report.md").read_text()
+
+
 @pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason="needs the MNIST files in /work/shared/data")
 @pytest.mark.parametrize("args, words", [
     (["--sparsities", "0.9,1.5"], "sparsity"),
     (["--datasets", "cifar10"], "--datasets"),
     (["--seeds", "0"], "--seeds"),
     (["--epochs", "1", "--train-size", "100"], "too few"),
+    (["--budget", "longer"], "--budget"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(run_cli, args: list[str], words: str) -> None:
     code, _, err = run_cli(["experiment", "methods", "--data-dir", str(DATA), *args])

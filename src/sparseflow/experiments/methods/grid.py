@@ -30,7 +30,18 @@ GRID: tuple[tuple[str, str, str | None], ...] = (
 LABELS = ("magnitude + fine-tune", "GMP", IMP, "static ER", "static ERK", "SNIP", "SynFlow", "SET", "RigL")
 FAMILY = {"magnitude + fine-tune": "dense-to-sparse", "GMP": "dense-to-sparse", IMP: "dense-to-sparse",
           "static ER": "from scratch", "static ERK": "from scratch", "SNIP": "from scratch",
-          "SynFlow": "from scratch", "SET": "dynamic", "RigL": "dynamic"}
+          "SynFlow": "from scratch", "SET": "dynamic", "RigL": "dynamic",
+          "SET 2x": "dynamic", "SET 5x": "dynamic", "RigL 2x": "dynamic", "RigL 5x": "dynamic",
+          "dense": "dense", "dense 2x": "dense"}
+# --budget long (label, method, distribution, budget multiple), display order: the RigL paper's five methods at
+# the dataset's budget, and RigL and SET at 2x and 5x it (its extended-training table).
+LONG_GRID: tuple[tuple[str, str, str | None, int], ...] = (
+    ("GMP", "gmp", None, 1), ("static ERK", "random", "erk", 1), ("SNIP", "snip", None, 1),
+    ("SET", "set", None, 1), ("SET 2x", "set", None, 2), ("SET 5x", "set", None, 5),
+    ("RigL", "rigl", None, 1), ("RigL 2x", "rigl", None, 2), ("RigL 5x", "rigl", None, 5),
+)
+# Dense runs (label, budget multiple) per seed; dense at 2x tells whether the budget has converged.
+DENSE = {"short": (("dense", 1),), "long": (("dense", 1), ("dense 2x", 2))}
 
 
 @dataclass(frozen=True)
@@ -44,13 +55,34 @@ class ComparisonConfig:
     seeds: tuple[int, ...]
     data_dirs: tuple[tuple[str, str], ...] = ()  # (dataset, folder holding its four IDX files)
     workers: int = 2
+    budget: str = "short"  # "long": LONG_GRID and dense at 1x and 2x, no IMP
 
     @classmethod
     def of(cls, config: MethodsConfig, names: tuple[str, ...] = DATASETS, data_dirs: tuple[tuple[str, str], ...] = (),
            workers: int = 2) -> ComparisonConfig:
         """The plan of ``config`` on the datasets ``names`` read from ``data_dirs``."""
-        return cls(quick=config.quick, settings=config.settings(names), sparsities=config.sparsities,
-                   seeds=tuple(range(config.seeds)), data_dirs=data_dirs, workers=workers)
+        return cls(quick=config.quick, settings=config.settings(names), sparsities=config.levels(),
+                   seeds=tuple(range(config.seeds)), data_dirs=data_dirs, workers=workers, budget=config.budget)
+
+    @property
+    def long(self) -> bool:
+        return self.budget == "long"
+
+    def grid(self) -> tuple[tuple[str, str, str | None, int], ...]:
+        """(label, method, distribution, budget multiple) of every sparse run per sparsity and seed (IMP apart)."""
+        return LONG_GRID if self.long else tuple((*g, 1) for g in GRID)
+
+    def labels(self) -> tuple[str, ...]:
+        """The sparse methods in display order (IMP included in the short budget)."""
+        return tuple(g[0] for g in LONG_GRID) if self.long else LABELS
+
+    def dense(self) -> tuple[tuple[str, int], ...]:
+        """(label, budget multiple) of each dense run per seed."""
+        return DENSE[self.budget]
+
+    def multiple(self, label: str) -> int:
+        """Budget multiple of a label's runs (IMP: 1 per level)."""
+        return {**{g[0]: g[3] for g in self.grid()}, **dict(self.dense())}.get(label, 1)
 
     def check(self) -> None:
         """What the options cannot check alone: a dataset to run, each setting's budget, each dataset's folder."""
@@ -63,16 +95,19 @@ class ComparisonConfig:
                                       f"files (--data-dir with a {s.dataset}/ subfolder, or --{s.dataset.split('-')[0]}-dir)")
 
     def imp_levels(self) -> tuple[float, ...]:
+        if self.long:
+            return ()
         return tuple(sorted({*(s for s in IMP_FIRST if s < min(self.sparsities)), *self.sparsities}))
 
     def units(self) -> int:
-        """Training runs of one budget each (a progress bar's total)."""
-        per_seed = len(GRID) * len(self.sparsities) + 1 + len(self.imp_levels())
+        """Training runs (a progress bar's total)."""
+        per_seed = len(self.grid()) * len(self.sparsities) + len(self.dense()) + len(self.imp_levels())
         return len(self.settings) * len(self.seeds) * per_seed
 
     def estimate_s(self) -> float:
-        per_seed = len(GRID) * len(self.sparsities) + 1 + len(self.imp_levels())
-        work = sum(s.seconds_per_run() * per_seed * len(self.seeds) for s in self.settings)
+        budgets = (sum(g[3] for g in self.grid()) * len(self.sparsities) + sum(m for _, m in self.dense())
+                   + len(self.imp_levels()))
+        work = sum(s.seconds_per_run() * budgets * len(self.seeds) for s in self.settings)
         return work / min(self.workers, os.cpu_count() or 1)
 
 
@@ -114,4 +149,5 @@ def config_from_json(d: Mapping[str, Any]) -> ComparisonConfig:
     """The inverse of :func:`config_json` (to rebuild a report from a run's results.json)."""
     return ComparisonConfig(quick=bool(d["quick"]), settings=tuple(Setting(**x) for x in d["settings"]),
                             sparsities=tuple(d["sparsities"]), seeds=tuple(d["seeds"]),
-                            data_dirs=tuple(d["data_dirs"].items()), workers=int(d["workers"]))
+                            data_dirs=tuple(d["data_dirs"].items()), workers=int(d["workers"]),
+                            budget=d.get("budget", "short"))

@@ -28,7 +28,7 @@ import torch
 
 from sparseflow.bench.methods import RunSpec
 from sparseflow.experiments.methods.config import Setting
-from sparseflow.experiments.methods.grid import GRID, IMP, LABELS, ComparisonConfig, RunRecord, config_json, imp_mask
+from sparseflow.experiments.methods.grid import IMP, ComparisonConfig, RunRecord, config_json, imp_mask
 from sparseflow.experiments.methods.result import ComparisonResult
 from sparseflow.io import write_error
 from sparseflow.mask import Mask
@@ -44,6 +44,7 @@ class _Task:
     seed: int
     spec: RunSpec | None = None  # None: the dense run and IMP's levels
     imp_levels: tuple[float, ...] = ()
+    budgets: int = 1  # the run trains this many times the setting's epochs (its schedule stretched to fit)
 
 
 def _data(setting: Setting, data_dir: str, seed: int) -> Any:
@@ -95,7 +96,8 @@ def _work(task: _Task) -> tuple[RunRecord, ...]:
     ds = _data(s, task.data_dir, task.seed)
     if task.spec is not None:
         sp = task.spec
-        return (_train(s, ds, s.job(sp.method, sp.sparsity, sp.distribution, sp.seed), sp.label, 1)[0],)
+        long = dataclasses.replace(s, epochs=s.epochs * task.budgets)
+        return (_train(long, ds, long.job(sp.method, sp.sparsity, sp.distribution, sp.seed), sp.label, task.budgets)[0],)
     from sparseflow.targets import Targets
 
     rec, model = _train(s, ds, s.job("dense", 0.0, None, task.seed), "dense", 1)
@@ -113,10 +115,13 @@ def _work(task: _Task) -> tuple[RunRecord, ...]:
 def _tasks(cfg: ComparisonConfig) -> list[_Task]:
     dirs = dict(cfg.data_dirs)
     chains = [_Task(s, dirs[s.dataset], seed, imp_levels=cfg.imp_levels()) for s in cfg.settings for seed in cfg.seeds]
-    grid = [_Task(s, dirs[s.dataset], seed, spec=RunSpec(label, m, d, sp, seed))
-            for s in cfg.settings for sp in cfg.sparsities for label, m, d in GRID for seed in cfg.seeds]
-    # Longest first (IMP chains, then the costlier dataset), so no long run is left alone at the end.
-    grid.sort(key=lambda t: -t.setting.seconds_per_run())
+    grid = [_Task(s, dirs[s.dataset], seed, spec=RunSpec(label, m, d, sp, seed), budgets=k)
+            for s in cfg.settings for sp in cfg.sparsities for label, m, d, k in cfg.grid() for seed in cfg.seeds]
+    grid += [_Task(s, dirs[s.dataset], seed, spec=RunSpec(label, "dense", None, 0.0, seed), budgets=k)
+             for s in cfg.settings for label, k in cfg.dense() if k > 1 for seed in cfg.seeds]
+    # Longest first (IMP chains, then the longer budgets and the costlier dataset), so no long run is left
+    # alone at the end.
+    grid.sort(key=lambda t: -t.setting.seconds_per_run() * t.budgets)
     return chains + grid
 
 
@@ -201,6 +206,6 @@ def run_methods(cfg: ComparisonConfig, progress: Callable[[str, int], None] = la
             futures = {pool.submit(_work, t): t for t in tasks}
             for fut in as_completed(futures):
                 done(futures[fut], fut.result())
-    order = {label: i for i, label in enumerate(("dense", *LABELS))}
+    order = {label: i for i, label in enumerate((*(d for d, _ in cfg.dense()), *cfg.labels()))}
     records.sort(key=lambda r: (r.dataset, order[r.method], r.sparsity, r.seed))
     return ComparisonResult(cfg, tuple(records), time.perf_counter() - t0)
