@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sparseflow.bench import connectivity, inference, masks, methods, oneshot, overhead, storage, training
+from sparseflow.bench import connectivity, inference, masks, methods, oneshot, overhead, sparse_init, storage, training
 from sparseflow.experiments.protocol import Experiment
 
 BENCHMARKS: tuple[Experiment, ...] = (
     overhead.BENCHMARK,
     methods.BENCHMARK,
+    sparse_init.BENCHMARK,
     connectivity.BENCHMARK,
     inference.BENCHMARK,
     masks.BENCHMARK,
