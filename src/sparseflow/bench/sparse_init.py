@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from sparseflow.bench import DataBenchOptions
+from sparseflow.bench import DataBenchOptions, result_writer
 from sparseflow.bench.methods import VARIANTS, _dataset
 from sparseflow.distributions import check_sparsity
 from sparseflow.errors import SparseflowError
@@ -37,7 +37,6 @@ from sparseflow.experiments.methods.result import ci95
 from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_progress
 from sparseflow.training.options import check, option
 from sparseflow.training.processes import worker_pool
-from sparseflow.training.rundir import write_results
 
 # The methods whose own default is to rescale (they start sparse): labels as in ``sparseflow bench methods``.
 METHODS = tuple(v for v in VARIANTS if v[1] in ("random", "snip", "grasp", "synflow", "set", "rigl"))
@@ -204,9 +203,9 @@ class InitBenchResult:
     def criteria(self) -> dict[str, dict[str, Any]]:
         """Per depth: the default arm is never worse than the other with 95 % confidence (the upper end of the
         paired interval of default - other is >= 0), and the mean gap it leaves."""
-        out = {}
+        out, all_rows = {}, self.rows()
         for d in self.config.depths:
-            rows = [r for r in self.rows() if r["depth"] == d and r["diff_pp"] is not None and r["default"]]
+            rows = [r for r in all_rows if r["depth"] == d and r["diff_pp"] is not None and r["default"]]
             if not rows:
                 continue
             gaps, worse = [], []
@@ -278,13 +277,8 @@ def tables(result: InitBenchResult) -> list[TableData]:
                       left=("depth", "method"))]
 
 
-def write_outputs(result: InitBenchResult, out: Path) -> dict[str, Any]:
-    write_results(out, "bench-init", result.to_json(), "result.json")
-    return result.to_json()
-
-
 BENCHMARK = Experiment(
-    "init", "sparse_init on vs off per method and depth", InitBenchConfig, run, write_outputs,
+    "init", "sparse_init on vs off per method and depth", InitBenchConfig, run, result_writer("bench-init"),
     options=InitBenchOptions, tables=tables, check=check_data,
     doc="Every method that starts sparse with and without rescaling to the kept fan-in, on LeNet-300-100 and a "
         "20-layer MLP; which arm the default picks, and whether it ever loses.")

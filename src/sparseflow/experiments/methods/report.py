@@ -121,8 +121,7 @@ def report_markdown(result: ComparisonResult, figures: list[str]) -> str:
             ci = "" if a["tau_b_ci95"] is None else (f"; per seed τ_b {a['tau_b_seed_mean']:+.2f} ± {a['tau_b_ci95']:.2f} "
                                                      "(95 % t-interval over seeds)")
             if a["tau_b_bootstrap95"] is not None:
-                lo, hi = a["tau_b_bootstrap95"]
-                ci += f"; τ_b of the means, 95 % bootstrap over seeds [{lo:+.2f}, {hi:+.2f}]"
+                ci += f"; τ_b of the means, 95 % bootstrap over seeds {_interval(a['tau_b_bootstrap95'])}"
             parts.append(f"- {ds}: {a['measured']}: τ_b of the means {_tau(a['tau_b'])}{ci}; "
                          f"differs from the reference in {', '.join(a['flipped']) or 'nothing'}.")
         parts.append("")
@@ -131,7 +130,7 @@ def report_markdown(result: ComparisonResult, figures: list[str]) -> str:
         flips = "; ".join(f"{f['measured']} by {f['diff_pp']:.2f}" + ("" if f["ci95_pp"] is None else f" ± {f['ci95_pp']:.2f}")
                           + (" pp (resolved)" if f["resolved"] else " pp") for f in c["flipped"]) or "none"
         seeds = "-" if c["tau_b_ci95"] is None else f"{c['tau_b_seed_mean']:+.2f} ± {c['tau_b_ci95']:.2f}"
-        boot = "-" if c["tau_b_bootstrap95"] is None else "[{:+.2f}, {:+.2f}]".format(*c["tau_b_bootstrap95"])
+        boot = "-" if c["tau_b_bootstrap95"] is None else _interval(c["tau_b_bootstrap95"])
         rows.append([c["dataset"], f"{100 * c['sparsity']:g} %", " < ".join(c["ascending"]), _tau(c["tau_b"]), boot,
                      seeds, flips])
     parts += [md_table(["dataset", "sparsity", "measured, worst to best", "τ_b (means)", "bootstrap 95 %",
@@ -173,7 +172,7 @@ def tables(result: ComparisonResult) -> list[TableData]:
     rows = []
     for c in result.orderings():
         seeds = "-" if c["tau_b_ci95"] is None else f"{c['tau_b_seed_mean']:+.2f} ± {c['tau_b_ci95']:.2f}"
-        boot = "-" if c["tau_b_bootstrap95"] is None else "[{:+.2f}, {:+.2f}]".format(*c["tau_b_bootstrap95"])
+        boot = "-" if c["tau_b_bootstrap95"] is None else _interval(c["tau_b_bootstrap95"])
         rows.append([c["dataset"], f"{100 * c['sparsity']:g} %", " < ".join(c["ascending"]), f"{c['tau_b']:+.2f}",
                      boot, seeds])
     columns = ["dataset", "sparsity", "ordering", "τ_b (means)", "bootstrap 95 %", "τ_b per seed (95 %)"]
