@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sparseflow.errors import MaskError, SparseflowError
-from sparseflow.init import calibrate_, rescale_, sparse_init_, sparse_std, unit_fan_in, variance_ratios
+from sparseflow.init import calibrate_, rescale_, sparse_init_, sparse_std, unit_fan_in, unit_norms, variance_ratios
 from sparseflow.methods import GMP, SET, SNIP, MagnitudePruning, RandomSparse, RigL, SynFlow
 from sparseflow.training.models import MLP
 from sparseflow.targets import prunable
@@ -234,14 +234,26 @@ def test_from_scratch_methods_rescale_by_default_and_opt_out_is_bit_exact(make) 
     assert m_off.mask == m_on.mask
     for n, p in off.named_parameters():  # opt-out: exactly the masked original weights, as before
         assert torch.equal(p.detach(), torch.where(m_off.mask[n], before[n], torch.zeros(())) if n in m_off.mask else before[n])
+    assert m_off.sparse_init_applied is None
+    calibrated = isinstance(m_on, SNIP)  # SNIP has a data batch: calibrated back to the dense ratios
+    assert m_on.sparse_init_applied == ("calibrated" if calibrated else "rescaled")
     for n, p in on.named_parameters():
         if n not in m_on.mask:
             assert torch.equal(p.detach(), before[n])  # biases untouched
             continue
         m = m_on.mask[n]
-        k = m.sum(1, keepdim=True).double()
-        want = torch.where(m, before[n].double() * (m.shape[1] / k.clamp(min=1)).sqrt(), torch.zeros((), dtype=torch.float64))
-        torch.testing.assert_close(p.detach(), want.float(), rtol=1e-6, atol=0)
+        masked = torch.where(m, before[n].double(), torch.zeros((), dtype=torch.float64))
+        if calibrated:  # one positive factor per layer
+            c = float((p.detach().double() * masked).sum() / masked.square().sum())
+            torch.testing.assert_close(p.detach().double(), c * masked, rtol=1e-5, atol=1e-7)
+            continue
+        # norm matching: unit j's kept weights times ||w_j|| / ||w_j * m_j||
+        factor = (before[n].double().square().sum(1, keepdim=True) / masked.square().sum(1, keepdim=True).clamp(min=1e-300)).sqrt()
+        torch.testing.assert_close(p.detach(), (masked * factor).float(), rtol=1e-6, atol=0)
+    if calibrated:  # the masked network propagates the signal as the dense one did, layer by layer
+        x = _SNIP_DATA[0]
+        dense = variance_ratios(build(), x).ratios
+        torch.testing.assert_close(torch.tensor(variance_ratios(on, x).ratios), torch.tensor(dense), rtol=0.011, atol=0)
 
 
 def test_pruning_of_trained_weights_does_not_rescale_and_flag_is_checked() -> None:
@@ -254,3 +266,91 @@ def test_pruning_of_trained_weights_does_not_rescale_and_flag_is_checked() -> No
     assert all(torch.equal(p.detach(), torch.where(method.mask[n], before[n], torch.zeros(()))) for n, p in prunable(model).items())
     with pytest.raises(SparseflowError, match="sparse_init"):
         RandomSparse(0.5, sparse_init="yes")  # type: ignore[arg-type]
+
+
+def test_rescale_with_reference_restores_each_units_dense_norm_by_hand() -> None:
+    dense = torch.tensor([[3.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, 0.5, 0.5, 0.5]])
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    lin = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(dense)
+    norms = unit_norms(lin)
+    torch.testing.assert_close(norms["weight"], torch.tensor([25.0, 4.0, 4.75], dtype=torch.float64))
+    rescale_(lin, {"weight": mask}, reference=norms)
+    # unit 0 keeps 3 of norm 5: x 5/3; unit 1 keeps two ones of norm 2: x sqrt(2); unit 2 keeps nothing: zero
+    want = torch.tensor([[5.0, 0, 0, 0], [math.sqrt(2), math.sqrt(2), 0, 0], [0.0, 0, 0, 0]])
+    torch.testing.assert_close(lin.weight.detach(), want)
+    # the dense weights themselves are an equivalent reference, in the layout the model stores them
+    lin2 = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        lin2.weight.copy_(dense)
+    rescale_(lin2, {"weight": mask}, reference={"weight": dense})
+    torch.testing.assert_close(lin2.weight.detach(), want)
+    # per layer: one factor sqrt(33.75 / (9 + 2)) for every kept weight
+    lin3 = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        lin3.weight.copy_(dense)
+    rescale_(lin3, {"weight": mask}, per="layer", reference=norms)
+    torch.testing.assert_close(lin3.weight.detach(), torch.where(mask, dense, 0.0) * math.sqrt(33.75 / 11))
+    with pytest.raises(MaskError, match="reference"):
+        rescale_(lin3, {"weight": mask}, reference={"other": dense})
+    with pytest.raises(MaskError, match="shape"):
+        rescale_(lin3, {"weight": mask}, reference={"weight": torch.ones(5)})
+
+
+def test_norm_matching_fits_masks_that_keep_large_weights_where_count_matching_overshoots() -> None:
+    """Keeping the largest 10 % of a Gaussian keeps about 4.4x its mean square: count matching multiplies each
+    unit's squared norm by that, norm matching gives it back exactly (mean field: q is set by the squared norm)."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 1000)
+    mask = w.abs() >= w.abs().quantile(0.9, dim=1, keepdim=True)
+    dense_sq = w.double().square().sum(1)
+    a, b = nn.Linear(1000, 64, bias=False), nn.Linear(1000, 64, bias=False)
+    with torch.no_grad():
+        a.weight.copy_(w)
+        b.weight.copy_(w)
+    rescale_(a, {"weight": mask})
+    rescale_(b, {"weight": mask}, reference={"weight": w})
+    gain_count = float((a.weight.double().square().sum(1) / dense_sq).mean())
+    assert 4.0 < gain_count < 4.8  # E[w² | |w| > z_0.95] = 1 + z φ(z) / 0.05 = 4.39 for a unit Gaussian
+    torch.testing.assert_close(b.weight.double().square().sum(1), dense_sq, rtol=1e-6, atol=0)
+
+
+def test_calibrate_to_per_layer_targets() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 30, bias=False), nn.ReLU(), nn.Linear(30, 30, bias=False), nn.ReLU(),
+                          nn.Linear(30, 5, bias=False))
+    x = torch.randn(256, 10)
+    calibrate_(model, x, target={"0": 0.5, "4": 2.0}, tol=1e-3)
+    r = variance_ratios(model, x)
+    torch.testing.assert_close(torch.tensor(r.ratios), torch.tensor([0.5, 1.0, 2.0]), rtol=2e-3, atol=0)
+    with pytest.raises(SparseflowError, match="not calibrated"):
+        calibrate_(model, x, target={"9": 1.0})
+    with pytest.raises(SparseflowError, match="positive finite"):
+        calibrate_(model, x, target={"0": -1.0})
+
+
+def test_snip_without_a_measurable_batch_falls_back_to_norm_matching() -> None:
+    """Inputs given as a dict (a Hugging Face batch) cannot be calibrated on: SNIP rescales by norm instead."""
+
+    class DictMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = MLP(20, 5, hidden=(30,))
+
+        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.net(input_ids)
+            return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+    torch.manual_seed(0)
+    model = DictMLP()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = _SNIP_DATA
+    method = SNIP(0.8, data={"input_ids": x, "labels": y})
+    method.prepare(model)
+    assert method.sparse_init_applied == "rescaled"
+    for n, m in method.mask.items():
+        got = dict(model.named_parameters())[n].detach().double()
+        dense_sq = before[n].double().square().sum(1)
+        live = m.any(1)
+        torch.testing.assert_close(got.square().sum(1)[live], dense_sq[live], rtol=1e-6, atol=0)

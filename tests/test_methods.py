@@ -289,11 +289,17 @@ def test_prepare_gives_exact_counts(case: Case, model_name: str) -> None:
         assert m.dtype == torch.bool and m.shape == params[n].shape
         assert_pattern(method.pattern, n, m)
         want_w = torch.where(m, before[n], torch.zeros(()))
-        if method.sparse_init and s0 is not None:  # rescaled by sqrt(fan_in / kept fan-in) of each output unit
-            kept = m.reshape(m.shape[0], -1).sum(1).double()
-            factor = torch.where(kept > 0, (m[0].numel() / kept.clamp(min=1)).sqrt(), torch.zeros(()).double())
+        if method.sparse_init_applied == "rescaled":  # each output unit back to its dense squared norm
+            dense = before[n].double().reshape(m.shape[0], -1).square().sum(1)
+            kept = want_w.double().reshape(m.shape[0], -1).square().sum(1)
+            factor = torch.where(kept > 0, (dense / kept.clamp(min=1e-300)).sqrt(), torch.zeros(()).double())
             want_w = (want_w.double() * factor.reshape((-1,) + (1,) * (m.dim() - 1))).float()
             torch.testing.assert_close(params[n].detach(), want_w, rtol=1e-6, atol=0, msg=n)
+        elif method.sparse_init_applied == "calibrated":  # one positive factor per layer (calibrate_)
+            got, ref = params[n].detach().double()[m], want_w.double()[m]
+            c = float(got @ ref / (ref @ ref))
+            assert c > 0 and bool((params[n].detach()[~m] == 0).all()), n
+            torch.testing.assert_close(got, c * ref, rtol=1e-5, atol=1e-7, msg=n)
         else:
             assert torch.equal(params[n].detach(), want_w), n
     for n in set(params) - set(mask):  # biases untouched

@@ -86,8 +86,8 @@ def test_sparse_init_rescales_each_output_column_of_a_conv1d() -> None:
     method = sf.RandomSparse(0.75, sparse_init=True)
     method.prepare(model)
     for name, mask in method.mask.items():
-        fan_in, kept = mask.shape[0], mask.sum(0).double()  # (in, out): a column per output unit
-        expected = (before[name].double() * (fan_in / kept).sqrt()) * mask
+        w = before[name].double()  # (in, out): a column per output unit, given back its dense squared norm
+        expected = (w * (w.square().sum(0) / (w * mask).square().sum(0)).sqrt()) * mask
         assert torch.allclose(model.get_parameter(name).double(), expected, rtol=1e-6, atol=0)
 
 

@@ -56,7 +56,7 @@ from sparseflow.errors import DataError, MaskError, PathError, SparseflowError, 
 from sparseflow.hopfield import Hopfield, Recall, capacity_theory, corrupt, optimal_threshold, random_patterns
 from sparseflow.inference.convert import LayerReport, convert, deconvert, inference_report
 from sparseflow.layouts import Layout, layout_of, parameter_layouts, register_layout
-from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, variance_ratios
+from sparseflow.init import VarianceRatios, calibrate_, rescale_, sparse_init_, unit_norms, variance_ratios
 from sparseflow.lottery import LotteryJob, LotteryResult, run_lottery
 from sparseflow.mask import Mask
 from sparseflow.methods import GMP, MASK_SAFE_OPTIMIZERS, MagnitudePruning, Method, RandomSparse
@@ -112,6 +112,7 @@ __all__ = [
     "calibrate_",
     "rescale_",
     "sparse_init_",
+    "unit_norms",
     "variance_ratios",
     "DATASETS",
     "MODELS",

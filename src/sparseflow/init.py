@@ -16,9 +16,11 @@ Three tools, all restricted to the target weights (:func:`sparseflow.targets.pru
 weights by default) and leaving biases as they are (they do not depend on the fan-in):
 
 - :func:`sparse_init_` redraws kept weights from the Gaussian above.
-- :func:`rescale_` multiplies the existing kept weights by sqrt(fan_in / k_j): keeps the user's init family
-  and seed and makes its variance sparsity-aware; a no-op on a dense layer. Methods use this one by default
-  (see :class:`sparseflow.methods.base.Method`, ``sparse_init``).
+- :func:`rescale_` multiplies the existing kept weights by sqrt(fan_in / k_j) (count matching), or, given
+  each unit's squared norm before masking (:func:`unit_norms`), by the factor that restores that norm (norm
+  matching: exact for masks chosen by weight values, which keep larger weights than average). It keeps the
+  user's init family and seed; a no-op on a dense layer. Methods use norm matching when ``sparse_init`` is
+  on (see :class:`sparseflow.methods.base.Method`).
 - :func:`calibrate_` rescales each layer on a data batch so the measured ratio q_l / q_{l-1} equals
   ``target`` (LSUV, Mishkin & Matas 2016, applied to the ratio rather than to q itself);
   :func:`variance_ratios` measures that ratio without changing the model.
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from sparseflow.errors import MaskError, SparseflowError
-from sparseflow.layouts import DEFAULT, parameter_layouts
+from sparseflow.layouts import DEFAULT, Layout, parameter_layouts
 from sparseflow.targets import Targets, prunable
 
 PER = ("unit", "layer")
@@ -80,9 +82,10 @@ def sparse_std(mask: Tensor, *, per: str = "unit", gain: float = math.sqrt(2)) -
 
 def _weights(
     model: nn.Module, mask: Mapping[str, Tensor] | None, targets: Targets | None
-) -> list[tuple[str, nn.Parameter, Tensor]]:
+) -> list[tuple[str, nn.Parameter, Tensor, Layout]]:
     """(name, weight, bool mask) of every target with >= 2 dims (1-D targets have no fan-in: skipped), weight
-    and mask viewed ``(out, in, *rest)`` through the target's layout (views: writing them writes the weight)."""
+    and mask viewed ``(out, in, *rest)`` through the target's layout (views: writing them writes the weight),
+    and that layout."""
     if not isinstance(model, nn.Module):
         raise SparseflowError(f"expected an nn.Module, got {type(model).__name__}")
     if mask is not None and targets is None:
@@ -108,7 +111,7 @@ def _weights(
             m = mask[name].to(device=p.device).bool()
             if m.shape != p.shape:
                 raise MaskError(f"mask for {name!r} has shape {tuple(m.shape)}, the weight {tuple(p.shape)}")
-        out.append((name, layouts[name].canonical(p), layouts[name].canonical(m)))
+        out.append((name, layouts[name].canonical(p), layouts[name].canonical(m), layouts[name]))
     return out
 
 
@@ -128,12 +131,23 @@ def sparse_init_(
     touched. Draws come from ``generator`` (on its own device, then moved) or PyTorch's global generator.
     """
     _check_per(per)
-    for _, p, m in _weights(model, mask, targets):
+    for _, p, m, _ in _weights(model, mask, targets):
         std = sparse_std(m, per=per, gain=gain)  # (out,)
         dev = generator.device if generator is not None else p.device
         z = torch.randn(p.shape, generator=generator, device=dev, dtype=torch.float32).to(p.device)
         shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast the per-unit std over (in, *kernel)
         p.copy_((z * std.to(device=p.device, dtype=torch.float32).reshape(shape) * m).to(p.dtype))
+
+
+def unit_norms(model: nn.Module, *, targets: Targets | None = None) -> dict[str, Tensor]:
+    """Squared L2 norm of every output unit of every target weight (>= 2 dims), float64, shape (out,).
+
+    Take them before a mask is applied and pass them to :func:`rescale_` as ``reference``: each unit's kept
+    weights are then scaled back to the norm the unit had dense. Costs one vector per layer, not a copy of
+    the weights.
+    """
+    return {name: p.detach().double().reshape(p.shape[0], -1).square().sum(dim=1)
+            for name, p, _, _ in _weights(model, None, targets)}
 
 
 @torch.no_grad()
@@ -142,25 +156,60 @@ def rescale_(
     mask: Mapping[str, Tensor] | None = None,
     *,
     per: str = "unit",
+    reference: Mapping[str, Tensor] | None = None,
     targets: Targets | None = None,
 ) -> None:
-    """Multiply kept target weights by sqrt(fan_in / fan_in_eff), in place: any init scaled by
-    c/fan_in (He, Glorot's fan-in part, PyTorch's default) becomes c/fan_in_eff. Dense layers: no-op.
+    """Scale the kept target weights so that each unit's signal variance is the dense one's, in place.
 
-    Uses no randomness. Weights outside the mask are set to zero; biases are not touched.
+    Without ``reference`` (count matching): multiply by sqrt(fan_in / fan_in_eff), so any init scaled by
+    c/fan_in (He, Glorot's fan-in part, PyTorch's default) becomes c/fan_in_eff. Exact in expectation when
+    the kept positions are chosen independently of the weights' values (random masks, ER/ERK, SET and
+    RigL's first mask).
+
+    With ``reference`` (norm matching): the squared norm of every unit before masking, from
+    :func:`unit_norms` (or the dense weights themselves, shaped like each target). Unit j is multiplied by
+    sqrt(‖w_j‖² / ‖w_j ⊙ m_j‖²), restoring its dense squared norm, which is what sets its pre-activation
+    variance (q_j = Σ_i w_ji² q_in for uncorrelated inputs). Use it for masks chosen by the weights' values
+    (SNIP, GraSP, SynFlow, magnitude): they keep larger-than-average weights (about 2x the mean square at 90 %
+    sparsity), so count matching would overshoot by that factor at every layer and make a deep net diverge.
+    ``per="layer"`` uses one factor per layer (the count or the norm summed over its units).
+
+    Uses no randomness. Weights outside the mask are set to zero; biases are not touched; a unit whose kept
+    weights are all zero stays zero. Dense layers are left bit for bit.
     """
     _check_per(per)
-    for _, p, m in _weights(model, mask, targets):
-        fan_in = p[0].numel()
-        k = unit_fan_in(m).to(torch.float64)  # (out,)
-        if per == "layer":
-            k = torch.full_like(k, float(k.mean()))
-        factor = torch.zeros_like(k)
-        factor[k > 0] = (fan_in / k[k > 0]).sqrt()
-        if bool((factor == 1).all()) and bool(m.all()):
+    for name, p, m, layout in _weights(model, mask, targets):
+        if bool(m.all()):
             continue  # dense: leave the weights bit for bit
+        kept = p.double() * m
+        if reference is None:
+            num = torch.full((p.shape[0],), float(p[0].numel()), dtype=torch.float64, device=p.device)
+            den = unit_fan_in(m).to(device=p.device, dtype=torch.float64)  # (out,)
+        else:
+            num = _reference_norms(name, p, layout, reference)
+            den = kept.reshape(p.shape[0], -1).square().sum(dim=1)
+        if per == "layer":
+            num, den = torch.full_like(num, float(num.sum())), torch.full_like(den, float(den.sum()))
+        factor = torch.zeros_like(den)
+        live = den > 0
+        factor[live] = (num[live] / den[live]).sqrt()
         shape = (-1,) + (1,) * (p.dim() - 1)
-        p.copy_((p.double() * factor.to(p.device).reshape(shape) * m).to(p.dtype))
+        p.copy_((kept * factor.reshape(shape)).to(p.dtype))
+
+
+def _reference_norms(name: str, p: Tensor, layout: Layout, reference: Mapping[str, Tensor]) -> Tensor:
+    """Squared unit norms (out,) of target ``name`` (``p`` viewed through ``layout``) from ``reference``: the
+    norms themselves, or the dense weight as the model stores it."""
+    if name not in reference:
+        raise MaskError(f"no reference norms for target {name!r}; the reference covers {list(reference)} "
+                        "(take them with sparseflow.init.unit_norms before masking)")
+    r = reference[name].detach().to(device=p.device, dtype=torch.float64)
+    if r.shape == (p.shape[0],):
+        return r
+    if r.dim() >= 2 and layout.canonical_shape(r.shape) == tuple(p.shape):
+        return layout.canonical(r).reshape(p.shape[0], -1).square().sum(dim=1)
+    raise MaskError(f"reference for {name!r} has shape {tuple(r.shape)}: expected the squared unit norms "
+                    f"({p.shape[0]},) or the weight's own shape")
 
 
 # --- calibration on data ----------------------------------------------------------------------
@@ -262,7 +311,7 @@ def calibrate_(
     model: nn.Module,
     batch: Tensor,
     *,
-    target: float = 1.0,
+    target: float | Mapping[str, float] = 1.0,
     tol: float = 0.01,
     max_iter: int = 10,
     targets: Targets | None = None,
@@ -275,13 +324,21 @@ def calibrate_(
     exact without bias; with a bias it is repeated up to ``max_iter`` times until |ratio/target - 1| <=
     ``tol`` (a RuntimeWarning names a layer that does not get there). Runs in eval mode (no BatchNorm
     statistics are updated) and restores every module's mode; pruned weights stay zero.
+
+    ``target`` may also map layer (module) names to their own ratio, e.g. the ratios a dense network had,
+    ``dict(zip(r.layers, r.ratios))`` of :func:`variance_ratios` taken before masking: the masked network then
+    propagates the signal as the dense one did. Layers it does not name keep target 1.
     """
-    for what, v in (("target", target), ("tol", tol)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+    goals = dict(target) if isinstance(target, Mapping) else {}
+    for what, v in [("tol", tol)] + ([("target", target)] if not goals else [(f"target[{k!r}]", v) for k, v in goals.items()]):
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise SparseflowError(f"{what} must be a positive finite number, got {v!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise SparseflowError(f"max_iter must be a positive integer, got {max_iter!r}")
     layers = _layers(model, targets)
+    unknown = [k for k in goals if k not in layers]
+    if unknown:
+        raise SparseflowError(f"target names layers that are not calibrated: {unknown}; the layers are {list(layers)}")
     batch = _as_batch(model, batch)
     modes = {m: m.training for m in model.modules()}
     grad = torch.is_grad_enabled()
@@ -291,6 +348,7 @@ def calibrate_(
         r = _measure(model, batch, layers)
         for i, name in enumerate(r.layers):
             weight = layers[name][1]
+            goal = float(goals.get(name, 1.0)) if goals else float(target)
             for _ in range(max_iter):
                 prev = r.input_moment if i == 0 else r.moments[i - 1]
                 q = r.moments[i]
@@ -299,15 +357,15 @@ def calibrate_(
                         f"layer {name!r} {'gets' if prev == 0 else 'outputs'} no signal on the calibration "
                         "batch (all zeros), so no scale can fix it; check the mask for cut paths"
                     )
-                if abs(q / prev / target - 1) <= tol:
+                if abs(q / prev / goal - 1) <= tol:
                     break
-                weight.mul_(math.sqrt(target * prev / q))
+                weight.mul_(math.sqrt(goal * prev / q))
                 r = _measure(model, batch, layers)
             ratio = r.moments[i] / (r.input_moment if i == 0 else r.moments[i - 1])
-            if abs(ratio / target - 1) > tol:
+            if abs(ratio / goal - 1) > tol:
                 warnings.warn(
                     f"calibrate_: layer {name!r} reached ratio {ratio:.4g} after {max_iter} steps, target "
-                    f"{target:g}: its bias alone exceeds the target; zero the biases or raise max_iter",
+                    f"{goal:g}: its bias alone exceeds the target; zero the biases or raise max_iter",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -325,5 +383,6 @@ __all__ = [
     "sparse_init_",
     "sparse_std",
     "unit_fan_in",
+    "unit_norms",
     "variance_ratios",
 ]

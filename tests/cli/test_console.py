@@ -149,3 +149,23 @@ def test_a_terminal_sees_a_line_before_torch_loads_and_it_is_erased(tmp_path: Pa
     piped = subprocess.run([sys.executable, "-m", "sparseflow", "inspect", str(missing)], capture_output=True,
                            text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert piped.returncode == 2 and piped.stderr.startswith("error:") and "loading PyTorch" not in piped.stderr
+
+
+def test_progress_off_a_terminal_prints_throttled_plain_lines(monkeypatch, capsys) -> None:
+    """Under nohup or a pipe a bar cannot redraw: plain lines instead, at most one per LOG_EVERY_S, and the last."""
+    import sparseflow.cli.runner as runner
+
+    clock = iter([0.0, 1.0, 2.0, 15.0, 16.0, 17.0])
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    r = Runner("demo", as_json=False, quick=False)
+    assert not r.err.is_terminal  # pytest captures stderr
+    with r.progress("work", total=4) as tick:
+        tick("a")  # t=1: first line
+        tick("b")  # t=2: throttled
+        tick("c")  # t=15: 14 s after the last line
+        tick("d")  # t=16: the last unit, always printed
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == ["work: 1/4 a (1 s)", "work: 3/4 c (15 s)", "work: 4/4 d (16 s)"]
+    with r.progress("quiet", total=2, enabled=False) as tick:
+        tick("x")
+    assert capsys.readouterr().err.strip() == ""

@@ -1,10 +1,12 @@
-"""``sparseflow bench init``: whether rescaling the kept weights to their fan-in helps, per method and depth.
+"""``sparseflow bench init``: whether restoring the dense signal variance after the first mask helps, per
+method and depth.
 
 Every method that starts sparse (static uniform and ERK masks, SNIP, GraSP, SynFlow, SET, RigL) trains twice
-per seed: with ``sparse_init=True`` (after the first mask the kept weights are multiplied by
-sqrt(fan_in / kept fan-in), :func:`sparseflow.init.rescale_`) and with ``sparse_init=False`` (the dense draw,
-masked). Both arms share the draw, the mask, the data order and the budget, so a seed is a paired replicate.
-Two depths:
+per seed: with ``sparse_init=True`` ("on": every unit's dense squared norm given back,
+:func:`sparseflow.init.rescale_` with ``reference``; SNIP and GraSP calibrate each layer on their data batch back
+to the dense variance ratio, :func:`sparseflow.init.calibrate_`) and with ``sparse_init=False`` ("off": the
+dense draw, masked). Both arms share the draw, the mask, the data order and the budget, so a seed is a paired
+replicate. Two depths:
 
 * **LeNet-300-100** (3 weight layers) with PyTorch's default initialisation, the model as users build it;
   MNIST, SGD with momentum, 10 epochs, the setting of ``sparseflow bench methods``.
@@ -13,9 +15,8 @@ Two depths:
 
 Mean field (Poole et al. 2016) for a ReLU layer: q_l = σ_w² k q_{l-1} / 2 with k kept inputs per unit. A
 dense draw masked to density d keeps k = d·fan_in, so masking alone multiplies the signal's second moment by
-d per layer, d^L over L layers: the library's default, :func:`sparseflow.init.needs_rescale`, rescales when
-that product falls below :data:`sparseflow.init.VANISHING`. The report says which arm the default picks in
-every cell and whether it ever loses.
+d per layer, d^L over L layers. The report says what the default does in every cell (``sparse_init_applied``)
+and whether it ever loses to the other arm.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from sparseflow.experiments.protocol import Experiment, TableData, Tick, no_prog
 from sparseflow.training.options import check, option
 from sparseflow.training.processes import worker_pool
 
-# The methods whose own default is to rescale (they start sparse): labels as in ``sparseflow bench methods``.
+# The methods whose own default is sparse_init=True (they start sparse): labels as in ``sparseflow bench methods``.
 METHODS = tuple(v for v in VARIANTS if v[1] in ("random", "snip", "grasp", "synflow", "set", "rigl"))
-ARMS = ("rescale", "none")  # sparse_init=True, sparse_init=False
+ARMS = ("on", "off")  # sparse_init=True, sparse_init=False
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ DEPTHS = {
 
 @dataclass(frozen=True)
 class InitBenchConfig:
-    """Methods x {rescale, none} x depths x seeds at one sparsity; the quick run uses MNIST-1D."""
+    """Methods x {on, off} x depths x seeds at one sparsity; the quick run uses MNIST-1D."""
 
     seeds: int = option(3, "Seeds per (depth, method, arm); paired over seeds.", min=1, quick=1)
     sparsity: float = option(0.9, "Sparsity of every run, in (0, 1).")
@@ -101,7 +102,7 @@ class Spec:
     label: str  # "dense" or a METHODS label
     method: str
     distribution: str | None
-    arm: str  # "rescale" | "none" ("dense" for the dense run)
+    arm: str  # "on" | "off" ("dense" for the dense run, "default" for the probe of the default)
     seed: int
 
 
@@ -116,8 +117,9 @@ def he_init_(model: torch.nn.Module, seed: int) -> None:
                     m.bias.zero_()
 
 
-def _run(spec: Spec, cfg: InitBenchConfig, data_dir: str | None, threads: int) -> tuple[Spec, float, float, bool]:
-    """One training run in a worker: (spec, test accuracy, final training loss, the method's sparse_init)."""
+def _run(spec: Spec, cfg: InitBenchConfig, data_dir: str | None, threads: int) -> tuple[Spec, float, float, str | None]:
+    """One training run in a worker: (spec, test accuracy, final training loss, what sparse_init did: "rescaled",
+    "calibrated" or None)."""
     from sparseflow.targets import Targets
     from sparseflow.training.build import build_method, first_batch
     from sparseflow.training.data import loaders
@@ -132,7 +134,7 @@ def _run(spec: Spec, cfg: InitBenchConfig, data_dir: str | None, threads: int) -
                    distribution=spec.distribution, model=depth.model, hidden=depth.hidden, dataset=cfg.dataset,
                    subset=cfg.subset, epochs=depth.epochs, batch_size=cfg.batch_size, lr=depth.lr,
                    weight_decay=depth.weight_decay, seed=spec.seed, baseline=False,
-                   sparse_init="auto" if spec.arm in ("dense", "default") else spec.arm)
+                   sparse_init={"on": "rescale", "off": "none"}.get(spec.arm, "auto"))
     model = build_model(depth.model, ds.input_shape, ds.num_classes, hidden=depth.hidden, seed=spec.seed)
     if depth.he:
         he_init_(model, spec.seed)
@@ -140,19 +142,19 @@ def _run(spec: Spec, cfg: InitBenchConfig, data_dir: str | None, threads: int) -
     method = build_method(job, depth.epochs * len(train), batch=first_batch(ds, job), input_shape=ds.input_shape)
     if spec.arm == "default":  # no training: which arm the method's own default takes on this model and mask
         method.prepare(model)
-        return spec, math.nan, math.nan, bool(getattr(method, "rescaled", method.sparse_init))
+        return spec, math.nan, math.nan, method.sparse_init_applied
     try:
         result = fit(model, train, test, TrainConfig(**job.train_config_kwargs()), method=method, progress=False)
     except SparseflowError as e:
         if "diverged" not in str(e):
             raise
         # a diverged run predicts nothing: counted at chance, its loss infinite (the report counts them)
-        return spec, 1.0 / ds.num_classes, math.inf, bool(method is not None and method.sparse_init)
+        return spec, 1.0 / ds.num_classes, math.inf, None if method is None else method.sparse_init_applied
     weights = list(Targets().select(model).values())
     sparsity = 1.0 - sum(int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
     if method is not None and sparsity < cfg.sparsity - 0.01:
         raise SparseflowError(f"{spec}: measured sparsity {sparsity:.4f}, target {cfg.sparsity}")
-    return spec, result.test_acc, result.train_loss, bool(method is not None and method.sparse_init)
+    return spec, result.test_acc, result.train_loss, None if method is None else method.sparse_init_applied
 
 
 def specs(cfg: InitBenchConfig) -> list[Spec]:
@@ -169,7 +171,7 @@ def specs(cfg: InitBenchConfig) -> list[Spec]:
 @dataclass(frozen=True)
 class InitBenchResult:
     config: InitBenchConfig
-    runs: tuple[tuple[Spec, float, float, bool], ...]
+    runs: tuple[tuple[Spec, float, float, str | None], ...]
 
     def diverged(self, depth: str, label: str, arm: str) -> int:
         return sum(1 for sp, _, loss, _ in self.runs if sp.depth == depth and sp.label == label and sp.arm == arm
@@ -181,23 +183,24 @@ class InitBenchResult:
     def default_arm(self, depth: str, label: str) -> str | None:
         """Which arm the method's default picked (from the ``default`` run: its ``sparse_init``)."""
         got = [on for sp, _, _, on in self.runs if sp.depth == depth and sp.label == label and sp.arm == "default"]
-        return None if not got else ("rescale" if got[0] else "none")
+        return None if not got else ("on" if got[0] else "off")
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for d in self.config.depths:
             dense = self._acc(d, "dense", "dense")
             for label, _, _ in METHODS:
-                on, off = self._acc(d, label, "rescale"), self._acc(d, label, "none")
+                on, off = self._acc(d, label, "on"), self._acc(d, label, "off")
+                does = sorted({a for sp, _, _, a in self.runs if sp.depth == d and sp.label == label and sp.arm == "on" and a})
                 seeds = sorted(set(on) & set(off))
                 diff = [100 * (on[k] - off[k]) for k in seeds]
-                out.append({"depth": d, "method": label, "rescale": statistics.fmean(on.values()) if on else None,
-                            "none": statistics.fmean(off.values()) if off else None,
+                out.append({"depth": d, "method": label, "on": statistics.fmean(on.values()) if on else None,
+                            "off": statistics.fmean(off.values()) if off else None, "on_does": "/".join(does) or None,
                             "dense": statistics.fmean(dense.values()) if dense else None,
                             "diff_pp": statistics.fmean(diff) if diff else None, "ci95_pp": ci95(diff),
                             "default": self.default_arm(d, label), "n": len(seeds),
                             "diverged": {a: self.diverged(d, label, a) for a in ARMS},
-                            "accuracies": {"rescale": on, "none": off}})
+                            "accuracies": {"on": on, "off": off}})
         return out
 
     def criteria(self) -> dict[str, dict[str, Any]]:
@@ -210,7 +213,7 @@ class InitBenchResult:
                 continue
             gaps, worse = [], []
             for r in rows:
-                sign = 1 if r["default"] == "rescale" else -1
+                sign = 1 if r["default"] == "on" else -1
                 gap, half = sign * r["diff_pp"], r["ci95_pp"]
                 gaps.append(gap)
                 if half is not None and gap + half < 0:
@@ -228,7 +231,7 @@ class InitBenchResult:
     def to_json(self) -> dict[str, Any]:
         return {"command": "bench init", "config": self.config.to_json(), "rows": self.rows(),
                 "criteria": self.criteria(),
-                "runs": [{**vars(sp), "accuracy": a, "final_loss": loss, "sparse_init": on}
+                "runs": [{**vars(sp), "accuracy": a, "final_loss": loss, "sparse_init_applied": on}
                          for sp, a, loss, on in self.runs]}
 
 
@@ -259,7 +262,7 @@ def run(config: InitBenchConfig, out: Path | None = None, progress: Tick = no_pr
         for fut in [pool.submit(_run, sp, config, data_dir, threads) for sp in todo]:
             sp, acc, loss, on = fut.result()
             runs.append((sp, acc, loss, on))
-            progress(f"{sp.depth} {sp.label}: the default picks {'rescale' if on else 'none'}" if sp.arm == "default"
+            progress(f"{sp.depth} {sp.label}: the default: {on or 'nothing done'}" if sp.arm == "default"
                      else f"{sp.depth} {sp.label} {sp.arm} seed {sp.seed}: {acc:.4f}")
     return InitBenchResult(config, tuple(runs))
 
@@ -269,16 +272,18 @@ def tables(result: InitBenchResult) -> list[TableData]:
     for r in result.rows():
         pct = (lambda v: "-" if v is None else f"{100 * v:.2f}")
         diff = "-" if r["diff_pp"] is None else f"{r['diff_pp']:+.2f}" + ("" if r["ci95_pp"] is None else f" ± {r['ci95_pp']:.2f}")
-        rows.append((r["depth"], r["method"], pct(r["dense"]), pct(r["rescale"]), pct(r["none"]), diff, r["default"] or "-"))
+        rows.append((r["depth"], r["method"], pct(r["dense"]), pct(r["on"]), pct(r["off"]), diff, r["on_does"] or "-",
+                     r["default"] or "-"))
     cfg = result.config
     title = (f"test accuracy (%) at {100 * cfg.sparsity:g} % sparsity on {cfg.dataset}, mean over {cfg.seeds} seed(s); "
-             "rescale - none paired, 95 % interval")
-    return [TableData(title, ("depth", "method", "dense", "rescale", "none", "rescale - none (pp)", "default"), rows,
+             "on - off paired, 95 % interval")
+    return [TableData(title, ("depth", "method", "dense", "on", "off", "on - off (pp)", "on does", "default"), rows,
                       left=("depth", "method"))]
 
 
 BENCHMARK = Experiment(
     "init", "sparse_init on vs off per method and depth", InitBenchConfig, run, result_writer("bench-init"),
     options=InitBenchOptions, tables=tables, check=check_data,
-    doc="Every method that starts sparse with and without rescaling to the kept fan-in, on LeNet-300-100 and a "
-        "20-layer MLP; which arm the default picks, and whether it ever loses.")
+    doc="Every method that starts sparse with sparse_init on and off (the dense signal variance restored after "
+        "the first mask, or not), on LeNet-300-100 and a 20-layer MLP; what the default does, and whether it "
+        "ever loses.")

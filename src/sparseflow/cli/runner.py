@@ -9,8 +9,10 @@ measured criterion fails (``"pass": false``); a criterion the run cannot test (`
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +27,7 @@ from sparseflow.io import json_safe
 Tick = Callable[..., None]  # tick(what="", advance=1, total=None): one unit of work done
 
 
+LOG_EVERY_S = 10.0  # progress lines when stderr is not a terminal: at most one per this many seconds
 UNBOUNDED = 1000  # console columns when the output is not a terminal: tables take the width they need
 
 
@@ -65,15 +68,32 @@ class Runner:
 
     @contextmanager
     def progress(self, label: str, total: float | None = None, *, enabled: bool = True) -> Iterator[Tick]:
-        """A labelled bar on stderr; the yielded ``tick(what="", advance=1, total=None)`` moves it."""
+        """A labelled bar on stderr; the yielded ``tick(what="", advance=1, total=None)`` moves it.
+
+        When stderr is not a terminal (a log file, ``nohup``), a bar cannot redraw: plain lines
+        ``label: done/total what (elapsed)`` are printed instead, at most one per :data:`LOG_EVERY_S` seconds
+        and always the last one."""
+        plain = enabled and not self.err.is_terminal
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=self.err, disable=not enabled)
+                       console=self.err, disable=not enabled or plain)
+        start, state = time.monotonic(), {"done": 0.0, "total": total, "last": -math.inf}
         with bar:
             task = bar.add_task(label, total=total)
 
             def tick(what: str = "", advance: float = 1, total: float | None = None) -> None:
                 bar.update(task, description=f"{label}: {what}" if what else label, advance=advance,
                            **({"total": total} if total is not None else {}))
+                if not plain:
+                    return
+                state["done"] += advance
+                if total is not None:
+                    state["total"] = total
+                now, end = time.monotonic(), state["total"] is not None and state["done"] >= state["total"]
+                if advance and (end or now - state["last"] >= LOG_EVERY_S):
+                    state["last"] = now
+                    of = f"/{state['total']:g}" if state["total"] is not None else ""
+                    self.err.print(f"{label}: {state['done']:g}{of} {what} ({now - start:.0f} s)".replace("  ", " "),
+                                   markup=False, highlight=False)
 
             yield tick
 

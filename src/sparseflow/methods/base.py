@@ -95,11 +95,15 @@ class Method:
         pattern: :class:`~sparseflow.Unstructured`, :class:`~sparseflow.NM` or :class:`~sparseflow.Block`.
         targets: which parameters are pruned (:class:`~sparseflow.Targets`).
         sparse_init: keyword-only. When True, ``prepare`` rescales the kept weights right after the first
-            mask is applied, by sqrt(fan_in / kept fan-in) per output unit (:func:`sparseflow.init.rescale_`,
-            Evci et al. 2022), so a masked He/PyTorch-default init keeps its signal variance (χ = 1) instead
-            of shrinking by the layer density. True by default for the sparse-from-scratch methods
-            (RandomSparse, SET, RigL, SNIP, GraSP, SynFlow); False here and for magnitude pruning and GMP,
-            which prune trained weights. Pass ``sparse_init=False`` to keep the masked weights as they are.
+            mask is applied so that every output unit gets back the squared norm it had dense
+            (:func:`sparseflow.init.rescale_` with ``reference``; Evci et al. 2022 do the same by kept
+            fan-in). A masked He/PyTorch-default init then keeps its signal variance (χ = 1) instead of
+            shrinking by the layer density at every layer. Norm matching equals matching the kept fan-in for
+            masks drawn independently of the weights (random, SET, RigL) and is also right for masks scored
+            by the weights (SNIP, GraSP, SynFlow), which keep larger weights than average. True by default
+            for the sparse-from-scratch methods (RandomSparse, SET, RigL, SNIP, GraSP, SynFlow); False here
+            and for magnitude pruning and GMP, which prune trained weights. Pass ``sparse_init=False`` to
+            keep the masked weights as they are.
         skip_incompatible: keyword-only. A pattern that does not fit some targets (``NM(2, 4)`` on a layer
             whose input axis is not a multiple of 4) refuses them all in one error by default; True leaves
             those layers dense, with a warning naming them.
@@ -123,6 +127,8 @@ class Method:
     sparse_init: bool = field(default=False, kw_only=True)
     skip_incompatible: bool = field(default=False, kw_only=True)
     min_density: float | None = field(default=None, kw_only=True)
+    #: what ``sparse_init`` did in the last ``prepare``: "rescaled", "calibrated" or None (off, or nothing masked)
+    sparse_init_applied: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.sparsity = check_sparsity(self.sparsity)
@@ -219,12 +225,14 @@ class Method:
             self._step = 0
             self._mask = Mask.ones(self._params)
             self._fmask = {}
+            self.sparse_init_applied = None
+            dense = self._dense_signal() if self.sparse_init else None  # before _setup: SynFlow masks in it
             self._setup()
             s = self.target_sparsity(0)
             if s is not None:
                 self._prune_to(s)
-                if self.sparse_init:  # the first mask is in place: make the kept weights' variance sparsity-aware
-                    rescale_(model, {n: self._mask[n] for n in self._params})
+                if dense is not None and s > 0:  # the first mask is in place: restore the dense signal variance
+                    self.sparse_init_applied = self._restore_signal(dense)
         except BaseException:
             self._model = self._optimizer = None  # a failed prepare leaves the method detached, not half-attached
             raise
@@ -234,6 +242,22 @@ class Method:
         self._hooks_on = True
         if execution != "dense":
             self.set_execution(execution)
+
+    def _dense_signal(self) -> dict[str, Any]:
+        """What ``sparse_init`` restores after the first mask, read from the dense model before any masking:
+        the squared norm of every output unit of every >= 2-dim target (float64 (out,), through its layout)."""
+        norms = {}
+        for n, p in self._params.items():
+            if p.dim() >= 2:
+                c = self._layouts[n].canonical(p.detach()).double()
+                norms[n] = c.reshape(c.shape[0], -1).square().sum(dim=1)
+        return {"norms": norms}
+
+    def _restore_signal(self, dense: dict[str, Any]) -> str:
+        """Give every unit back its dense squared norm (:func:`sparseflow.init.rescale_`, norm matching); the
+        name of what was done, kept as ``sparse_init_applied``."""
+        rescale_(self.model, {n: self._mask[n] for n in self._params}, reference=dense["norms"], targets=self.targets)
+        return "rescaled"
 
     @property
     def execution(self) -> str:

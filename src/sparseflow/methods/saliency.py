@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparseflow.distributions import GLOBAL, Distribution, Global
 from sparseflow.errors import SparseflowError
+from sparseflow.init import calibrate_, variance_ratios
 from sparseflow.layouts import default_loss, output_loss, output_tensor, split_batch, to_device
 from sparseflow.methods.base import Method
 
@@ -184,9 +187,50 @@ class _WithData(_AtInit):
         super().__post_init__()
         _check_loss_data(type(self).__name__, self.data, self.loss, self.batches)
 
+    _drawn: list[Batch] | None = field(default=None, init=False, repr=False, compare=False)
+
     def _batches(self) -> list[Batch]:
-        # Drawn once per prepare: a second pass over a shuffling DataLoader would see other examples.
-        return _batches(type(self).__name__, self.data, self.batches, self._device())
+        # Drawn once per prepare: a second pass over a shuffling DataLoader would see other examples, and a
+        # one-shot iterator none.
+        if self._drawn is None:
+            self._drawn = _batches(type(self).__name__, self.data, self.batches, self._device())
+        return self._drawn
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                execution: str = "dense") -> None:
+        self._drawn = None
+        try:
+            super().prepare(model, optimizer, execution=execution)
+        finally:
+            self._drawn = None
+
+    def _dense_signal(self) -> dict[str, Any]:
+        """Also the dense network's variance ratio q_l / q_(l-1) of every target layer on the first data batch
+        (:func:`sparseflow.init.variance_ratios`), when the model allows that measurement."""
+        dense = super()._dense_signal()
+        x = self._batches()[0][0]
+        if isinstance(x, Tensor):
+            try:
+                r = variance_ratios(self.model, x, targets=self.targets)
+            except SparseflowError:  # inputs not one tensor, or a layer called twice per forward: no calibration
+                return dense
+            if all(math.isfinite(v) and v > 0 for v in r.ratios):
+                dense |= {"x": x, "ratios": dict(zip(r.layers, r.ratios))}
+        return dense
+
+    def _restore_signal(self, dense: dict[str, Any]) -> str:
+        """Calibrate every layer on the data batch back to its dense variance ratio (the mask is chosen from the
+        data, so its kept weights are correlated with the signal and neither count nor norm predicts the variance);
+        where that measurement cannot run, norm matching as the other methods."""
+        if "ratios" in dense:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a bias-bound layer keeps its closest ratio
+                    calibrate_(self.model, dense["x"], target=dense["ratios"], targets=self.targets)
+                return "calibrated"
+            except SparseflowError:  # a layer the mask cut off carries no signal: fall back below
+                pass
+        return super()._restore_signal(dense)
 
     def _loss(self, state: dict[str, Tensor], x: Any, y: Any, scale: float = 1.0) -> Tensor:
         """The loss on one batch through ``state``; the prediction divided by ``scale`` (GraSP's temperature)."""

@@ -91,8 +91,9 @@ class TrainJob:
     pattern: str = option("unstructured", "unstructured | N:M (e.g. 2:4) | RxC blocks (e.g. 4x4)")
     sparse_init: str = option(
         "auto", "How the kept weights start: auto (the method's own: rescale for the methods that start sparse, "
-        "none for magnitude and gmp, which start dense) | rescale (PyTorch's init scaled to each unit's kept fan-in, "
-        "sf.rescale_) | he (redrawn from N(0, 2/kept fan-in), sf.sparse_init_; critical for ReLU; the dense "
+        "none for magnitude and gmp, which start dense) | rescale (the dense signal variance restored after the "
+        "first mask: each unit's dense norm given back, sf.rescale_; snip and grasp calibrate on their data batch, "
+        "sf.calibrate_) | he (redrawn from N(0, 2/kept fan-in), sf.sparse_init_; critical for ReLU; the dense "
         "baseline gets He's init too) | none (PyTorch's init, masked)", choices=SPARSE_INITS)
     model: str = option("mlp", _names(MODELS))
     hidden: tuple[int, ...] | None = option(None, "MLP widths, e.g. 300,100 (model mlp only).", min=1,

@@ -113,7 +113,7 @@ def signal_warnings(sig: SignalReport, reference: SignalReport | None = None, st
         return []  # the initialisation's verdict, not the mask's (the report says so)
     return [f"signal at initialisation is {sig.verdict}: the mask takes the end-to-end gain over {layers} layers to "
             f"{sig.gain:.3g}, from {reference.gain:.3g} for the same weights dense, so {effect}. --sparse-init "
-            f"rescale (sf.rescale_) scales each unit's kept weights to its kept fan-in; {he}"]
+            f"rescale (sf.rescale_) gives each unit back its dense norm; {he}"]
 
 
 def signal_note(sig: SignalReport, reference: SignalReport | None, starts_dense: bool, method: str) -> str:
