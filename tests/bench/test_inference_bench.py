@@ -27,3 +27,64 @@ def test_erk_mlp_is_90_percent_sparse():
     kept = sum(int((w != 0).sum()) for w in ws)
     total = sum(w.numel() for w in ws)
     assert abs(kept / total - 0.1) < 0.002
+
+
+# --- whole models (--models) ------------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sparseflow.bench.inference.models import ModelRow, _calls, build, model_rows, prune_  # noqa: E402
+
+
+def test_model_criteria_follow_the_rows_and_quick_says_why_it_cannot_judge():
+    rows = [ModelRow("gpt2", "prefill", 128, 1, 30.0, 12.0, 2e-7), ModelRow("gpt2", "decode", 1, 1, 20.0, 12.5, 3e-7),
+            ModelRow("gpt2", "prefill", 128, 2, 20.0, 10.0, 2e-7)]
+    crit = criteria([], [], [], rows)
+    assert crit["GPT-2 small 90%: end to end vs dense, 1 x 128 tokens, 1 thread"] == {"value": 2.5, "target": ">= 2x",
+                                                                                      "pass": True}
+    assert crit["GPT-2 small 90%: end to end vs dense, 1 x 1 token, 1 thread"]["pass"] is False  # 1.6x
+    assert crit["whole models: max relative error vs dense"]["value"] == 3e-7
+    quick = criteria([], [], [], rows, quick=True)
+    assert quick["GPT-2 small 90%: end to end vs dense, 1 x 128 tokens, 1 thread"]["pass"] is None
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_decode_step_equals_the_prefills_last_position_and_the_cache_is_cut_back(name):
+    """Oracle: decoding the last token against the cache of the others gives the prefill's last logits; the
+    cache returns to its length after each call, so repeated calls are the same work and the same output."""
+    model, causal = build(name, quick=True)
+    assert causal
+    ids = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        calls = _calls(model, ids, causal)
+        full = calls["prefill"]()
+        one, again = calls["decode"](), calls["decode"]()
+    torch.testing.assert_close(one[:, -1], full[:, -1], rtol=1e-4, atol=1e-5)
+    assert torch.equal(one, again)
+
+
+def test_model_rows_prune_convert_and_match_dense():
+    rows, info = model_rows("bert", sparsity=0.9, tokens=8, threads=(1,), repeats=1, quick=True)
+    # which layers run sparse is convert's measured choice (timing): only its bounds are asserted
+    assert info["sparsity"] == pytest.approx(0.9, abs=1e-3) and 0 <= info["sparse_layers"] <= info["layers"]
+    assert [(r.workload, r.tokens) for r in rows] == [("prefill", 8)]  # an encoder has no decode step
+    assert rows[0].max_rel_err <= 1e-5 and rows[0].dense_ms > 0 and rows[0].sparse_ms > 0
+    model, _ = build("gpt2", quick=True)
+    assert prune_(model, 0.75) == pytest.approx(0.75, abs=1e-3)
+    assert torch.count_nonzero(model.transformer.wte.weight) == model.transformer.wte.weight.numel()  # embeddings dense
+
+
+def test_cli_models_quick_and_bad_input(run_cli):
+    code, stdout, err = run_cli(["bench", "inference", "--quick", "--no-layers", "--models", "bert", "--tokens", "8",
+                                 "--json"])
+    assert code == 0, err
+    obj = json.loads(stdout.strip().splitlines()[-1])
+    assert obj["cells"] == [] and [r["tokens"] for r in obj["models"]] == [8, 8]  # --tokens wins over --quick
+    assert obj["criteria"]["whole models: max relative error vs dense"]["pass"] is True
+    code, _, err = run_cli(["bench", "inference", "--quick", "--no-layers"])
+    assert code == 2 and "--models" in err
+    code, _, err = run_cli(["bench", "inference", "--quick", "--models", "gpt3"])
+    assert code == 2 and "gpt3" in err

@@ -33,16 +33,32 @@ def tables(result: InferenceResult) -> list[TableData]:
     mlp = "\n".join(
         f"MLP 784-4096-4096-10 90% ERK batch {r['batch']}, {r['threads']} thread: dense {r['dense_ms']:.3f} ms, "
         f"ours {r['ours_ms']:.3f} ms, {r['speedup']:.2f}x, max rel err {r['max_rel_err']:.1e}" for r in result.mlp)
-    return [speedup_table(result, note=mlp)]
+    out = [speedup_table(result, note=mlp)] if result.cells or result.cold else []
+    if result.models:
+        out.append(models_table(result))
+    return out
+
+
+def models_table(result: InferenceResult) -> TableData:
+    """Whole models, dense against converted, per workload and thread count."""
+    rows = [(r.model, r.workload, f"1 x {r.tokens}", str(r.threads), f"{r.dense_ms:.2f}", f"{r.sparse_ms:.2f}",
+             f"{r.speedup:.2f}", f"{r.max_rel_err:.1e}") for r in result.models]
+    note = "\n".join(f"{i['model']}: {i['shape']}; sparsity {i['sparsity']:.3f} of the attention and MLP weights, "
+                     f"{i['sparse_layers']} of {i['layers']} weight layers run sparse; convert took {i['convert_s']} s"
+                     for i in result.model_info)
+    return TableData(f"whole models, end to end at batch 1 (median of {result.config.repeats} interleaved calls)",
+                     ("model", "workload", "tokens", "thr", "dense ms", "sparse ms", "speedup", "max rel err"), rows,
+                     left=("model", "workload"), note=note)
 
 
 def write_outputs(result: InferenceResult, out: Path) -> dict[str, Any]:
-    """OUT/result.json and OUT/table.md (the speedup table as the console shows it); returns the JSON object."""
+    """OUT/result.json and OUT/table.md (the tables as the console shows them); returns the JSON object."""
     from rich.console import Console
 
     data = result.to_json()
     write_results(out, "bench-inference", data, "result.json")
     console = Console(file=io.StringIO(), width=200)
-    console.print(speedup_table(result).rich())
+    for t in tables(result):
+        console.print(t.rich())
     atomic_write_text(out / "table.md", console.file.getvalue())
     return data

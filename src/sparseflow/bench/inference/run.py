@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 
 from sparseflow.bench.inference.measure import Cell, backend_name, layer_cell, mlp_rows
+from sparseflow.bench.inference.models import MODELS, ModelRow, model_rows
+from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.training.options import check, option
 
@@ -30,13 +32,27 @@ class InferenceConfig:
                                           min=0, min_open=True, max=1, quick=(0.1, 0.05))
     batches: tuple[int, ...] = option((1, 16, 256), "Batch sizes.", cli=False, min=1)
     threads: tuple[int, ...] = option((1, 2), "torch thread counts.", cli=False, min=1)
+    models: tuple[str, ...] = option((), "Also time whole transformers end to end, dense against convert: "
+                                     "comma-separated gpt2, bert, llama (GPT-2 small, BERT base and a Llama of the "
+                                     "same size, from their configs; needs transformers).", choices=MODELS,
+                                     distinct=True, nonempty=False)
+    layers: bool = option(True, "Time the layer grid and the MLP (--no-layers: the models only).",
+                          flag="--layers/--no-layers")
+    tokens: int = option(128, "Prompt length of the model runs (the decode step caches all but the last).", min=2,
+                         quick=16)
+    model_sparsity: float = option(0.9, "Sparsity of the models' attention and MLP weights.", min=0, max=1,
+                                   max_open=True)
     quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
 
     def __post_init__(self) -> None:
         check(self)
+        if not self.layers and not self.models:
+            raise SparseflowError("nothing to time: --no-layers leaves only the models, and no --models were named; "
+                                  "pass e.g. --models gpt2")
 
 
-def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict]) -> dict[str, dict[str, Any]]:
+def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict], models: list[ModelRow] = (),
+             quick: bool = False) -> dict[str, dict[str, Any]]:
     """The goals, each computed from the measured cells (a goal whose cell was not measured is left out)."""
     def find(d: float, b: int, t: int) -> Cell | None:
         return next((c for c in cells if (c.out, c.inp, c.density, c.batch, c.threads) == (4096, 4096, d, b, t)), None)
@@ -67,6 +83,16 @@ def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict]) -> dict[str, 
     if mlp:
         add("MLP 784-4096-4096-10 90% ERK: max relative error vs dense", max(r["max_rel_err"] for r in mlp),
             "<= 1e-5", lambda v: v <= 1e-5)
+    for r in models:
+        if r.model == "gpt2" and r.threads == 1:
+            name = f"GPT-2 small 90%: end to end vs dense, 1 x {r.tokens} token{'s' if r.tokens > 1 else ''}, 1 thread"
+            add(name, r.speedup, ">= 2x", lambda v: v >= 2)
+            if quick:  # the shape the goal names is GPT-2 small; the quick model is 2 layers 128 wide
+                out[name] |= {"pass": None, "note": "quick: a 2-layer 128-wide GPT-2, not GPT-2 small; the full "
+                                                    "run (--models gpt2) tests it"}
+    if models:
+        add("whole models: max relative error vs dense", max(r.max_rel_err for r in models), "<= 1e-5",
+            lambda v: v <= 1e-5)
     return out
 
 
@@ -78,34 +104,47 @@ class InferenceResult:
     mlp: tuple[dict[str, Any], ...]
     backend: str
     load_average: tuple[float, float, float]
+    models: tuple[ModelRow, ...] = ()
+    model_info: tuple[dict[str, Any], ...] = ()
 
     def criteria(self) -> dict[str, dict[str, Any]]:
-        return criteria(list(self.cells), list(self.cold), list(self.mlp))
+        return criteria(list(self.cells), list(self.cold), list(self.mlp), list(self.models), self.config.quick)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "bench inference", "quick": self.config.quick, "repeats": self.config.repeats,
                 "torch": torch.__version__, "backend": self.backend,
                 "machine": platform.processor() or platform.machine(), "load_average": self.load_average,
                 "cells": [vars(c) for c in self.cells], "cold_cells": [vars(c) for c in self.cold],
-                "mlp": list(self.mlp), "criteria": self.criteria()}
+                "mlp": list(self.mlp), "models": [vars(r) | {"speedup": r.speedup} for r in self.models],
+                "model_info": list(self.model_info), "criteria": self.criteria()}
 
 
 def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_progress) -> InferenceResult:
-    """Time the grid (threads outermost), the cold-cache cells and the MLP; ``out`` is not used."""
+    """Time the grid (threads outermost), the cold-cache cells and the MLP, then the whole models; ``out`` is not
+    used."""
     c = config
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's product is single-threaded anyway
-    progress("", advance=0, total=len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3)
-    cells, cold = [], []
-    for t in c.threads:
-        for (o, i) in c.shapes:
-            for d in c.densities:
-                for b in c.batches:
-                    cells.append(layer_cell(o, i, d, b, t, repeats=c.repeats))
-                    progress(f"{o}x{i} density {d} batch {b} threads {t}")
-    for d in (0.1, 0.05):
-        cold.append(layer_cell(4096, 4096, d, 1, 1, repeats=c.repeats, cold=True))
-        progress(f"cold cache, density {d}")
-    mlp = mlp_rows((1, 64), 1, c.repeats)
-    progress("MLP 784-4096-4096-10")
+    grid = len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3 if c.layers else 0
+    progress("", advance=0, total=grid + sum(len(c.threads) * (1 if m == "bert" else 2) for m in c.models))
+    cells, cold, mlp = [], [], []
+    if c.layers:
+        for t in c.threads:
+            for (o, i) in c.shapes:
+                for d in c.densities:
+                    for b in c.batches:
+                        cells.append(layer_cell(o, i, d, b, t, repeats=c.repeats))
+                        progress(f"{o}x{i} density {d} batch {b} threads {t}")
+        for d in (0.1, 0.05):
+            cold.append(layer_cell(4096, 4096, d, 1, 1, repeats=c.repeats, cold=True))
+            progress(f"cold cache, density {d}")
+        mlp = mlp_rows((1, 64), 1, c.repeats)
+        progress("MLP 784-4096-4096-10")
+    rows, info = [], []
+    for name in c.models:
+        r, i = model_rows(name, sparsity=c.model_sparsity, tokens=c.tokens, threads=c.threads, repeats=c.repeats,
+                          quick=c.quick, progress=progress)
+        rows += r
+        info.append(i)
     torch.set_num_threads(os.cpu_count() or 1)
-    return InferenceResult(c, tuple(cells), tuple(cold), tuple(mlp), backend_name(), os.getloadavg())
+    return InferenceResult(c, tuple(cells), tuple(cold), tuple(mlp), backend_name(), os.getloadavg(), tuple(rows),
+                           tuple(info))
