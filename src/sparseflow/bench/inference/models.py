@@ -7,7 +7,8 @@ default targets, and a tied head shares the embedding matrix.
 
 Two workloads at batch 1:
 
-* **prefill**: one forward pass over ``tokens`` positions (the prompt);
+* **prefill**: one forward pass over ``tokens`` positions (the prompt); a causal LM computes the logits of
+  the last position only (``logits_to_keep=1``), as ``generate`` does;
 * **decode**: one new token with the key/value cache of the ``tokens - 1`` positions before it, as a
   generation step runs. The cache is cut back to its length after every timed call, so every call does
   the same work.
@@ -97,10 +98,13 @@ def _output(out: Any) -> torch.Tensor:
 def _calls(model: nn.Module, ids: torch.Tensor, causal: bool) -> dict[str, Callable[[], torch.Tensor]]:
     """The timed calls on ``model``: prefill over all of ``ids``, and (causal models) decoding its last token
     against a cache of the others."""
-    calls: dict[str, Callable[[], torch.Tensor]] = {"prefill": lambda: _output(model(input_ids=ids))}
+    params = inspect.signature(model.forward).parameters
+    # a generation step needs the logits of the last position only (what generate() asks for with logits_to_keep)
+    keep = {"logits_to_keep": 1} if causal and "logits_to_keep" in params else {}
+    calls: dict[str, Callable[[], torch.Tensor]] = {"prefill": lambda: _output(model(input_ids=ids, **keep))}
     if causal:
         # newer transformers name the cache argument "cache" and deprecate "past_key_values"
-        key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        key = "cache" if "cache" in params else "past_key_values"
         first = model(input_ids=ids[:, :-1], use_cache=True)
         past = getattr(first, "cache", None) or first.past_key_values
         length = ids.shape[1] - 1
