@@ -354,3 +354,33 @@ def test_snip_without_a_measurable_batch_falls_back_to_norm_matching() -> None:
         dense_sq = before[n].double().square().sum(1)
         live = m.any(1)
         torch.testing.assert_close(got.square().sum(1)[live], dense_sq[live], rtol=1e-6, atol=0)
+
+
+def test_snip_on_multihead_attention_falls_back_to_norm_matching_for_every_target() -> None:
+    """nn.MultiheadAttention multiplies by out_proj.weight without calling out_proj, so the per-layer variance
+    cannot be measured: SNIP gives every target, in_proj_weight included, its dense unit norms back."""
+    from sparseflow.distributions import uniform
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.attn(x, x, x, need_weights=False)[0]
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    model = Attn()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randn(32, 6, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(2))
+    method = SNIP(0.7, data=(x, y), distribution=uniform)
+    method.prepare(model)
+    assert method.sparse_init_applied == "rescaled"
+    assert "attn.in_proj_weight" in method.mask
+    for n, m in method.mask.items():
+        w = dict(model.named_parameters())[n].detach().double()
+        live = m.any(1)
+        torch.testing.assert_close(w.square().sum(1)[live], before[n].double().square().sum(1)[live], rtol=1e-6, atol=0)

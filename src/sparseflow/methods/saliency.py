@@ -214,22 +214,26 @@ class _WithData(_AtInit):
                 r = variance_ratios(self.model, x, targets=self.targets)
             except SparseflowError:  # inputs not one tensor, or a layer called twice per forward: no calibration
                 return dense
-            if all(math.isfinite(v) and v > 0 for v in r.ratios):
+            # every weight target must be some layer's `weight` (not e.g. an attention's in_proj_weight)
+            covered = {f"{layer}.weight" if layer else "weight" for layer in r.layers}
+            if all(math.isfinite(v) and v > 0 for v in r.ratios) and set(dense["norms"]) <= covered:
                 dense |= {"x": x, "ratios": dict(zip(r.layers, r.ratios))}
         return dense
 
     def _restore_signal(self, dense: dict[str, Any]) -> str:
         """Calibrate every layer on the data batch back to its dense variance ratio (the mask is chosen from the
         data, so its kept weights are correlated with the signal and neither count nor norm predicts the variance);
-        where that measurement cannot run, norm matching as the other methods."""
+        where that measurement cannot run (inputs that are not one tensor, a layer not called exactly once per
+        forward pass, a target that is no module's ``weight``, a layer the mask cut off), norm matching as the
+        other methods."""
         if "ratios" in dense:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # a bias-bound layer keeps its closest ratio
                     calibrate_(self.model, dense["x"], target=dense["ratios"], targets=self.targets)
-                return "calibrated"
             except SparseflowError:  # a layer the mask cut off carries no signal: fall back below
-                pass
+                return super()._restore_signal(dense)
+            return "calibrated"
         return super()._restore_signal(dense)
 
     def _loss(self, state: dict[str, Tensor], x: Any, y: Any, scale: float = 1.0) -> Tensor:
