@@ -330,7 +330,8 @@ def calibrate_(
     propagates the signal as the dense one did. Layers it does not name keep target 1.
     """
     goals = dict(target) if isinstance(target, Mapping) else {}
-    for what, v in [("tol", tol)] + ([("target", target)] if not goals else [(f"target[{k!r}]", v) for k, v in goals.items()]):
+    checked = [("target", target)] if not goals else [(f"target[{k!r}]", v) for k, v in goals.items()]
+    for what, v in [("tol", tol), *checked]:
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise SparseflowError(f"{what} must be a positive finite number, got {v!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:

@@ -164,7 +164,8 @@ def _pair(cfg: GolgiConfig, method: str, ds: Dataset, pixel_std: Tensor, progres
     racc = None
     if cfg.train_random:
         with torch.no_grad():
-            rescale_(rmodel, control)  # sparse from scratch, as RigL's own init
+            # sparse from scratch, by kept fan-in: for a random mask what RigL's norm rule gives in expectation
+            rescale_(rmodel, control)
         racc = fit(rmodel, train, test, tc, method=FixedMask(keep=control), progress=False).test_acc
         progress(f"trained the random control of {method}")
     arms = [_arm(method, method, model, mask, acc, cfg, ds.input_shape, pixel_std),
