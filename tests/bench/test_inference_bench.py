@@ -89,3 +89,16 @@ def test_cli_models_quick_and_bad_input(run_cli):
     assert code == 2 and "--models" in err
     code, _, err = run_cli(["bench", "inference", "--quick", "--models", "gpt3"])
     assert code == 2 and "gpt3" in err
+
+
+def test_transformer_sized_layers_have_a_criterion_each_and_count_in_the_worst_cell():
+    def tcell(o, i, ours, dense=3.0):
+        ms = {m: None for m in METHODS} | {"dense_mm": dense, "dense_linear": dense, "ours": ours}
+        return Cell(o, i, 0.1, 1, 1, ms, 6.0, "csr")
+
+    layers = [tcell(3072, 768, 0.75), tcell(768, 3072, 1.5), tcell(1024, 4096, 1.0, dense=2.8)]
+    crit = criteria([], [], [], layers=layers)
+    assert crit["3072x768 90% sparse batch 1 1 thread warm: ours vs dense"] == {"value": 4.0, "target": ">= 3x",
+                                                                                "pass": True}
+    assert crit["768x3072 90% sparse batch 1 1 thread warm: ours vs dense"]["pass"] is False  # 2x
+    assert crit["every cell: ours vs the faster dense (worst cell)"]["value"] == 2.0

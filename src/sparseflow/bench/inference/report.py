@@ -18,11 +18,12 @@ def _fmt(v: float | None) -> str:
 
 
 def speedup_table(result: InferenceResult, note: str = "") -> TableData:
-    """Speedup of every method over dense F.linear, per cell (the cold-cache cells last)."""
+    """Speedup of every method over dense F.linear, per cell (the transformer-sized layers, then the cold-cache
+    cells last)."""
     shown = [m for m in METHODS if m != "dense_linear"]
     rows = [(f"{c.out}x{c.inp}" + (" cold" if cold else ""), f"{c.density:g}", str(c.batch), str(c.threads),
              f"{c.ms['dense_linear']:.3f}", *[_fmt(c.speedup(m)) for m in shown], f"{c.bound:.2f}", c.plan)
-            for cells, cold in ((result.cells, False), (result.cold, True)) for c in cells]
+            for cells, cold in ((result.cells, False), (result.transformer, False), (result.cold, True)) for c in cells]
     title = (f"speedup over dense F.linear (warm cache, median of {result.config.repeats}); "
              f"backend: {result.backend}")
     return TableData(title, ("layer (out x in)", "density", "batch", "thr", "F.linear ms", *shown, "bound", "plan"),
@@ -33,7 +34,7 @@ def tables(result: InferenceResult) -> list[TableData]:
     mlp = "\n".join(
         f"MLP 784-4096-4096-10 90% ERK batch {r['batch']}, {r['threads']} thread: dense {r['dense_ms']:.3f} ms, "
         f"ours {r['ours_ms']:.3f} ms, {r['speedup']:.2f}x, max rel err {r['max_rel_err']:.1e}" for r in result.mlp)
-    out = [speedup_table(result, note=mlp)] if result.cells or result.cold else []
+    out = [speedup_table(result, note=mlp)] if result.cells or result.cold or result.transformer else []
     if result.models:
         out.append(models_table(result))
     return out

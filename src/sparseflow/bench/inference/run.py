@@ -21,6 +21,11 @@ from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.training.options import check, option
 
 
+#: The weight shapes (out, in) of a 768-wide transformer's MLP and of a 1024-wide one's: medium layers whose dense
+#: weight fits in the L3 cache, so dense is not bound by memory bandwidth there.
+TRANSFORMER_SHAPES = ((3072, 768), (768, 3072), (1024, 4096), (4096, 1024))
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Every (threads, layer shape, density, batch) cell, two cold-cache cells and the MLP at batch 1 and 64."""
@@ -32,6 +37,8 @@ class InferenceConfig:
                                           min=0, min_open=True, max=1, quick=(0.1, 0.05))
     batches: tuple[int, ...] = option((1, 16, 256), "Batch sizes.", cli=False, min=1)
     threads: tuple[int, ...] = option((1, 2), "torch thread counts.", cli=False, min=1)
+    transformer_layers: bool = option(True, "Time the transformer-sized layers (3072x768, 768x3072, 1024x4096, "
+                                      "4096x1024) at 90 % sparsity, batch 1, one thread.", cli=False, quick=False)
     models: tuple[str, ...] = option((), "Also time whole transformers end to end, dense against convert: "
                                      "comma-separated gpt2, bert, llama (GPT-2 small, BERT base and a Llama of the "
                                      "same size, from their configs; needs transformers).", choices=MODELS,
@@ -52,7 +59,7 @@ class InferenceConfig:
 
 
 def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict], models: list[ModelRow] = (),
-             quick: bool = False) -> dict[str, dict[str, Any]]:
+             quick: bool = False, layers: list[Cell] = ()) -> dict[str, dict[str, Any]]:
     """The goals, each computed from the measured cells (a goal whose cell was not measured is left out)."""
     def find(d: float, b: int, t: int) -> Cell | None:
         return next((c for c in cells if (c.out, c.inp, c.density, c.batch, c.threads) == (4096, 4096, d, b, t)), None)
@@ -76,10 +83,14 @@ def criteria(cells: list[Cell], cold: list[Cell], mlp: list[dict], models: list[
         if c1 and c2:
             add(f"4096x4096 90% sparse batch {b}: 2 threads vs 1 thread (ours)", c1.ms["ours"] / c2.ms["ours"],
                 ">= 1.7x", lambda v: v >= 1.7)
-    if cells:
-        worst = min(cells, key=lambda c: min(c.ms["dense_mm"], c.ms["dense_linear"]) / c.ms["ours"])
+    if cells or layers:
+        every = list(cells) + list(layers)
+        worst = min(every, key=lambda c: min(c.ms["dense_mm"], c.ms["dense_linear"]) / c.ms["ours"])
         add("every cell: ours vs the faster dense (worst cell)",
             min(worst.ms["dense_mm"], worst.ms["dense_linear"]) / worst.ms["ours"], ">= 0.95x", lambda v: v >= 0.95)
+    for cell in layers:
+        add(f"{cell.out}x{cell.inp} 90% sparse batch 1 1 thread warm: ours vs dense", cell.speedup("ours"), ">= 3x",
+            lambda v: v >= 3)
     if mlp:
         add("MLP 784-4096-4096-10 90% ERK: max relative error vs dense", max(r["max_rel_err"] for r in mlp),
             "<= 1e-5", lambda v: v <= 1e-5)
@@ -106,15 +117,18 @@ class InferenceResult:
     load_average: tuple[float, float, float]
     models: tuple[ModelRow, ...] = ()
     model_info: tuple[dict[str, Any], ...] = ()
+    transformer: tuple[Cell, ...] = ()  # the transformer-sized layers, 90 %, batch 1, one thread
 
     def criteria(self) -> dict[str, dict[str, Any]]:
-        return criteria(list(self.cells), list(self.cold), list(self.mlp), list(self.models), self.config.quick)
+        return criteria(list(self.cells), list(self.cold), list(self.mlp), list(self.models), self.config.quick,
+                        list(self.transformer))
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "bench inference", "quick": self.config.quick, "repeats": self.config.repeats,
                 "torch": torch.__version__, "backend": self.backend,
                 "machine": platform.processor() or platform.machine(), "load_average": self.load_average,
                 "cells": [vars(c) for c in self.cells], "cold_cells": [vars(c) for c in self.cold],
+                "transformer_cells": [vars(c) for c in self.transformer],
                 "mlp": list(self.mlp), "models": [vars(r) | {"speedup": r.speedup} for r in self.models],
                 "model_info": list(self.model_info), "criteria": self.criteria()}
 
@@ -125,6 +139,7 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
     c = config
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's product is single-threaded anyway
     grid = len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3 if c.layers else 0
+    grid += len(TRANSFORMER_SHAPES) if c.layers and c.transformer_layers else 0
     progress("", advance=0, total=grid + sum(len(c.threads) * (1 if m == "bert" else 2) for m in c.models))
     cells, cold, mlp = [], [], []
     if c.layers:
@@ -139,6 +154,11 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
             progress(f"cold cache, density {d}")
         mlp = mlp_rows((1, 64), 1, c.repeats)
         progress("MLP 784-4096-4096-10")
+    transformer = []
+    if c.layers and c.transformer_layers:
+        for (o, i) in TRANSFORMER_SHAPES:
+            transformer.append(layer_cell(o, i, 0.1, 1, 1, repeats=c.repeats))
+            progress(f"{o}x{i} density 0.1 batch 1 threads 1")
     rows, info = [], []
     for name in c.models:
         r, i = model_rows(name, sparsity=c.model_sparsity, tokens=c.tokens, threads=c.threads, repeats=c.repeats,
@@ -147,4 +167,4 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
         info.append(i)
     torch.set_num_threads(os.cpu_count() or 1)
     return InferenceResult(c, tuple(cells), tuple(cold), tuple(mlp), backend_name(), os.getloadavg(), tuple(rows),
-                           tuple(info))
+                           tuple(info), tuple(transformer))
