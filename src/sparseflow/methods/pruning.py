@@ -121,7 +121,7 @@ class RandomSparse(Method):
 
     Per-layer counts are exact; within a layer the kept positions are uniform at random (a seeded
     ``torch.Generator``, so the mask depends on ``seed`` only). Sparse from scratch, so ``sparse_init``
-    defaults to True: the kept weights are rescaled to the kept fan-in (see :class:`~sparseflow.Method`).
+    defaults to True: every unit's kept weights get the unit's dense norm back (see :class:`~sparseflow.Method`).
     """
 
     distribution: Any = erk

@@ -147,7 +147,8 @@ class _AtInit(Method):
     """Prune once in ``prepare`` by saliencies computed in one pass over the model (``_saliency``).
 
     Pruning at initialisation is sparse from scratch, so ``sparse_init`` defaults to True: after pruning
-    the kept weights are rescaled to the kept fan-in (see :class:`~sparseflow.Method`).
+    every unit's kept weights get the unit's dense norm back (SynFlow), or each layer is calibrated on the data
+    batch to the dense network's variance ratio (SNIP, GraSP); see :class:`~sparseflow.Method`.
     """
 
     distribution: Distribution | Global = GLOBAL

@@ -37,8 +37,8 @@ DEFAULT_DISTRIBUTION = {
     "snip": "global", "grasp": "global", "synflow": "global", "set": "erk", "rigl": "erk",
 }
 DISTRIBUTION_NAMES = (*DISTRIBUTIONS, "global")
-# How the kept weights start (sparseflow.init): the method's own choice, PyTorch's init rescaled to each unit's
-# kept fan-in, He's init redrawn per kept fan-in, or PyTorch's init as masked.
+# How the kept weights start (sparseflow.init): the method's own choice, the dense signal variance restored (each
+# unit's dense norm, or calibration for SNIP/GraSP), He's init redrawn per kept fan-in, or PyTorch's init as masked.
 SPARSE_INITS = ("auto", "rescale", "he", "none")
 FILE_DATASETS = ("mnist", "fashion-mnist")  # 60,000 training images each: --quick trains on a subset
 

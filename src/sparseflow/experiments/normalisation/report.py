@@ -128,7 +128,7 @@ a fixed subset of {cfg.train_size} training images, {cfg.val_size} held-out trai
 {test} test images. Every cell trains {cfg.epochs} epochs ({steps} steps). SGD with momentum {cfg.momentum:g} and
 weight decay {cfg.weight_decay:g}; learning rate {cfg.lr_ref:g} x batch / {cfg.batch_ref} (linear scaling rule: {lrs}),
 linear warm-up from a tenth over {cfg.warmup_epochs:g} epochs, then cosine decay to zero. Sparse: static random
-ERK mask at {100 * cfg.sparsity:g} % sparsity (`RandomSparse`), kept weights rescaled to their fan-in. Test
+ERK mask at {100 * cfg.sparsity:g} % sparsity (`RandomSparse`), kept weights rescaled to each unit's dense norm. Test
 accuracy in eval mode (BatchNorm with running statistics); the extra BatchNorm row normalises each test batch
 of the training batch size by its own statistics instead. Seeds {list(cfg.seed_values)} (init, mask, batch order),
 paired across cells. Entries: mean test accuracy (%) ± half-width of the 95 % t-interval over seeds; range: max -

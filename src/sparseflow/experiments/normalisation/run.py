@@ -8,7 +8,7 @@ example on its own and do not depend on the batch size at all.
 Setting: ResNet-8 (:class:`sparseflow.training.models.ResNet`, the small ResNet of He et al. 2016 with one BasicBlock
 per stage, width 8, norm in ``batch``, ``group``, ``layer``, ``none``) on a fixed subset of 2,048 Fashion-MNIST
 images average-pooled to 14 x 14. The sparse variant is a static Erdős–Rényi-Kernel random mask
-(:class:`~sparseflow.RandomSparse`, ``erk``, kept weights rescaled to their fan-in). Test accuracy on all 10,000
+(:class:`~sparseflow.RandomSparse`, ``erk``, kept weights rescaled to each unit's dense norm). Test accuracy on all 10,000
 test images in eval mode: BatchNorm then uses its running statistics. For BN cells the accuracy with per-batch
 statistics (test batches of the training batch size) is also recorded, to tell a bad running estimate from a
 badly trained network.
@@ -121,7 +121,7 @@ def load_split(cfg: NormConfig, data_dir: Path) -> Split:
 
 def member(cfg: NormConfig, norm: str, variant: str, seed: int) -> tuple[ResNet, dict[str, Tensor]]:
     """Member network of ``seed``: ResNet-8 initialised from ``seed`` and, for the sparse variant, its static
-    ERK mask (kept weights rescaled to their fan-in); returns the network and its mask (empty when dense)."""
+    ERK mask (kept weights rescaled to each unit's dense norm); returns the network and its mask (empty when dense)."""
     with torch.random.fork_rng(devices=[]):  # the init depends on `seed` only, not on the caller's RNG
         torch.manual_seed(seed)
         model = ResNet(1, 10, depth=8, width=cfg.width, norm=norm)
