@@ -75,15 +75,16 @@ def build(name: str, quick: bool) -> tuple[nn.Module, bool]:
 
 
 def prune_(model: nn.Module, sparsity: float) -> float:
-    """Magnitude-prune the default targets (attention projections and MLPs) to ``sparsity`` each; returns the
-    measured sparsity of those targets."""
+    """Magnitude-prune the attention projections and MLPs to ``sparsity`` each (the default targets without the
+    language-model head, which pruning methods for LLMs leave dense); returns their measured sparsity."""
     from sparseflow.methods import MagnitudePruning
-    from sparseflow.targets import prunable
+    from sparseflow.targets import Targets, prunable
 
-    method = MagnitudePruning(sparsity)  # one shot, in prepare
+    targets = Targets(exclude=("lm_head.*",))
+    method = MagnitudePruning(sparsity, targets=targets)  # one shot, in prepare
     method.prepare(model)
     method.remove()  # no training follows: drop the gradient hooks
-    weights = [p for p in prunable(model).values() if p.dim() >= 2]
+    weights = [p for p in prunable(model, targets).values() if p.dim() >= 2]
     return 1.0 - sum(int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
 
 
