@@ -76,6 +76,10 @@ def test_model_rows_prune_convert_and_match_dense():
     model, _ = build("gpt2", quick=True)
     assert prune_(model, 0.75) == pytest.approx(0.75, abs=1e-3)
     assert torch.count_nonzero(model.transformer.wte.weight) == model.transformer.wte.weight.numel()  # embeddings dense
+    llama, _ = build("llama", quick=True)  # an untied head: a Linear, yet left dense as LLM pruning leaves it
+    assert prune_(llama, 0.9) == pytest.approx(0.9, abs=1e-3)
+    assert torch.count_nonzero(llama.lm_head.weight) == llama.lm_head.weight.numel()
+    assert float((llama.model.layers[0].mlp.up_proj.weight == 0).float().mean()) == pytest.approx(0.9, abs=1e-3)
 
 
 def test_cli_models_quick_and_bad_input(run_cli):
