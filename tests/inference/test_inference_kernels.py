@@ -130,3 +130,24 @@ def test_bad_inputs_raise():
 def test_forcing_the_fallback(monkeypatch):
     monkeypatch.setenv("SPARSEFLOW_KERNELS", "torch")
     assert available_backend() is Backend.TORCH
+
+
+@needs_ext
+@pytest.mark.parametrize("bits", [16, 32])
+def test_batch1_rows_sum_alike_whatever_their_neighbour_and_thread_split(bits):
+    """The batch-1 kernel runs rows in pairs; a row's result must not depend on the row it is paired with (or on
+    the thread split): the whole matrix equals each row multiplied on its own, bit for bit, on every ISA, and
+    matches the float64 oracle. Row lengths straddle the vector steps (0 to 100 nonzeros, odd row count)."""
+    g = torch.Generator().manual_seed(5)
+    lengths = [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100, 3, 40, 29]
+    w = torch.zeros(len(lengths), 300)
+    for r, n in enumerate(lengths):
+        w[r, torch.randperm(300, generator=g)[:n]] = torch.randn(n, generator=g)
+    x = torch.randn(1, 300, generator=g)
+    for isa in [i for i in Isa if i <= best_isa()]:
+        whole = spmm(csr_from_dense(w, index_bits=bits), x, isa=isa, tile=0, threads=1)
+        alone = torch.cat([spmm(csr_from_dense(w[r:r + 1].contiguous(), index_bits=bits), x, isa=isa, tile=0, threads=1)
+                           for r in range(len(lengths))], dim=1)
+        assert torch.equal(whole, alone), isa
+        assert torch.equal(whole, spmm(csr_from_dense(w, index_bits=bits), x, isa=isa, tile=0, threads=2)), isa
+        assert_close(whole, w, x, None)
