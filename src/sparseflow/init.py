@@ -146,8 +146,12 @@ def unit_norms(model: nn.Module, *, targets: Targets | None = None) -> dict[str,
     weights are then scaled back to the norm the unit had dense. Costs one vector per layer, not a copy of
     the weights.
     """
-    return {name: p.detach().double().reshape(p.shape[0], -1).square().sum(dim=1)
-            for name, p, _, _ in _weights(model, None, targets)}
+    return {name: _sq_norms(p.detach()) for name, p, _, _ in _weights(model, None, targets)}
+
+
+def _sq_norms(c: Tensor) -> Tensor:
+    """Squared L2 norm of every output unit (first axis) of a weight viewed ``(out, in, *rest)``, float64."""
+    return c.double().reshape(c.shape[0], -1).square().sum(dim=1)
 
 
 @torch.no_grad()
@@ -187,7 +191,7 @@ def rescale_(
             den = unit_fan_in(m).to(device=p.device, dtype=torch.float64)  # (out,)
         else:
             num = _reference_norms(name, p, layout, reference)
-            den = kept.reshape(p.shape[0], -1).square().sum(dim=1)
+            den = _sq_norms(kept)
         if per == "layer":
             num, den = torch.full_like(num, float(num.sum())), torch.full_like(den, float(den.sum()))
         factor = torch.zeros_like(den)
@@ -207,7 +211,7 @@ def _reference_norms(name: str, p: Tensor, layout: Layout, reference: Mapping[st
     if r.shape == (p.shape[0],):
         return r
     if r.dim() >= 2 and layout.canonical_shape(r.shape) == tuple(p.shape):
-        return layout.canonical(r).reshape(p.shape[0], -1).square().sum(dim=1)
+        return _sq_norms(layout.canonical(r))
     raise MaskError(f"reference for {name!r} has shape {tuple(r.shape)}: expected the squared unit norms "
                     f"({p.shape[0]},) or the weight's own shape")
 

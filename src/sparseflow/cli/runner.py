@@ -92,8 +92,9 @@ class Runner:
                 if advance and (end or now - state["last"] >= LOG_EVERY_S):
                     state["last"] = now
                     of = f"/{state['total']:g}" if state["total"] is not None else ""
-                    self.err.print(f"{label}: {state['done']:g}{of} {what} ({now - start:.0f} s)".replace("  ", " "),
-                                   markup=False, highlight=False)
+                    doing = f" {what}" if what else ""
+                    self.err.print(f"{label}: {state['done']:g}{of}{doing} ({now - start:.0f} s)", markup=False,
+                                   highlight=False)
 
             yield tick
 

@@ -47,7 +47,7 @@ from sparseflow.distributions import (
     uniform,
 )
 from sparseflow.errors import MaskError, SparseflowError
-from sparseflow.init import rescale_
+from sparseflow.init import rescale_, unit_norms
 from sparseflow.layouts import Layout
 from sparseflow.mask import Mask
 from sparseflow.methods.execution import Execution, check_execution
@@ -245,13 +245,8 @@ class Method:
 
     def _dense_signal(self) -> dict[str, Any]:
         """What ``sparse_init`` restores after the first mask, read from the dense model before any masking:
-        the squared norm of every output unit of every >= 2-dim target (float64 (out,), through its layout)."""
-        norms = {}
-        for n, p in self._params.items():
-            if p.dim() >= 2:
-                c = self._layouts[n].canonical(p.detach()).double()
-                norms[n] = c.reshape(c.shape[0], -1).square().sum(dim=1)
-        return {"norms": norms}
+        the squared norm of every output unit of every >= 2-dim target (:func:`sparseflow.init.unit_norms`)."""
+        return {"norms": unit_norms(self.model, targets=self.targets)}
 
     def _restore_signal(self, dense: dict[str, Any]) -> str:
         """Give every unit back its dense squared norm (:func:`sparseflow.init.rescale_`, norm matching); the

@@ -31,13 +31,15 @@ from torch import nn
 
 from sparseflow.errors import SparseflowError
 
-#: name -> (what it is shaped like, builder(quick) -> (model, causal)).
+#: name -> what the full-size model is shaped like.
 SHAPES = {
     "gpt2": "GPT-2 small: 12 layers, 768 wide, 12 heads, vocabulary 50,257 (Conv1D projections, tied head)",
     "bert": "BERT base: 12 layers, 768 wide, 12 heads, feed-forward 3,072, vocabulary 30,522 (encoder only)",
     "llama": "Llama-shaped: 12 layers, 768 wide, 12 query / 4 key-value heads, SwiGLU 2,048, vocabulary 32,000",
 }
 MODELS = tuple(SHAPES)
+#: name -> whether the model is causal (a language model with a decode step) or an encoder (prefill only).
+CAUSAL = {"gpt2": True, "bert": False, "llama": True}
 
 
 def _need_transformers() -> Any:
@@ -59,18 +61,18 @@ def build(name: str, quick: bool) -> tuple[nn.Module, bool]:
     if name == "gpt2":
         cfg = tf.GPT2Config(n_layer=small["layers"], n_embd=small["width"], n_head=small["heads"],
                             vocab_size=small["vocab"] or 50257, n_positions=1024)
-        return tf.GPT2LMHeadModel(cfg).eval(), True
+        return tf.GPT2LMHeadModel(cfg).eval(), CAUSAL[name]
     if name == "bert":
         cfg = tf.BertConfig(num_hidden_layers=small["layers"], hidden_size=small["width"],
                             num_attention_heads=small["heads"], intermediate_size=small["ff"],
                             vocab_size=small["vocab"] or 30522)
-        return tf.BertModel(cfg, add_pooling_layer=False).eval(), False
+        return tf.BertModel(cfg, add_pooling_layer=False).eval(), CAUSAL[name]
     if name == "llama":
         cfg = tf.LlamaConfig(num_hidden_layers=small["layers"], hidden_size=small["width"],
                              num_attention_heads=small["heads"], num_key_value_heads=small["heads"] // 3 or 1,
                              intermediate_size=small["ff"] * 2 // 3, vocab_size=small["vocab"] or 32000,
                              max_position_embeddings=1024)
-        return tf.LlamaForCausalLM(cfg).eval(), True
+        return tf.LlamaForCausalLM(cfg).eval(), CAUSAL[name]
     raise SparseflowError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 

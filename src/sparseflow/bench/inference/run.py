@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from sparseflow.bench.inference.measure import Cell, backend_name, layer_cell, mlp_rows
-from sparseflow.bench.inference.models import MODELS, ModelRow, model_rows
+from sparseflow.bench.inference.models import CAUSAL, MODELS, ModelRow, model_rows
 from sparseflow.errors import SparseflowError
 from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.training.options import check, option
@@ -140,7 +140,7 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's product is single-threaded anyway
     grid = len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3 if c.layers else 0
     grid += len(TRANSFORMER_SHAPES) if c.layers and c.transformer_layers else 0
-    progress("", advance=0, total=grid + sum(len(c.threads) * (1 if m == "bert" else 2) for m in c.models))
+    progress("", advance=0, total=grid + sum(len(c.threads) * (2 if CAUSAL[m] else 1) for m in c.models))
     cells, cold, mlp = [], [], []
     if c.layers:
         for t in c.threads:
