@@ -2,8 +2,9 @@
 
 For every batch size in ``batch_sizes`` the candidates are timed on a random input of that size in the
 current thread setting (interleaved repeats, minimum): dense ``F.linear``, and the CSR kernels (compiled
-extension: the instruction sets this CPU runs, at batch 1 the gathered row kernel, above it register tiles
-of 16 and 32 batch columns; or torch's CSR when the extension is missing or ``Backend.TORCH`` is asked for).
+extension: the instruction sets this CPU runs, at batch 1 the gathered row kernel and the SELL-8 kernel with
+x fetched by the gather instruction or by scalar loads, above it register tiles of 16 and 32 batch columns; or
+torch's CSR when the extension is missing or ``Backend.TORCH`` is asked for).
 A sparse kernel is chosen only where it beat dense in that measurement. With ``measure=False`` (and above
 70 % density, where no CSR kernel can win on bytes moved) a cost model decides instead: CSR at density
 <= ``COST_MODEL_DENSITY``, dense above (``sparseflow bench inference`` measures where the crossover lies).
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparseflow.inference.kernels import Backend, CsrWeight, Isa, best_isa
+from sparseflow.inference.kernels import Backend, CsrWeight, Isa, best_isa, sell_from_csr
 from sparseflow.inference.kernels.modules import Choice, Kernel, SparseLinear
 
 __all__ = ["COST_MODEL_DENSITY", "DEFAULT_BATCHES", "Planner"]
@@ -46,7 +47,8 @@ def _candidates(batch: int, backend: Backend) -> list[tuple[Kernel, Isa | None, 
     top = best_isa()
     isas = [i for i in (Isa.AVX512, Isa.AVX2, Isa.BASELINE) if i <= top]
     if batch < 2:
-        return [(Kernel.CSR, i, 0) for i in isas]
+        sell = [(Kernel.SELL, Isa.AVX2, 1), (Kernel.SELL, Isa.AVX2, 0)] if top >= Isa.AVX2 else [(Kernel.SELL, top, 1)]
+        return [(Kernel.CSR, i, 0) for i in isas] + sell
     out = []
     for i in isas[:2]:  # register tiles of 16 and 32 batch columns
         out += [(Kernel.CSR, i, k) for k in (1, 2, 4, 8) if 16 <= k * i.width <= 32]
@@ -73,13 +75,16 @@ class Planner:
                          for b in self.batches)
         gen = torch.Generator().manual_seed(0)
         plan = []
+        sell = None
         for b in self.batches:
             x = torch.randn(b, w.shape[1], generator=gen)
             cands = _candidates(b, self.backend)
             # time whole modules, so the per-call overhead of the sparse module counts against it
             fns = [lambda: F.linear(x, w, bias)]
             for kern, isa, tile in cands:
-                mod = SparseLinear(csr, bias, (Choice(b, kern, isa, tile),))
+                if kern is Kernel.SELL and sell is None:
+                    sell = sell_from_csr(csr)
+                mod = SparseLinear(csr, bias, (Choice(b, kern, isa, tile),), sell=sell)
                 fns.append(lambda mod=mod: mod(x))
             ms = _time(fns, self.repeats)
             i = min(range(1, len(ms)), key=lambda j: ms[j])

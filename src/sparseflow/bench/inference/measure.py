@@ -105,8 +105,7 @@ def layer_cell(out: int, inp: int, density: float, batch: int, threads: int, *, 
     io = (batch * inp + batch * out) * 4
     bound = (out * inp * 4 + io) / (nnz * (4 + idx) + (out + 1) * 4 + io)
     lin_mod = getattr(ours, "plan", None)
-    plan = "dense" if lin_mod is None else " ".join(
-        c.kernel.value + (f"/{c.isa.name}/K{c.tile}" if c.isa is not None else "") for c in lin_mod)
+    plan = "dense" if lin_mod is None else " ".join(c.label for c in lin_mod)
     return Cell(out, inp, density, batch, threads, {m: ms.get(m) for m in METHODS}, round(bound, 3), plan)
 
 

@@ -11,6 +11,13 @@ make the same argument for 16-bit indices). ``spmm(w, x)`` computes ``x @ W.T`` 
 * ``Backend.TORCH``: torch's CSR matmul with int32 indices, the batch cut into chunks of 32 columns
   (MKL's sparse product slows down past ~64 columns). Used when the extension is missing or forced.
 
+``SellWeight`` (``sell_from_csr``) is a second layout of the same matrix for batch 1, SELL-8 (sliced
+ELLPACK, Kreutzer et al. 2014): rows sorted by length within windows of ``SELL_WINDOW`` rows, cut into chunks
+of 8, each chunk stored column-major and padded to its longest row, so that one vector op handles one nonzero
+of 8 rows. It removes the per-row horizontal sum, tail and mispredicted loop exit that dominate short rows.
+``spmv_sell`` gathers x with the gather instruction or with scalar loads (``loads=True``); which is faster
+depends on the core (AMD Zen 2/3 gather slowly), so ``convert`` measures both.
+
 ``sddmm(rowptr, col, dy, x)`` is the training counterpart: ``(dy.T @ x)`` at the stored positions of
 a CSR structure only (sampled dense-dense product), i.e. the gradient of W's stored values in
 ``y = x @ W.T``, in CSR order. The extension packs dy and x into batch panels so that each stored
@@ -35,12 +42,17 @@ try:  # the extension is optional: a missing compiler at install time leaves the
 except ImportError:  # pragma: no cover - depends on the build
     _spmm = None
 
-__all__ = ["Backend", "CsrWeight", "Isa", "available_backend", "best_isa", "csr_from_dense", "sddmm",
-           "sddmm_tile_for", "spmm", "tile_for", "torch_chunk_spmm", "torch_sddmm"]
+__all__ = ["Backend", "CsrWeight", "Isa", "SELL_WINDOW", "SellWeight", "available_backend", "best_isa",
+           "csr_from_dense", "sddmm", "sddmm_tile_for", "sell_from_csr", "spmm", "spmv_sell", "tile_for",
+           "torch_chunk_spmm", "torch_sddmm"]
 
 #: Set to "torch" to force the fallback everywhere (tests, comparisons); read at call time.
 ENV_FORCE = "SPARSEFLOW_KERNELS"
 TORCH_CHUNK = 32
+#: Rows sorted by length within windows of this many rows before SELL-8 chunking (the "sigma" of SELL-C-sigma):
+#: wide enough that chunks hold rows of near-equal length, narrow enough that output rows stay nearby.
+SELL_WINDOW = 256
+SELL_C = 8
 
 
 class Backend(enum.Enum):
@@ -120,6 +132,112 @@ def csr_from_dense(w: torch.Tensor, *, index_bits: int | None = None) -> CsrWeig
     col = col.to(torch.int32).to(torch.int16) if bits == 16 else col.to(torch.int32)  # int16 wraps = uint16 bits
     values = w.detach().cpu().contiguous()[nz].to(torch.float32).contiguous()
     return CsrWeight(rowptr.contiguous(), col.contiguous(), values, (rows, cols))
+
+
+@dataclass(frozen=True, eq=False)
+class SellWeight:
+    """W [out, in] in SELL-8: ``chunk_ptr`` int32 [chunks+1] (offsets in slots of 8 entries); ``col`` (int16 as
+    uint16 bits, or int32) and ``values`` fp32 [8 * slots], slot j of chunk c at entries ``8*(chunk_ptr[c]+j)``
+    onwards, one per lane; ``rows`` int32 [8 * chunks], the output row of each lane (-1 where a chunk has fewer
+    than 8 rows). Padding entries hold value 0 at a column of the lane's own row."""
+
+    chunk_ptr: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    rows: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def chunks(self) -> int:
+        return int(self.chunk_ptr.numel()) - 1
+
+    @property
+    def padding(self) -> float:
+        """Stored entries per nonzero (1.0: no padding)."""
+        nnz = int((self.values != 0).sum())
+        return self.values.numel() / max(1, nnz)
+
+    def to_dense(self) -> torch.Tensor:
+        col = self.col.to(torch.int64) & 0xFFFF if self.col.dtype == torch.int16 else self.col.to(torch.int64)
+        slots = self.chunk_ptr.diff().to(torch.int64)
+        lane_rows = self.rows.view(-1, SELL_C).repeat_interleave(slots, dim=0).reshape(-1).to(torch.int64)
+        out = torch.zeros(self.shape, dtype=torch.float32)
+        real = lane_rows >= 0
+        out.index_put_((lane_rows[real], col[real]), self.values[real], accumulate=True)
+        return out
+
+
+def sell_from_csr(w: CsrWeight, window: int = SELL_WINDOW) -> SellWeight:
+    """The SELL-8 layout of a CSR matrix (rows sorted by length, longest first, within windows of ``window``)."""
+    rows_n, _ = w.shape
+    if window < 1:
+        raise SparseflowError(f"SELL window must be a positive number of rows, got {window}")
+    length = w.rowptr.diff().to(torch.int64)
+    r = torch.arange(rows_n)
+    # longest first within each window; stable, so equal lengths keep their order
+    key = (r // window) * (int(length.max()) + 1 if rows_n else 1) + (length.max() - length if rows_n else length)
+    order = torch.sort(key, stable=True).indices
+    nch = (rows_n + SELL_C - 1) // SELL_C
+    lanes = torch.full((nch * SELL_C,), -1, dtype=torch.int64)
+    lanes[:rows_n] = order
+    lane_len = torch.zeros(nch * SELL_C, dtype=torch.int64)
+    lane_len[:rows_n] = length[order]
+    slots = lane_len.view(nch, SELL_C).amax(dim=1) if nch else torch.zeros(0, dtype=torch.int64)
+    chunk_ptr = torch.zeros(nch + 1, dtype=torch.int64)
+    chunk_ptr[1:] = slots.cumsum(0)
+    total = int(chunk_ptr[-1]) * SELL_C
+    if total >= 2**31:
+        raise SparseflowError(f"weight of shape {tuple(w.shape)} needs {total} SELL entries; int32 offsets cannot hold it")
+    col64 = w.col.to(torch.int64) & 0xFFFF if w.index_bytes == 2 else w.col.to(torch.int64)
+    # padding: value 0 at the column of the lane's last nonzero (column 0 for an empty row)
+    start = w.rowptr.to(torch.int64)
+    last_col = torch.zeros(nch * SELL_C, dtype=torch.int64)
+    has = lane_len > 0
+    last_col[has] = col64[start[lanes[has]] + lane_len[has] - 1]
+    col = last_col.view(nch, SELL_C).repeat_interleave(slots, dim=0).reshape(-1)
+    values = torch.zeros(total, dtype=torch.float32)
+    if w.nnz:
+        row_of = torch.repeat_interleave(r, length)
+        j = torch.arange(w.nnz) - start[row_of]
+        lane = torch.empty(rows_n, dtype=torch.int64)
+        lane[order] = torch.arange(rows_n)
+        li = lane[row_of]
+        pos = (chunk_ptr[li // SELL_C] + j) * SELL_C + li % SELL_C
+        col[pos] = col64
+        values[pos] = w.values
+    col = col.to(torch.int32).to(torch.int16) if w.index_bytes == 2 else col.to(torch.int32)
+    return SellWeight(chunk_ptr.to(torch.int32), col.contiguous(), values, lanes.to(torch.int32), w.shape)
+
+
+def spmv_sell(w: SellWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa: Isa | None = None,
+              loads: bool = True, threads: int | None = None, check: bool = True) -> torch.Tensor:
+    """``x @ W.T + bias`` from the SELL-8 layout (one pass over W per row of x: made for batch 1).
+
+    ``loads``: fetch x by scalar loads (else the gather instruction; the baseline ISA always loads).
+    ``check``: validate x and bias (SparseLinear checks them itself)."""
+    if _spmm is None:
+        raise SparseflowError("the compiled sparse kernels are not built here; reinstall with a C++ compiler "
+                              "(pip install -e .) or use the torch fallback (Backend.TORCH)")
+    rows, cols = w.shape
+    best = Isa(_spmm.best_isa())
+    use = best if isa is None else Isa(isa)
+    if check:
+        if x.dim() != 2 or x.shape[1] != cols:
+            raise SparseflowError(f"input of shape {tuple(x.shape)} does not fit weight {tuple(w.shape)}: need [batch, {cols}]")
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise SparseflowError(f"sparse kernels take fp32 CPU inputs, got {x.dtype} on {x.device}")
+        if use > best:
+            raise SparseflowError(f"instruction set {use.name} is not supported by this CPU (best: {best.name})")
+        if bias is not None and (bias.shape != (rows,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
+            raise SparseflowError(f"bias must be a contiguous fp32 vector of {rows}, got {tuple(bias.shape)} {bias.dtype}")
+        x = x.contiguous()
+    batch = x.shape[0]
+    y = torch.empty(batch, rows, dtype=torch.float32)
+    nt = torch.get_num_threads() if threads is None else threads
+    _spmm.spmv_sell(int(use), int(w.col.dtype == torch.int32), int(loads), w.chunk_ptr.data_ptr(), w.col.data_ptr(),
+                    w.values.data_ptr(), w.rows.data_ptr(), w.chunks, rows, cols, x.data_ptr(), batch, y.data_ptr(),
+                    0 if bias is None else bias.data_ptr(), nt)
+    return y
 
 
 def tile_for(batch: int, isa: Isa) -> int:

@@ -63,6 +63,30 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 #include "impl.h"
 #include "sddmm.h"
 #undef ROW_DOT
+
+// SELL-8 chunks (see sell_chunks in the AVX2 section): 8 rows as 8 scalar accumulators per parity
+template <typename IT, bool LOADS>
+static void sell_chunks(const int32_t* cp, const IT* ci, const float* va, const int32_t* rows, int32_t c0, int32_t c1,
+                        const float* x, float* y, const float* bias) {
+    for (int32_t ch = c0; ch < c1; ++ch) {
+        const int32_t s = cp[ch], L = cp[ch + 1] - s;
+        const IT* c = ci + (int64_t)s * 8;
+        const float* v = va + (int64_t)s * 8;
+        float a0[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int32_t j = 0;
+        for (; j + 2 <= L; j += 2)
+            for (int k = 0; k < 8; ++k) {
+                a0[k] += v[8 * j + k] * x[(uint32_t)c[8 * j + k]];
+                a1[k] += v[8 * j + 8 + k] * x[(uint32_t)c[8 * j + 8 + k]];
+            }
+        if (j < L)
+            for (int k = 0; k < 8; ++k) a0[k] += v[8 * j + k] * x[(uint32_t)c[8 * j + k]];
+        for (int k = 0; k < 8; ++k) {
+            const int32_t r = rows[(int64_t)ch * 8 + k];
+            if (r >= 0) y[r] = bias ? (a0[k] + a1[k]) + bias[r] : a0[k] + a1[k];
+        }
+    }
+}
 }  // namespace base
 
 // ---------------------------------------------------------------- AVX2 + FMA
@@ -146,6 +170,67 @@ static inline float row_dot_impl(const IT* c, const float* v, int32_t n, const f
 #include "impl.h"
 #include "sddmm.h"
 #undef ROW_DOT
+
+// SELL-8 (sliced ELLPACK, Kreutzer et al. 2014, "A unified sparse matrix data format for efficient general
+// sparse matrix-vector multiplication on modern processors with wide SIMD units"): rows in chunks of 8, each
+// chunk stored column-major and padded to its longest row (rows sorted by length within windows, so the padding
+// is small), so that one vector holds one nonzero of each of 8 rows: no horizontal sums and no per-row tails or
+// loop exits. Slot j of chunk ch is entries [8*(cp[ch]+j), +8); rows[8*ch + k] is the output row of lane k (-1:
+// none). Padding entries are value 0 at a column of their own row. The 8 values of x are fetched by the gather
+// instruction or, with LOADS, by 8 scalar loads inserted into the vector: AMD Zen 2/3 run vgatherdps at a
+// fraction of the rate of scalar loads; Intel cores the other way round, so convert measures both.
+static inline __m256 gather_loads(const float* x, const uint16_t* p) {
+    uint64_t q0, q1;  // 4 indices per 64-bit load: the load ports, not the shuffles, bound this loop
+    std::memcpy(&q0, p, 8);
+    std::memcpy(&q1, p + 4, 8);
+    __m128 lo = _mm_load_ss(x + (q0 & 0xffff));
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + ((q0 >> 16) & 0xffff)), 0x10);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + ((q0 >> 32) & 0xffff)), 0x20);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (q0 >> 48)), 0x30);
+    __m128 hi = _mm_load_ss(x + (q1 & 0xffff));
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + ((q1 >> 16) & 0xffff)), 0x10);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + ((q1 >> 32) & 0xffff)), 0x20);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (q1 >> 48)), 0x30);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+static inline __m256 gather_loads(const float* x, const int32_t* p) {
+    __m128 lo = _mm_load_ss(x + (uint32_t)p[0]);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (uint32_t)p[1]), 0x10);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (uint32_t)p[2]), 0x20);
+    lo = _mm_insert_ps(lo, _mm_load_ss(x + (uint32_t)p[3]), 0x30);
+    __m128 hi = _mm_load_ss(x + (uint32_t)p[4]);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (uint32_t)p[5]), 0x10);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (uint32_t)p[6]), 0x20);
+    hi = _mm_insert_ps(hi, _mm_load_ss(x + (uint32_t)p[7]), 0x30);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+template <typename IT, bool LOADS>
+static inline __m256 gather8(const float* x, const IT* p) {
+    if (LOADS) return gather_loads(x, p);
+    return _mm256_i32gather_ps(x, idx8(p), 4);
+}
+template <typename IT, bool LOADS>
+static void sell_chunks(const int32_t* cp, const IT* ci, const float* va, const int32_t* rows, int32_t c0, int32_t c1,
+                        const float* x, float* y, const float* bias) {
+    for (int32_t ch = c0; ch < c1; ++ch) {
+        const int32_t s = cp[ch], L = cp[ch + 1] - s;
+        const IT* c = ci + (int64_t)s * 8;
+        const float* v = va + (int64_t)s * 8;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int32_t j = 0;
+        for (; j + 2 <= L; j += 2) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * j), gather8<IT, LOADS>(x, c + 8 * j), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * j + 8), gather8<IT, LOADS>(x, c + 8 * j + 8), a1);
+        }
+        if (j < L) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * j), gather8<IT, LOADS>(x, c + 8 * j), a0);
+        alignas(32) float t[8];
+        _mm256_store_ps(t, _mm256_add_ps(a0, a1));
+        for (int k = 0; k < 8; ++k) {
+            const int32_t r = rows[(int64_t)ch * 8 + k];
+            if (r >= 0) y[r] = bias ? t[k] + bias[r] : t[k];
+        }
+    }
+}
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -396,6 +481,49 @@ static PyObject* py_spmm(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// ---------------------------------------------------------------- SELL-8 (batch 1)
+struct SellCall {
+    int isa, wide, loads;
+    const int32_t* cp; const void* ci; const float* va; const int32_t* rows;
+    int32_t nch, nrows, ncols, B;
+    const float* X; float* Y; const float* bias;
+};
+
+template <typename IT>
+static void sell_job(const SellCall& c, int32_t c0, int32_t c1) {
+    const IT* ci = (const IT*)c.ci;
+    for (int32_t b = 0; b < c.B; ++b) {
+        const float* x = c.X + (int64_t)b * c.ncols;
+        float* y = c.Y + (int64_t)b * c.nrows;
+        if (c.isa >= ISA_AVX2) {  // 8 lanes: AVX2 code, which AVX-512 CPUs run as well
+            if (c.loads) avx2::sell_chunks<IT, true>(c.cp, ci, c.va, c.rows, c0, c1, x, y, c.bias);
+            else avx2::sell_chunks<IT, false>(c.cp, ci, c.va, c.rows, c0, c1, x, y, c.bias);
+        } else {
+            base::sell_chunks<IT, true>(c.cp, ci, c.va, c.rows, c0, c1, x, y, c.bias);
+        }
+    }
+}
+
+static PyObject* py_spmv_sell(PyObject*, PyObject* args) {
+    int isa, wide, loads, nch, nrows, ncols, B, threads;
+    unsigned long long cp, ci, va, rows, x, y, bias;
+    if (!PyArg_ParseTuple(args, "iiiKKKKiiiKiKKi", &isa, &wide, &loads, &cp, &ci, &va, &rows, &nch, &nrows, &ncols, &x,
+                          &B, &y, &bias, &threads))
+        return nullptr;
+    if (isa < ISA_BASE || isa > best_isa()) { PyErr_Format(PyExc_ValueError, "isa %d not supported here", isa); return nullptr; }
+    SellCall c{isa, wide, loads, (const int32_t*)cp, (const void*)ci, (const float*)va, (const int32_t*)rows,
+               nch, nrows, ncols, B, (const float*)x, (float*)y, bias ? (const float*)bias : nullptr};
+    if (B == 0 || nch == 0) Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    const int nt = thread_count(threads, c.cp, c.nch, (int32_t)8 * c.B, 17);  // slots of 8 entries
+    const int nc = chunk_count(nt, (int64_t)c.cp[c.nch] * 8 * c.B, 15);
+    const std::vector<int32_t> bounds = split_rows(c.cp, c.nch, nc < c.nch ? nc : c.nch);
+    if (c.wide) parallel(nt, bounds, [&](int32_t a, int32_t b) { sell_job<int32_t>(c, a, b); });
+    else parallel(nt, bounds, [&](int32_t a, int32_t b) { sell_job<uint16_t>(c, a, b); });
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 // ---------------------------------------------------------------- SDDMM
 struct SddCall {
     int isa, wide;
@@ -519,6 +647,8 @@ static PyObject* py_best_isa(PyObject*, PyObject*) { return PyLong_FromLong(best
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS, "spmm(isa, wide, rowptr, col, val, nrows, ncols, x, B, y, bias, threads, K[, perm])"},
+    {"spmv_sell", py_spmv_sell, METH_VARARGS,
+     "spmv_sell(isa, wide, loads, chunkptr, col, val, rows, nchunks, nrows, ncols, x, B, y, bias, threads)"},
     {"sddmm", py_sddmm, METH_VARARGS, "sddmm(isa, wide, rowptr, col, nrows, ncols, dy, x, B, out, threads, K)"},
     {"csr_check", py_csr_check, METH_VARARGS, "csr_check(wide, rowptr, col, nrows, ncols, nnz) -> None or message"},
     {"best_isa", py_best_isa, METH_NOARGS, "0 baseline, 1 AVX2+FMA, 2 AVX-512"},
