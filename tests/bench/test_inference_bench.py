@@ -106,3 +106,34 @@ def test_transformer_sized_layers_have_a_criterion_each_and_count_in_the_worst_c
                                                                                 "pass": True}
     assert crit["768x3072 90% sparse batch 1 1 thread warm: ours vs dense"]["pass"] is False  # 2x
     assert crit["every cell: ours vs the faster dense (worst cell)"]["value"] == 2.0
+
+
+def test_isa_cap_is_honoured_recorded_and_checked(run_cli, monkeypatch):
+    from sparseflow.errors import SparseflowError
+    from sparseflow.inference.convert import convert
+    from sparseflow.inference.kernels import ENV_MAX_ISA, Isa, best_isa, hardware_isa
+    from sparseflow.inference.kernels.modules import SparseLinear
+
+    if hardware_isa() is None:
+        pytest.skip("compiled kernels not built")
+    monkeypatch.setenv(ENV_MAX_ISA, "baseline")
+    assert best_isa() is Isa.BASELINE
+    lin = torch.nn.Linear(200, 100)
+    with torch.no_grad():
+        lin.weight[torch.rand(lin.weight.shape) >= 0.1] = 0
+    fast = convert(lin, batch_sizes=(1, 16), repeats=1)
+    if isinstance(fast, SparseLinear):  # every sparse choice stays within the cap
+        assert all(c.isa in (None, Isa.BASELINE) for c in fast.plan)
+    monkeypatch.setenv(ENV_MAX_ISA, "sse9")
+    with pytest.raises(SparseflowError, match="sse9"):
+        best_isa()
+    monkeypatch.delenv(ENV_MAX_ISA)
+    code, stdout, err = run_cli(["bench", "inference", "--quick", "--no-layers", "--models", "bert", "--tokens", "4",
+                                 "--isa", "baseline", "--json"])
+    assert code == 0, err
+    obj = json.loads(stdout.strip().splitlines()[-1])
+    assert obj["isa"] == "BASELINE" and obj["hardware_isa"] == hardware_isa().name and obj["cpu"]
+    assert ENV_MAX_ISA not in __import__("os").environ  # the cap ends with the run
+    if hardware_isa() < Isa.AVX512:
+        code, _, err = run_cli(["bench", "inference", "--quick", "--isa", "avx512"])
+        assert code == 2 and "avx512" in err

@@ -151,3 +151,25 @@ def test_batch1_rows_sum_alike_whatever_their_neighbour_and_thread_split(bits):
         assert torch.equal(whole, alone), isa
         assert torch.equal(whole, spmm(csr_from_dense(w, index_bits=bits), x, isa=isa, tile=0, threads=2)), isa
         assert_close(whole, w, x, None)
+
+
+@needs_ext
+@pytest.mark.parametrize("isa", list(Isa), ids=[i.name for i in Isa])
+def test_every_isa_path_against_the_oracle_or_a_stated_skip(isa):
+    """Each instruction-set path by name: the CSR kernels at every tile and the SELL-8 kernel (both ways of
+    fetching x) against the float64 oracle; a path this CPU cannot run is skipped and says why."""
+    from sparseflow.inference.kernels import sell_from_csr, spmv_sell
+
+    if isa > best_isa():
+        pytest.skip(f"this CPU cannot run {isa.name} (best: {best_isa().name}); its kernels are tested where it can")
+    g = torch.Generator().manual_seed(11)
+    w = sparse_weight(37, 301, 0.1, 4, empty_rows=2)
+    b = torch.randn(37, generator=g)
+    for bits in (16, 32):
+        c = csr_from_dense(w, index_bits=bits)
+        for batch in (1, 3, 40):
+            x = torch.randn(batch, 301, generator=g)
+            for tile in [0, 1, 2, 4] + ([8] if isa < Isa.AVX512 else []):
+                assert_close(spmm(c, x, b, isa=isa, tile=tile), w, x, b)
+            for loads in (True, False):
+                assert_close(spmv_sell(sell_from_csr(c), x, b, isa=isa, loads=loads), w, x, b)

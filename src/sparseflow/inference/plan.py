@@ -50,8 +50,8 @@ def _candidates(batch: int, backend: Backend) -> list[tuple[Kernel, Isa | None, 
         sell = [(Kernel.SELL, Isa.AVX2, 1), (Kernel.SELL, Isa.AVX2, 0)] if top >= Isa.AVX2 else [(Kernel.SELL, top, 1)]
         return [(Kernel.CSR, i, 0) for i in isas] + sell
     out = []
-    for i in isas[:2]:  # register tiles of 16 and 32 batch columns
-        out += [(Kernel.CSR, i, k) for k in (1, 2, 4, 8) if 16 <= k * i.width <= 32]
+    for i in isas[:2]:  # register tiles of 16 and 32 batch columns (the baseline's widest: 8)
+        out += [(Kernel.CSR, i, k) for k in (1, 2, 4, 8) if 16 <= k * i.width <= 32] or [(Kernel.CSR, i, 8)]
     return out
 
 

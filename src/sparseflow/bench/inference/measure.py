@@ -141,4 +141,4 @@ def mlp_rows(batches: tuple[int, ...], threads: int, repeats: int) -> list[dict]
 def backend_name() -> str:
     from sparseflow.inference.kernels import best_isa
     be = available_backend()
-    return be.value + ("" if best_isa() is None or be.value == "torch" else f" (best ISA {best_isa().name})")
+    return be.value + ("" if best_isa() is None or be.value == "torch" else f" (ISA {best_isa().name})")

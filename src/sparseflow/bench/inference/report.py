@@ -25,7 +25,7 @@ def speedup_table(result: InferenceResult, note: str = "") -> TableData:
              f"{c.ms['dense_linear']:.3f}", *[_fmt(c.speedup(m)) for m in shown], f"{c.bound:.2f}", c.plan)
             for cells, cold in ((result.cells, False), (result.transformer, False), (result.cold, True)) for c in cells]
     title = (f"speedup over dense F.linear (warm cache, median of {result.config.repeats}); "
-             f"backend: {result.backend}")
+             f"backend: {result.backend}" + (f"; CPU: {result.cpu}" if result.cpu else ""))
     return TableData(title, ("layer (out x in)", "density", "batch", "thr", "F.linear ms", *shown, "bound", "plan"),
                      rows, left=("layer (out x in)", "plan"), min_width=150, note=note)
 

@@ -17,6 +17,7 @@ import torch
 from sparseflow.bench.inference.measure import Cell, backend_name, layer_cell, mlp_rows
 from sparseflow.bench.inference.models import CAUSAL, MODELS, ModelRow, model_rows
 from sparseflow.errors import SparseflowError
+from sparseflow.inference.kernels import ENV_MAX_ISA, Isa, best_isa, hardware_isa
 from sparseflow.experiments.protocol import Tick, no_progress
 from sparseflow.training.options import check, option
 
@@ -49,10 +50,17 @@ class InferenceConfig:
                          quick=16)
     model_sparsity: float = option(0.9, "Sparsity of the models' attention and MLP weights.", min=0, max=1,
                                    max_open=True)
+    isa: str = option("best", "Widest instruction set our kernels may use: best (this CPU's), avx512, avx2 or "
+                      "baseline; e.g. avx2 measures the AVX2 path on an AVX-512 CPU.",
+                      choices=("best", "avx512", "avx2", "baseline"))
     quick: bool = option(False, "Recorded: whether this is the quick scale.", cli=False, quick=True)
 
     def __post_init__(self) -> None:
         check(self)
+        hw = hardware_isa()
+        if self.isa != "best" and hw is not None and Isa[self.isa.upper()] > hw:
+            raise SparseflowError(f"--isa {self.isa}: this CPU runs at most {hw.name.lower()}; pass --isa "
+                                  f"{hw.name.lower()} or lower (or best)")
         if not self.layers and not self.models:
             raise SparseflowError("nothing to time: --no-layers leaves only the models, and no --models were named; "
                                   "pass e.g. --models gpt2")
@@ -118,6 +126,8 @@ class InferenceResult:
     models: tuple[ModelRow, ...] = ()
     model_info: tuple[dict[str, Any], ...] = ()
     transformer: tuple[Cell, ...] = ()  # the transformer-sized layers, 90 %, batch 1, one thread
+    isa: str | None = None   # the instruction set our kernels used (None: the torch fallback)
+    cpu: str = ""            # the CPU's model name
 
     def criteria(self) -> dict[str, dict[str, Any]]:
         return criteria(list(self.cells), list(self.cold), list(self.mlp), list(self.models), self.config.quick,
@@ -126,7 +136,9 @@ class InferenceResult:
     def to_json(self) -> dict[str, Any]:
         return {"command": "bench inference", "quick": self.config.quick, "repeats": self.config.repeats,
                 "torch": torch.__version__, "backend": self.backend,
-                "machine": platform.processor() or platform.machine(), "load_average": self.load_average,
+                "machine": platform.processor() or platform.machine(), "cpu": self.cpu, "isa": self.isa,
+                "hardware_isa": None if hardware_isa() is None else hardware_isa().name,
+                "load_average": self.load_average,
                 "cells": [vars(c) for c in self.cells], "cold_cells": [vars(c) for c in self.cold],
                 "transformer_cells": [vars(c) for c in self.transformer],
                 "mlp": list(self.mlp), "models": [vars(r) | {"speedup": r.speedup} for r in self.models],
@@ -138,6 +150,30 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
     used."""
     c = config
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # scipy's product is single-threaded anyway
+    before = os.environ.get(ENV_MAX_ISA)
+    if c.isa != "best":
+        os.environ[ENV_MAX_ISA] = c.isa
+    try:
+        return _run(c, progress)
+    finally:
+        if before is None:
+            os.environ.pop(ENV_MAX_ISA, None)
+        else:
+            os.environ[ENV_MAX_ISA] = before
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _run(c: InferenceConfig, progress: Tick) -> InferenceResult:
     grid = len(c.threads) * len(c.shapes) * len(c.densities) * len(c.batches) + 3 if c.layers else 0
     grid += len(TRANSFORMER_SHAPES) if c.layers and c.transformer_layers else 0
     progress("", advance=0, total=grid + sum(len(c.threads) * (2 if CAUSAL[m] else 1) for m in c.models))
@@ -166,5 +202,6 @@ def run(config: InferenceConfig, out: Path | None = None, progress: Tick = no_pr
         rows += r
         info.append(i)
     torch.set_num_threads(os.cpu_count() or 1)
+    isa = best_isa()
     return InferenceResult(c, tuple(cells), tuple(cold), tuple(mlp), backend_name(), os.getloadavg(), tuple(rows),
-                           tuple(info), tuple(transformer))
+                           tuple(info), tuple(transformer), None if isa is None else isa.name, cpu_model())

@@ -43,11 +43,14 @@ except ImportError:  # pragma: no cover - depends on the build
     _spmm = None
 
 __all__ = ["Backend", "CsrWeight", "Isa", "SELL_WINDOW", "SellWeight", "available_backend", "best_isa",
-           "csr_from_dense", "sddmm", "sddmm_tile_for", "sell_from_csr", "spmm", "spmv_sell", "tile_for",
+           "csr_from_dense", "hardware_isa", "sddmm", "sddmm_tile_for", "sell_from_csr", "spmm", "spmv_sell", "tile_for",
            "torch_chunk_spmm", "torch_sddmm"]
 
 #: Set to "torch" to force the fallback everywhere (tests, comparisons); read at call time.
 ENV_FORCE = "SPARSEFLOW_KERNELS"
+#: Set to "avx2" or "baseline" to cap the instruction set the kernels choose by default (e.g. to measure the AVX2
+#: path on an AVX-512 CPU); read at call time.
+ENV_MAX_ISA = "SPARSEFLOW_MAX_ISA"
 TORCH_CHUNK = 32
 #: Rows sorted by length within windows of this many rows before SELL-8 chunking (the "sigma" of SELL-C-sigma):
 #: wide enough that chunks hold rows of near-equal length, narrow enough that output rows stay nearby.
@@ -77,8 +80,22 @@ def available_backend() -> Backend:
     return Backend.COMPILED
 
 
-def best_isa() -> Isa | None:
+def hardware_isa() -> Isa | None:
+    """The widest instruction set this CPU and OS run (None: the extension is not built)."""
     return None if _spmm is None else Isa(_spmm.best_isa())
+
+
+def best_isa() -> Isa | None:
+    """The instruction set the kernels use by default: the hardware's, capped by ``SPARSEFLOW_MAX_ISA``."""
+    hw = hardware_isa()
+    cap = os.environ.get(ENV_MAX_ISA, "").strip()
+    if hw is None or not cap:
+        return hw
+    try:
+        return min(hw, Isa[cap.upper()])
+    except KeyError:
+        raise SparseflowError(f"{ENV_MAX_ISA}={cap!r} is not an instruction set: use one of "
+                              f"{', '.join(i.name.lower() for i in Isa)} (or unset it)") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +237,7 @@ def spmv_sell(w: SellWeight, x: torch.Tensor, bias: torch.Tensor | None = None, 
                               "(pip install -e .) or use the torch fallback (Backend.TORCH)")
     rows, cols = w.shape
     best = Isa(_spmm.best_isa())
-    use = best if isa is None else Isa(isa)
+    use = best_isa() if isa is None else Isa(isa)
     if check:
         if x.dim() != 2 or x.shape[1] != cols:
             raise SparseflowError(f"input of shape {tuple(x.shape)} does not fit weight {tuple(w.shape)}: need [batch, {cols}]")
@@ -267,7 +284,7 @@ def spmm(w: CsrWeight, x: torch.Tensor, bias: torch.Tensor | None = None, *, isa
         raise SparseflowError(f"sparse kernels take fp32 CPU inputs, got {x.dtype} on {x.device}")
     x = x.contiguous()
     best = Isa(_spmm.best_isa())
-    use = best if isa is None else Isa(isa)
+    use = best_isa() if isa is None else Isa(isa)
     if use > best:
         raise SparseflowError(f"instruction set {use.name} is not supported by this CPU (best: {best.name})")
     if bias is not None and (bias.shape != (rows,) or bias.dtype != torch.float32 or not bias.is_contiguous()):
@@ -422,7 +439,7 @@ def sddmm(rowptr: torch.Tensor, col: torch.Tensor, dy: torch.Tensor, x: torch.Te
         g = torch_sddmm(rowptr, col, dy, x)
         return g if out is None else out.copy_(g)
     best = Isa(_spmm.best_isa())
-    use = best if isa is None else Isa(isa)
+    use = best_isa() if isa is None else Isa(isa)
     if use > best:
         raise SparseflowError(f"instruction set {use.name} is not supported by this CPU (best: {best.name})")
     k = sddmm_tile_for(batch, use) if tile is None else tile
