@@ -137,3 +137,22 @@ def test_isa_cap_is_honoured_recorded_and_checked(run_cli, monkeypatch):
     if hardware_isa() < Isa.AVX512:
         code, _, err = run_cli(["bench", "inference", "--quick", "--isa", "avx512"])
         assert code == 2 and "avx512" in err
+
+
+def test_floor_arm_frees_the_sparse_layers_and_gives_them_back():
+    from sparseflow.bench.inference.models import _FreeSparseLayers
+    from sparseflow.inference.kernels.modules import Choice, Kernel, SparseLinear
+    from sparseflow.inference.kernels import csr_from_dense
+
+    w = torch.randn(6, 5)
+    lin = SparseLinear(csr_from_dense(w), None, (Choice(1, Kernel.TORCH_CSR),))
+    model = torch.nn.Sequential(lin, torch.nn.Linear(6, 3))
+    x = torch.randn(4, 2, 5)
+    with torch.no_grad():
+        before = model(x)
+        with _FreeSparseLayers(model):
+            assert torch.equal(lin(x), torch.zeros(4, 2, 6))  # the shape of the real output, no work
+            assert torch.allclose(model(x), model[1].bias.expand(4, 2, 3))
+        assert torch.equal(model(x), before)  # restored
+    row = ModelRow("gpt2", "decode", 1, 1, 30.0, 20.0, 0.0, 12.0)
+    assert row.bound == 2.5 and ModelRow("gpt2", "decode", 1, 1, 30.0, 20.0, 0.0).bound is None

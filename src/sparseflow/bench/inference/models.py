@@ -14,12 +14,16 @@ Two workloads at batch 1:
   the same work.
 
 Both models run on the same inputs; dense and sparse calls alternate within each repeat and the median is
-reported, per thread count. The outputs (the logits, or BERT's last hidden state) are compared: the largest
+reported, per thread count. A third arm, the **floor**, runs the converted model with every sparse layer
+replaced by one that returns zeros at once: what the rest of the model costs (the dense layers such as the
+language-model head, attention, norms, the framework's own Python), so ``dense / floor`` is the most any
+sparse kernel could gain on that workload. The outputs (the logits, or BERT's last hidden state) are compared: the largest
 absolute difference over the largest dense magnitude.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import statistics
 import time
@@ -136,10 +140,33 @@ class ModelRow:
     dense_ms: float
     sparse_ms: float
     max_rel_err: float
+    floor_ms: float | None = None  # the converted model with its sparse layers free (returning zeros)
 
     @property
     def speedup(self) -> float:
         return self.dense_ms / self.sparse_ms
+
+    @property
+    def bound(self) -> float | None:
+        """dense / floor: the speedup with sparse layers that cost nothing."""
+        return None if not self.floor_ms else self.dense_ms / self.floor_ms
+
+
+class _FreeSparseLayers:
+    """Within the block, every SparseLinear of ``model`` returns zeros of its output shape without computing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from sparseflow.inference.kernels.modules import SparseLinear
+
+        self.layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+
+    def __enter__(self) -> None:
+        for m in self.layers:
+            m.forward = lambda x, m=m: x.new_zeros(*x.shape[:-1], m.out_features)
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.layers:
+            del m.forward
 
 
 def model_rows(name: str, *, sparsity: float, tokens: int, threads: tuple[int, ...], repeats: int, quick: bool,
@@ -166,14 +193,17 @@ def model_rows(name: str, *, sparsity: float, tokens: int, threads: tuple[int, .
                 d, s = dense_calls[workload], sparse_calls[workload]
                 ref, got = d(), s()
                 err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
-                times: dict[str, list[float]] = {"dense": [], "sparse": []}
+                times: dict[str, list[float]] = {"dense": [], "sparse": [], "floor": []}
+                free = _FreeSparseLayers(fast)
                 for _ in range(repeats):  # interleaved: drift on a shared machine hits both alike
-                    for key, f in (("dense", d), ("sparse", s)):
-                        t1 = time.perf_counter()
-                        f()
-                        times[key].append((time.perf_counter() - t1) * 1e3)
+                    for key, f in (("dense", d), ("sparse", s), ("floor", s)):
+                        with free if key == "floor" else contextlib.nullcontext():
+                            t1 = time.perf_counter()
+                            f()
+                            times[key].append((time.perf_counter() - t1) * 1e3)
                 rows.append(ModelRow(name, workload, tokens if workload == "prefill" else 1, t,
-                                     statistics.median(times["dense"]), statistics.median(times["sparse"]), err))
+                                     statistics.median(times["dense"]), statistics.median(times["sparse"]), err,
+                                     statistics.median(times["floor"])))
                 progress(f"{name} {workload} threads {t}")
     info = {"model": name, "shape": SHAPES[name] if not quick else f"{name}, 2 layers, 128 wide (quick)",
             "sparsity": round(measured, 4), "convert_s": round(convert_s, 2), "sparse_layers": sparse_layers,

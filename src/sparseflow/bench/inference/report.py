@@ -43,13 +43,15 @@ def tables(result: InferenceResult) -> list[TableData]:
 def models_table(result: InferenceResult) -> TableData:
     """Whole models, dense against converted, per workload and thread count."""
     rows = [(r.model, r.workload, f"1 x {r.tokens}", str(r.threads), f"{r.dense_ms:.2f}", f"{r.sparse_ms:.2f}",
-             f"{r.speedup:.2f}", f"{r.max_rel_err:.1e}") for r in result.models]
+             f"{r.speedup:.2f}", _fmt(r.floor_ms), _fmt(r.bound), f"{r.max_rel_err:.1e}") for r in result.models]
     note = "\n".join(f"{i['model']}: {i['shape']}; sparsity {i['sparsity']:.3f} of the attention and MLP weights, "
                      f"{i['sparse_layers']} of {i['layers']} weight layers run sparse; convert took {i['convert_s']} s"
                      for i in result.model_info)
     return TableData(f"whole models, end to end at batch 1 (median of {result.config.repeats} interleaved calls)",
-                     ("model", "workload", "tokens", "thr", "dense ms", "sparse ms", "speedup", "max rel err"), rows,
-                     left=("model", "workload"), note=note)
+                     ("model", "workload", "tokens", "thr", "dense ms", "sparse ms", "speedup", "floor ms",
+                      "bound", "max rel err"), rows, left=("model", "workload"),
+                     note=note + "\nfloor: the converted model with its sparse layers returning zeros at no cost; "
+                                 "bound = dense / floor, the most a sparse kernel could gain")
 
 
 def write_outputs(result: InferenceResult, out: Path) -> dict[str, Any]:

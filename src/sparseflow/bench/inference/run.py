@@ -141,7 +141,8 @@ class InferenceResult:
                 "load_average": self.load_average,
                 "cells": [vars(c) for c in self.cells], "cold_cells": [vars(c) for c in self.cold],
                 "transformer_cells": [vars(c) for c in self.transformer],
-                "mlp": list(self.mlp), "models": [vars(r) | {"speedup": r.speedup} for r in self.models],
+                "mlp": list(self.mlp),
+                "models": [vars(r) | {"speedup": r.speedup, "bound": r.bound} for r in self.models],
                 "model_info": list(self.model_info), "criteria": self.criteria()}
 
 
