@@ -169,3 +169,21 @@ def test_progress_off_a_terminal_prints_throttled_plain_lines(monkeypatch, capsy
     with r.progress("quiet", total=2, enabled=False) as tick:
         tick("x")
     assert capsys.readouterr().err.strip() == ""
+
+
+def test_plain_lines_report_a_long_unit_in_progress(monkeypatch, capsys) -> None:
+    """Ticks that only say what is going on (advance 0: an epoch inside a long unit) reach the log too, at the same
+    rate; a tick that neither advances nor says anything prints nothing."""
+    import sparseflow.cli.runner as runner
+
+    clock = iter([0.0, 1.0, 5.0, 12.0, 30.0, 31.0])
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    r = Runner("demo", as_json=False, quick=False)
+    with r.progress("work", total=1) as tick:
+        tick("epoch 1", advance=0)  # t=1: printed
+        tick("epoch 2", advance=0)  # t=5: throttled
+        tick("epoch 3", advance=0)  # t=12: printed
+        tick("", advance=0)         # t=30: nothing to say
+        tick("done")                # t=31: the last unit
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == ["work: 0/1 epoch 1 (1 s)", "work: 0/1 epoch 3 (12 s)", "work: 1/1 done (31 s)"]

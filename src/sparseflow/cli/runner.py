@@ -72,7 +72,7 @@ class Runner:
 
         When stderr is not a terminal (a log file, ``nohup``), a bar cannot redraw: plain lines
         ``label: done/total what (elapsed)`` are printed instead, at most one per :data:`LOG_EVERY_S` seconds
-        and always the last one."""
+        (ticks that only change ``what`` included) and always the last one."""
         plain = enabled and not self.err.is_terminal
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        console=self.err, disable=not enabled or plain)
@@ -89,7 +89,9 @@ class Runner:
                 if total is not None:
                     state["total"] = total
                 now, end = time.monotonic(), state["total"] is not None and state["done"] >= state["total"]
-                if advance and (end or now - state["last"] >= LOG_EVERY_S):
+                # a tick that only says what is going on (advance 0, e.g. an epoch inside a long unit) is printed
+                # too, at the same rate: a log must not stay silent through a long unit of work
+                if (advance or what) and (end or now - state["last"] >= LOG_EVERY_S):
                     state["last"] = now
                     of = f"/{state['total']:g}" if state["total"] is not None else ""
                     doing = f" {what}" if what else ""
